@@ -1,0 +1,20 @@
+import js from '@eslint/js'
+import tseslint from 'typescript-eslint'
+
+export default tseslint.config(
+  { ignores: ['dist/', 'node_modules/', 'data/', '.scratch/', 'bench/results/', 'test/artifacts/'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
+      'no-restricted-imports': ['error', {
+        patterns: [{ group: ['../bridges/*', '../api/*', '../bin/*'], message: 'gateway/ and config/ never import bridges/, api/ or bin/' }]
+      }]
+    }
+  },
+  {
+    files: ['bridges/**', 'api/**', 'bin/**', 'test/**', 'bench/**'],
+    rules: { 'no-restricted-imports': 'off' }
+  }
+)
