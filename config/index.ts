@@ -1,0 +1,161 @@
+// The one place that reads configuration. Parsed once at start with zod, frozen, passed down.
+// Variable names are part of the public contract (README "Configuration").
+import { readFileSync } from 'node:fs'
+import { z } from 'zod'
+
+const KiB = 1024
+const MiB = 1024 * KiB
+const GiB = 1024 * MiB
+
+const port = z.coerce.number().int().min(0).max(65535)
+const positiveInt = z.coerce.number().int().positive()
+const nonNegativeInt = z.coerce.number().int().min(0)
+const optionalPath = z.string().min(1).optional()
+
+/** Every variable, its default and what it allows. Keys are the environment variable names. */
+export const configSchema = z.object({
+  STREAMGATE_BIND: z.string().min(1).default('0.0.0.0'),
+  STREAMGATE_MQTT_PORT: port.default(1883),
+  STREAMGATE_WS_PORT: port.default(8083),
+  STREAMGATE_HTTP_PORT: port.default(8080),
+  STREAMGATE_MQTTS_PORT: port.default(8883),
+  STREAMGATE_WSS_PORT: port.default(8084),
+  STREAMGATE_TLS_CERT: optionalPath,
+  STREAMGATE_TLS_KEY: optionalPath,
+  STREAMGATE_TLS_CA: optionalPath,
+  STREAMGATE_DATA_DIR: z.string().min(1).default('./data'),
+  STREAMGATE_ADMIN_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
+  STREAMGATE_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  // Limits. Every one is documented in the README.
+  STREAMGATE_MAX_PAYLOAD: positiveInt.default(256 * KiB),
+  STREAMGATE_MAX_BATCH: positiveInt.max(100_000).default(1000),
+  STREAMGATE_MAX_TOPIC_LEVELS: z.coerce.number().int().min(3).max(100).default(16),
+  STREAMGATE_MAX_STRING: positiveInt.default(4 * KiB),
+  STREAMGATE_DRAIN_TIMEOUT_MS: positiveInt.default(10_000),
+  STREAMGATE_CONNECT_TIMEOUT_MS: positiveInt.default(30_000),
+  STREAMGATE_JOURNAL_MAX_BYTES: positiveInt.default(2 * GiB),
+  STREAMGATE_JOURNAL_SEGMENT_BYTES: positiveInt.min(64 * KiB).default(64 * MiB),
+  STREAMGATE_JOURNAL_CACHE_BYTES: nonNegativeInt.default(64 * MiB),
+  STREAMGATE_SINK_BATCH: positiveInt.default(20_000),
+  STREAMGATE_REJECTS_KEEP: positiveInt.default(10_000),
+  STREAMGATE_HTTP_BODY_LIMIT: positiveInt.default(8 * MiB),
+  STREAMGATE_QUERY_MAX_ROWS: positiveInt.default(10_000)
+})
+
+type Raw = z.infer<typeof configSchema>
+
+export interface Config {
+  readonly bind: string
+  readonly ports: { readonly mqtt: number, readonly ws: number, readonly http: number, readonly mqtts: number, readonly wss: number }
+  readonly tls: { readonly cert: string, readonly key: string, readonly ca?: string } | null
+  readonly dataDir: string
+  readonly adminKey: string | undefined
+  readonly logLevel: Raw['STREAMGATE_LOG_LEVEL']
+  readonly limits: {
+    readonly maxPayload: number
+    readonly maxBatch: number
+    readonly maxTopicLevels: number
+    readonly maxString: number
+    readonly drainTimeoutMs: number
+    readonly connectTimeoutMs: number
+    readonly httpBodyLimit: number
+    readonly queryMaxRows: number
+  }
+  readonly journal: { readonly maxBytes: number, readonly segmentBytes: number, readonly cacheBytes: number }
+  readonly sink: { readonly batch: number }
+  readonly rejectsKeep: number
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+  constructor (message: string, readonly issues: readonly string[]) {
+    super(message)
+  }
+}
+
+export type Env = Readonly<Record<string, string | undefined>>
+
+/**
+ * Builds the config from the environment and, when `STREAMGATE_CONFIG` names one, a JSON file whose keys
+ * are the same variable names. Variables win over the file. Throws ConfigError naming each bad variable.
+ */
+export function loadConfig (env: Env = process.env): Config {
+  const fromFile = env.STREAMGATE_CONFIG ? readConfigFile(env.STREAMGATE_CONFIG) : {}
+  const merged: Record<string, unknown> = { ...fromFile }
+  for (const key of Object.keys(configSchema.shape)) {
+    const value = env[key]
+    if (value !== undefined && value !== '') merged[key] = value
+  }
+  const parsed = configSchema.safeParse(merged)
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`)
+    throw new ConfigError(`invalid configuration:\n  ${issues.join('\n  ')}`, issues)
+  }
+  const r = parsed.data
+  if ((r.STREAMGATE_TLS_CERT === undefined) !== (r.STREAMGATE_TLS_KEY === undefined)) {
+    const issue = 'STREAMGATE_TLS_CERT and STREAMGATE_TLS_KEY: set both or neither'
+    throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
+  }
+  return deepFreeze(toConfig(r))
+}
+
+function toConfig (r: Raw): Config {
+  return {
+    bind: r.STREAMGATE_BIND,
+    ports: {
+      mqtt: r.STREAMGATE_MQTT_PORT,
+      ws: r.STREAMGATE_WS_PORT,
+      http: r.STREAMGATE_HTTP_PORT,
+      mqtts: r.STREAMGATE_MQTTS_PORT,
+      wss: r.STREAMGATE_WSS_PORT
+    },
+    tls: r.STREAMGATE_TLS_CERT !== undefined && r.STREAMGATE_TLS_KEY !== undefined
+      ? { cert: r.STREAMGATE_TLS_CERT, key: r.STREAMGATE_TLS_KEY, ...(r.STREAMGATE_TLS_CA !== undefined ? { ca: r.STREAMGATE_TLS_CA } : {}) }
+      : null,
+    dataDir: r.STREAMGATE_DATA_DIR,
+    adminKey: r.STREAMGATE_ADMIN_KEY,
+    logLevel: r.STREAMGATE_LOG_LEVEL,
+    limits: {
+      maxPayload: r.STREAMGATE_MAX_PAYLOAD,
+      maxBatch: r.STREAMGATE_MAX_BATCH,
+      maxTopicLevels: r.STREAMGATE_MAX_TOPIC_LEVELS,
+      maxString: r.STREAMGATE_MAX_STRING,
+      drainTimeoutMs: r.STREAMGATE_DRAIN_TIMEOUT_MS,
+      connectTimeoutMs: r.STREAMGATE_CONNECT_TIMEOUT_MS,
+      httpBodyLimit: r.STREAMGATE_HTTP_BODY_LIMIT,
+      queryMaxRows: r.STREAMGATE_QUERY_MAX_ROWS
+    },
+    journal: {
+      maxBytes: r.STREAMGATE_JOURNAL_MAX_BYTES,
+      segmentBytes: r.STREAMGATE_JOURNAL_SEGMENT_BYTES,
+      cacheBytes: r.STREAMGATE_JOURNAL_CACHE_BYTES
+    },
+    sink: { batch: r.STREAMGATE_SINK_BATCH },
+    rejectsKeep: r.STREAMGATE_REJECTS_KEEP
+  }
+}
+
+function readConfigFile (path: string): Record<string, unknown> {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    throw new ConfigError(`STREAMGATE_CONFIG: cannot read ${path}: ${(err as Error).message}`, ['STREAMGATE_CONFIG'])
+  }
+  try {
+    const value: unknown = JSON.parse(text)
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('expected a JSON object')
+    return value as Record<string, unknown>
+  } catch (err) {
+    throw new ConfigError(`STREAMGATE_CONFIG: ${path} is not a JSON object of STREAMGATE_* keys: ${(err as Error).message}`, ['STREAMGATE_CONFIG'])
+  }
+}
+
+function deepFreeze<T> (value: T): T {
+  if (value !== null && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v)
+    Object.freeze(value)
+  }
+  return value
+}
+

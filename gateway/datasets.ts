@@ -1,0 +1,217 @@
+// Datasets and their schemas. A schema is compiled once per version into a validator that turns a
+// parsed payload into flat rows (`ts` in epoch microseconds, `device`, tags, fields).
+import { z } from 'zod'
+import { RecordRejection, RejectReason } from './errors.js'
+import { DATASET_ID } from './topics.js'
+
+export const COLUMN_NAME = /^[a-z_][a-z0-9_]{0,62}$/
+/** Column names the gateway owns in every dataset table. */
+export const RESERVED_COLUMNS: ReadonlySet<string> = new Set(['ts', 'device', '_seq', '_idx'])
+
+export const fieldTypes = ['double', 'long', 'boolean', 'string', 'timestamp'] as const
+export type FieldType = typeof fieldTypes[number]
+
+const columnName = z.string().regex(COLUMN_NAME, 'must match ^[a-z_][a-z0-9_]{0,62}$')
+const fieldType = z.enum(fieldTypes)
+const fieldSpec = z.union([
+  fieldType,
+  z.strictObject({ type: fieldType, required: z.boolean().default(false) })
+])
+
+export const datasetSchemaSchema = z.strictObject({
+  timestamp: columnName.optional().describe('payload field holding the reading time (epoch ms or ISO 8601); absent: arrival time'),
+  tags: z.array(columnName).max(32).default([]),
+  fields: z.record(columnName, fieldSpec)
+}).superRefine((s, ctx) => {
+  const seen = new Set<string>()
+  const names = [...s.tags.map((t) => ['tags', t] as const), ...Object.keys(s.fields).map((f) => ['fields', f] as const)]
+  if (Object.keys(s.fields).length === 0) ctx.addIssue({ code: 'custom', path: ['fields'], message: 'needs at least one field' })
+  if (Object.keys(s.fields).length > 256) ctx.addIssue({ code: 'custom', path: ['fields'], message: 'at most 256 fields' })
+  for (const [where, name] of names) {
+    if (RESERVED_COLUMNS.has(name)) ctx.addIssue({ code: 'custom', path: [where, name], message: `${name} is reserved` })
+    if (name === s.timestamp) ctx.addIssue({ code: 'custom', path: [where, name], message: `${name} is the timestamp field` })
+    if (seen.has(name)) ctx.addIssue({ code: 'custom', path: [where, name], message: `${name} is declared twice` })
+    seen.add(name)
+  }
+})
+
+export type DatasetSchemaInput = z.input<typeof datasetSchemaSchema>
+export type DatasetSchema = z.output<typeof datasetSchemaSchema>
+
+export const datasetInputSchema = z.strictObject({
+  id: z.string().regex(DATASET_ID, 'must match ^[a-z][a-z0-9_]{0,62}$'),
+  description: z.string().max(1024).default(''),
+  schema: datasetSchemaSchema
+})
+
+export interface Dataset {
+  readonly id: string
+  readonly description: string
+  readonly schema: DatasetSchema
+  readonly version: number
+  readonly createdAt: string
+  readonly updatedAt: string
+}
+
+export type ColumnKind = 'tag' | FieldType
+export interface Column { readonly name: string, readonly kind: ColumnKind, readonly required: boolean }
+
+/** A stored row: `ts` (epoch µs) and `device` always, then tag and field columns by name. */
+export type Row = Record<string, string | number | boolean> & { ts: number, device: string }
+
+const ISO_8601 = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:?\d{2})$/
+// TIMESTAMP range QuestDB and DuckDB both store: 1970-01-01 up to 2261-12-31 (µs since epoch, 64-bit).
+const MAX_TS_US = 9_214_646_400_000_000
+
+/** Epoch microseconds from epoch milliseconds (a JSON number) or an ISO 8601 string; NaN when invalid. */
+export function parseTimestampUs (v: unknown): number {
+  if (typeof v === 'number') {
+    const us = Math.round(v * 1000)
+    return Number.isFinite(us) && us >= 0 && us <= MAX_TS_US ? us : NaN
+  }
+  if (typeof v !== 'string' || v.length > 40) return NaN
+  const m = ISO_8601.exec(v)
+  if (m === null) return NaN
+  const frac = m[7]
+  const ms = Date.parse(frac === undefined ? v : v.replace('.' + frac, ''))
+  if (!Number.isFinite(ms)) return NaN
+  const fracUs = frac === undefined ? 0 : Math.floor(Number((frac + '000000').slice(0, 6)))
+  const us = ms * 1000 + fracUs
+  return us >= 0 && us <= MAX_TS_US ? us : NaN
+}
+
+export interface SchemaLimits { readonly maxBatch: number, readonly maxString: number }
+
+/**
+ * A schema version compiled for the hot path: one Map lookup per payload key, no closures or regexes
+ * created per message.
+ */
+export class CompiledSchema {
+  readonly columns: readonly Column[]
+  private readonly byKey: Map<string, Column>
+  private readonly required: readonly Column[]
+  private readonly tsKey: string | undefined
+
+  constructor (readonly dataset: string, readonly version: number, schema: DatasetSchema, private readonly limits: SchemaLimits) {
+    const cols: Column[] = []
+    for (const t of schema.tags) cols.push({ name: t, kind: 'tag', required: false })
+    for (const [name, spec] of Object.entries(schema.fields)) {
+      cols.push(typeof spec === 'string' ? { name, kind: spec, required: false } : { name, kind: spec.type, required: spec.required })
+    }
+    this.columns = cols
+    this.byKey = new Map(cols.map((c) => [c.name, c]))
+    this.required = cols.filter((c) => c.required)
+    this.tsKey = schema.timestamp
+  }
+
+  /**
+   * Validates a parsed payload (one object or an array of them) and appends its rows to `out`.
+   * All or nothing: on the first bad record it returns the rejection and `out` must be discarded.
+   */
+  decode (value: unknown, device: string, arrivalUs: number, out: Row[]): RecordRejection | null {
+    if (Array.isArray(value)) {
+      if (value.length === 0) return new RecordRejection(RejectReason.EMPTY_BATCH, 'empty array')
+      if (value.length > this.limits.maxBatch) {
+        return new RecordRejection(RejectReason.BATCH_TOO_LARGE, `batch of ${value.length} records exceeds STREAMGATE_MAX_BATCH=${this.limits.maxBatch}`)
+      }
+      for (let i = 0; i < value.length; i++) {
+        const r = this.decodeOne(value[i], device, arrivalUs, out, i)
+        if (r !== null) return r
+      }
+      return null
+    }
+    return this.decodeOne(value, device, arrivalUs, out, -1)
+  }
+
+  private decodeOne (value: unknown, device: string, arrivalUs: number, out: Row[], index: number): RecordRejection | null {
+    const at = index < 0 ? '' : `/${index}`
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+      return new RecordRejection(RejectReason.NOT_AN_OBJECT, `record${at} is not a JSON object`, at || '/')
+    }
+    const obj = value as Record<string, unknown>
+    const row = { ts: arrivalUs, device } as Row
+    for (const key of Object.keys(obj)) {
+      const v = obj[key]
+      if (key === this.tsKey) {
+        if (v === null) continue
+        const us = parseTimestampUs(v)
+        if (Number.isNaN(us)) return new RecordRejection(RejectReason.BAD_TIMESTAMP, `${key}: expected epoch milliseconds or an ISO 8601 date-time between 1970 and 2261`, `${at}/${key}`)
+        row.ts = us
+        continue
+      }
+      const col = this.byKey.get(key)
+      if (col === undefined) return new RecordRejection(RejectReason.UNKNOWN_FIELD, `${key}: not in the schema of ${this.dataset} v${this.version}`, `${at}/${key}`)
+      if (v === null) continue
+      const r = this.checkValue(col, v, `${at}/${key}`)
+      if (r !== null) return r
+      row[key] = col.kind === 'timestamp' ? parseTimestampUs(v) : v as string | number | boolean
+    }
+    for (const c of this.required) {
+      if (row[c.name] === undefined) return new RecordRejection(RejectReason.MISSING_FIELD, `${c.name}: required`, `${at}/${c.name}`)
+    }
+    out.push(row)
+    return null
+  }
+
+  private checkValue (col: Column, v: unknown, path: string): RecordRejection | null {
+    switch (col.kind) {
+      case 'double':
+        if (typeof v !== 'number') return wrongType(col, v, path)
+        if (!Number.isFinite(v)) return new RecordRejection(RejectReason.OUT_OF_RANGE, `${col.name}: not a finite number`, path)
+        return null
+      case 'long':
+        if (typeof v !== 'number' || !Number.isInteger(v)) return wrongType(col, v, path)
+        if (!Number.isSafeInteger(v)) return new RecordRejection(RejectReason.OUT_OF_RANGE, `${col.name}: integer beyond ±2^53-1 loses precision in JSON`, path)
+        return null
+      case 'boolean':
+        return typeof v === 'boolean' ? null : wrongType(col, v, path)
+      case 'tag':
+      case 'string':
+        if (typeof v !== 'string') return wrongType(col, v, path)
+        if (v.length > this.limits.maxString) return new RecordRejection(RejectReason.STRING_TOO_LONG, `${col.name}: longer than STREAMGATE_MAX_STRING=${this.limits.maxString}`, path)
+        return null
+      case 'timestamp':
+        return Number.isNaN(parseTimestampUs(v)) ? new RecordRejection(RejectReason.BAD_TIMESTAMP, `${col.name}: expected epoch milliseconds or an ISO 8601 date-time`, path) : null
+    }
+  }
+}
+
+function wrongType (col: Column, v: unknown, path: string): RecordRejection {
+  const got = Array.isArray(v) ? 'array' : v === null ? 'null' : typeof v
+  return new RecordRejection(RejectReason.WRONG_TYPE, `${col.name}: expected ${col.kind === 'tag' ? 'string (tag)' : col.kind}, got ${got}`, path)
+}
+
+/** Live datasets by id, each with its compiled schema versions. */
+export class Catalog {
+  private readonly datasets = new Map<string, { dataset: Dataset, current: CompiledSchema, versions: Map<number, CompiledSchema> }>()
+
+  constructor (private readonly limits: SchemaLimits) {}
+
+  put (dataset: Dataset): void {
+    const compiled = new CompiledSchema(dataset.id, dataset.version, dataset.schema, this.limits)
+    const prior = this.datasets.get(dataset.id)
+    const versions = prior?.versions ?? new Map<number, CompiledSchema>()
+    versions.set(dataset.version, compiled)
+    this.datasets.set(dataset.id, { dataset, current: compiled, versions })
+  }
+
+  delete (id: string): boolean {
+    return this.datasets.delete(id)
+  }
+
+  get (id: string): Dataset | undefined {
+    return this.datasets.get(id)?.dataset
+  }
+
+  current (id: string): CompiledSchema | undefined {
+    return this.datasets.get(id)?.current
+  }
+
+  version (id: string, version: number): CompiledSchema | undefined {
+    return this.datasets.get(id)?.versions.get(version)
+  }
+
+  list (): Dataset[] {
+    return [...this.datasets.values()].map((d) => d.dataset).sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+  }
+}

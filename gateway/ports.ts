@@ -1,0 +1,71 @@
+// The ports the gateway core needs from the outside. bridges/ implements them; bin/ wires them in.
+import type { ApiKey, Grant, Principal } from './access.js'
+import type { Dataset, Row } from './datasets.js'
+import type { RejectReason } from './errors.js'
+
+export interface MetadataSnapshot {
+  readonly datasets: readonly Dataset[]
+  readonly principals: readonly Principal[]
+  readonly keys: readonly ApiKey[]
+  readonly grants: readonly Grant[]
+}
+
+/** Datasets, principals, keys and grants. Every call is durable when its promise resolves. */
+export interface MetadataStore {
+  load (): Promise<MetadataSnapshot>
+  saveDataset (dataset: Dataset): Promise<void>
+  deleteDataset (id: string): Promise<void>
+  savePrincipal (principal: Principal): Promise<void>
+  deletePrincipal (id: string): Promise<void>
+  saveKey (key: ApiKey): Promise<void>
+  /** Replaces all grants on one dataset. */
+  saveGrants (dataset: string, grants: readonly Grant[]): Promise<void>
+}
+
+/** One journal entry's rows, ready for a sink. */
+export interface SinkEntry {
+  readonly seq: number
+  readonly dataset: string
+  readonly version: number
+  readonly rows: readonly Row[]
+}
+
+/**
+ * A journal consumer's destination. `write` stores the rows and advances the checkpoint to `lastSeq`
+ * atomically, or does neither (so a replay after a crash never writes a row twice).
+ */
+export interface Sink {
+  readonly name: string
+  checkpoint (): Promise<number>
+  prepareDataset (dataset: Dataset): Promise<void>
+  dropDataset (id: string): Promise<void>
+  write (entries: readonly SinkEntry[], lastSeq: number): Promise<void>
+}
+
+export interface RecordQuery {
+  /** Newest first, `ts` in [from, to). Times in epoch µs. */
+  latest (dataset: Dataset, range: { from: number | null, to: number | null, limit: number }): Promise<Row[]>
+  stats (dataset: Dataset): Promise<{ stored: number, lastRecordUs: number | null }>
+}
+
+export interface RejectEntry {
+  readonly at: string
+  readonly dataset: string | null
+  readonly principal: string | null
+  readonly device: string | null
+  readonly topic: string | null
+  readonly reason: RejectReason
+  readonly detail: string
+  readonly field: string | null
+  /** The first bytes of the payload, for diagnosis (UTF-8 with replacement, at most 512 bytes). */
+  readonly excerpt: string
+}
+
+export interface RejectCount { readonly dataset: string | null, readonly reason: string, readonly count: number }
+
+export interface RejectStore {
+  /** Appends entries and adds `counts` (which may include entries not kept in detail). */
+  append (entries: readonly RejectEntry[], counts: readonly RejectCount[]): Promise<void>
+  counts (): Promise<RejectCount[]>
+  list (dataset: string, limit: number): Promise<RejectEntry[]>
+}
