@@ -403,6 +403,15 @@ export class JournalReader {
 
   get position (): number { return this.nextSeq }
 
+  /** Moves the cursor; the next read starts at `seq`. */
+  seek (seq: number): void {
+    if (seq < this.nextSeq) {
+      this.handleFile = ''
+      this.offset = 0
+    }
+    this.nextSeq = seq
+  }
+
   /** Up to `max` committed entries from the current position; [] when there is nothing new. */
   async read (max: number): Promise<JournalEntry[]> {
     const cached = this.journal.fromCache(this.nextSeq, max)
@@ -421,6 +430,7 @@ export class JournalReader {
       const seg = this.journal.segmentsFrom(this.nextSeq)[0]
       if (seg === undefined) break
       if (this.handleFile !== seg.file) {
+        // Opening a segment starts at its beginning; entries before nextSeq are skipped below.
         await this.handle?.close()
         this.handle = await fsp.open(seg.file, 'r')
         this.handleFile = seg.file

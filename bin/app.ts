@@ -1,0 +1,99 @@
+// The composition root: builds the stores, the gateway and the API from a config, starts them in
+// order and stops them in reverse. `bin/streamgate.ts` runs it as a process; tests run it in-process.
+import fs from 'node:fs/promises'
+import http from 'node:http'
+import type net from 'node:net'
+import path from 'node:path'
+import { pino, type Logger } from 'pino'
+import { createApi } from '../api/app.js'
+import { EmbeddedStore } from '../bridges/index.js'
+import type { Config } from '../config/index.js'
+import { AccessState, Broker, Catalog, Journal, Management, Pipeline, Rejects, SinkConsumer } from '../gateway/index.js'
+
+export interface Streamgate {
+  readonly config: Config
+  readonly addresses: { mqtt: net.AddressInfo, ws: net.AddressInfo, http: net.AddressInfo, mqtts: net.AddressInfo | null, wss: net.AddressInfo | null }
+  /** The admin key generated at a first start without STREAMGATE_ADMIN_KEY, else null. */
+  readonly generatedAdminKey: string | null
+  readonly store: EmbeddedStore
+  readonly journal: Journal
+  readonly consumers: readonly SinkConsumer[]
+  readonly management: Management
+  readonly pipeline: Pipeline
+  readonly broker: Broker
+  readonly log: Logger
+  /** Stops listening, lets appends finish, drains the sinks for up to `drainMs`, closes everything. Idempotent. */
+  close (drainMs?: number): Promise<void>
+}
+
+export async function startStreamgate (config: Config, opts: { log?: Logger } = {}): Promise<Streamgate> {
+  const log = opts.log ?? pino({ level: config.logLevel, base: { service: 'streamgate' } })
+  const dataDir = path.resolve(config.dataDir)
+  await fs.mkdir(dataDir, { recursive: true })
+
+  const store = await EmbeddedStore.open({ dataDir, rejectsKeep: config.rejectsKeep })
+  const cleanups: (() => Promise<void>)[] = [() => store.close()]
+  const undo = async (): Promise<void> => { for (const c of cleanups.reverse()) await c().catch(() => undefined) }
+  try {
+    const catalog = new Catalog({ maxBatch: config.limits.maxBatch, maxString: config.limits.maxString })
+    const access = new AccessState()
+    const rejects = new Rejects(store, { maxPending: 10_000, flushMs: 250, onError: (err) => log.warn({ err: err.message }, 'rejects log write failed') })
+    await rejects.init()
+    cleanups.push(() => rejects.close())
+    const management = new Management(store, access, catalog, [store], rejects)
+    await management.load()
+    const { generatedKey } = await management.bootstrapAdmin(config.adminKey)
+
+    const { journal } = await Journal.open({
+      dir: path.join(dataDir, 'journal'),
+      maxBytes: config.journal.maxBytes,
+      segmentBytes: config.journal.segmentBytes,
+      cacheBytes: config.journal.cacheBytes,
+      floorSeq: await store.checkpoint(),
+      log
+    })
+    cleanups.push(() => journal.close())
+    const consumer = new SinkConsumer(journal, store, catalog, { maxEntries: 5000, maxRows: config.sink.batch, log })
+    await consumer.start()
+    cleanups.push(() => consumer.close())
+
+    const pipeline = new Pipeline(catalog, access, journal, rejects, { maxPayload: config.limits.maxPayload })
+    const broker = await Broker.create({ config, access, pipeline, management, log })
+    cleanups.push(() => broker.close())
+    const listeners = await broker.listen()
+
+    const api = createApi({ config, management, query: store, rejects, rejectStore: store, journal, consumers: [consumer], broker, log })
+    const server = http.createServer({ noDelay: true }, api)
+    const httpAddr = await new Promise<net.AddressInfo>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(config.ports.http, config.bind, () => resolve(server.address() as net.AddressInfo))
+    })
+    cleanups.push(async () => {
+      server.closeAllConnections()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    })
+
+    const addresses = { ...listeners, http: httpAddr }
+    log.info({ mqtt: listeners.mqtt.port, ws: listeners.ws.port, http: httpAddr.port, mqtts: listeners.mqtts?.port, wss: listeners.wss?.port, bind: config.bind, dataDir }, 'streamgate listening')
+
+    let closing: Promise<void> | null = null
+    const close = (drainMs = 5000): Promise<void> => {
+      closing ??= (async () => {
+        // Stop taking input first, then let the journal finish its commit, then let the sink catch up.
+        server.closeAllConnections()
+        server.close()
+        await broker.close()
+        await journal.close()
+        await consumer.waitFor(journal.committedSeq, drainMs).catch((err: Error) => log.warn({ err: err.message }, 'sink not drained at shutdown; it resumes from its checkpoint'))
+        await consumer.close()
+        await rejects.close()
+        await store.close()
+      })()
+      return closing
+    }
+    return { config, addresses, generatedAdminKey: generatedKey, store, journal, consumers: [consumer], management, pipeline, broker, log, close }
+  } catch (err) {
+    await undo()
+    throw err
+  }
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env node
+// streamgate: start the gateway from environment variables (and STREAMGATE_CONFIG), stop on SIGTERM/SIGINT.
+import { ConfigError, loadConfig } from '../config/index.js'
+import { startStreamgate } from './app.js'
+
+async function main (): Promise<void> {
+  let config
+  try {
+    config = loadConfig(process.env)
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`streamgate: ${err.message}\n`)
+      process.exit(2)
+    }
+    throw err
+  }
+  const sg = await startStreamgate(config)
+  const a = sg.addresses
+  process.stdout.write(`streamgate listening: mqtt ${config.bind}:${a.mqtt.port}, mqtt-over-websocket ws://${config.bind}:${a.ws.port}/mqtt, http http://${config.bind}:${a.http.port}` +
+    (a.mqtts !== null ? `, mqtts :${a.mqtts.port}` : '') + (a.wss !== null ? `, wss :${a.wss.port}` : '') + '\n')
+  if (sg.generatedAdminKey !== null) {
+    process.stdout.write(
+      '\n  First start: generated the admin key (principal "admin"). It is shown only this once; only its hash is stored.\n' +
+      `  STREAMGATE_ADMIN_KEY=${sg.generatedAdminKey}\n\n`)
+  }
+  let stopping = false
+  const stop = (signal: string): void => {
+    if (stopping) {
+      process.stderr.write(`streamgate: second ${signal}, exiting now\n`)
+      process.exit(1)
+    }
+    stopping = true
+    sg.log.info({ signal }, 'shutting down')
+    sg.close().then(() => process.exit(0), (err: unknown) => {
+      sg.log.error({ err: String(err) }, 'shutdown failed')
+      process.exit(1)
+    })
+  }
+  process.on('SIGTERM', () => stop('SIGTERM'))
+  process.on('SIGINT', () => stop('SIGINT'))
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`streamgate: failed to start: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
+  process.exit(1)
+})

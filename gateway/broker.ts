@@ -1,0 +1,266 @@
+// The MQTT side: an Aedes broker whose hooks call the ACL and the pipeline, and its listeners
+// (TCP, WebSocket, and TLS variants). Aedes speaks MQTT 3.1 and 3.1.1.
+import { readFileSync } from 'node:fs'
+import http from 'node:http'
+import https from 'node:https'
+import net from 'node:net'
+import tls from 'node:tls'
+import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket, type Subscription } from 'aedes'
+import websocketStream from 'websocket-stream'
+import type { Config } from '../config/index.js'
+import type { AccessState, ApiKey } from './access.js'
+import { RejectReason } from './errors.js'
+import type { Management } from './management.js'
+import type { Pipeline } from './pipeline.js'
+import { classifyFilter, datasetOfTopic, parsePublishTopic } from './topics.js'
+
+/** Where a refused publish is sent so Aedes acknowledges it without delivering it: no filter a client may hold matches a `$` topic ([MQTT-4.7.2-1]). */
+export const DROP_TOPIC = '$streamgate/dropped'
+
+export interface Session {
+  readonly principal: string
+  readonly keyId: string
+}
+
+const SESSION = Symbol('streamgate.session')
+type SessionClient = Client & { [SESSION]?: Session }
+
+export function sessionOf (client: Client | null): Session | undefined {
+  return client === null ? undefined : (client as SessionClient)[SESSION]
+}
+
+export interface Listeners {
+  readonly mqtt: net.AddressInfo
+  readonly ws: net.AddressInfo
+  readonly mqtts: net.AddressInfo | null
+  readonly wss: net.AddressInfo | null
+}
+
+export interface BrokerDeps {
+  readonly config: Config
+  readonly access: AccessState
+  readonly pipeline: Pipeline
+  readonly management: Management
+  readonly log: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }
+}
+
+function authError (returnCode: 4 | 5, message: string): AuthenticateError {
+  return Object.assign(new Error(message), { returnCode })
+}
+
+const PROTOCOL_REASONS: ReadonlyArray<[string, RejectReason]> = [
+  ['too many levels', RejectReason.TOPIC_TOO_DEEP],
+  ['is not allowed in PUBLISH', RejectReason.WILDCARD_IN_TOPIC]
+]
+
+export class Broker {
+  readonly aedes: Aedes
+  private readonly servers: (net.Server | http.Server)[] = []
+  private readonly byPrincipal = new Map<string, Set<SessionClient>>()
+  private closed = false
+  readonly stats = { connects: 0, authFailures: 0, protocolErrors: 0 }
+
+  private constructor (aedes: Aedes, private readonly deps: BrokerDeps) {
+    this.aedes = aedes
+  }
+
+  static async create (deps: BrokerDeps): Promise<Broker> {
+    const { config } = deps
+    // The hooks are bound to the Broker once it exists; Aedes reads them from its options at construction.
+    const holder: { b?: Broker } = {}
+    const aedes = await Aedes.createBroker({
+      drainTimeout: config.limits.drainTimeoutMs,
+      connectTimeout: config.limits.connectTimeoutMs,
+      maxTopicLevels: config.limits.maxTopicLevels,
+      heartbeatInterval: 60_000,
+      authenticate: (client, username, password, done) => holder.b!.authenticate(client, username, password, done),
+      authorizePublish: (client, packet, done) => holder.b!.authorizePublish(client, packet, done),
+      authorizeSubscribe: (client, sub, done) => holder.b!.authorizeSubscribe(client, sub, done),
+      authorizeForward: (client, packet) => holder.b!.authorizeForward(client, packet)
+    })
+    const broker = new Broker(aedes, deps)
+    holder.b = broker
+    broker.wire()
+    return broker
+  }
+
+  private wire (): void {
+    const { management, log } = this.deps
+    this.aedes.on('client', (client: Client) => {
+      const s = sessionOf(client)
+      if (s === undefined) return
+      let set = this.byPrincipal.get(s.principal)
+      if (set === undefined) this.byPrincipal.set(s.principal, set = new Set())
+      set.add(client as SessionClient)
+      // A key revoked between CONNECT and CONNACK must not leave a live session.
+      const still = this.deps.access.getKey(s.keyId)
+      if (still === undefined || still.revokedAt !== null) client.close()
+    })
+    this.aedes.on('clientDisconnect', (client: Client) => this.forget(client as SessionClient))
+    this.aedes.on('clientError', (client: Client, err: Error) => {
+      this.stats.protocolErrors++
+      const hit = PROTOCOL_REASONS.find(([needle]) => err.message.includes(needle))
+      if (hit !== undefined) {
+        const s = sessionOf(client)
+        this.deps.pipeline.refuse(s?.principal ?? null, null, null, null, undefined, hit[1], err.message, undefined, true)
+      }
+      this.forget(client as SessionClient)
+    })
+    management.on('keyRevoked', (key: ApiKey) => {
+      for (const c of this.byPrincipal.get(key.principal) ?? []) if (sessionOf(c)?.keyId === key.id) c.close()
+    })
+    management.on('principalChanged', (principal: string) => {
+      const p = this.deps.access.getPrincipal(principal)
+      if (p === undefined || p.disabled) for (const c of this.byPrincipal.get(principal) ?? []) c.close()
+    })
+    void log
+  }
+
+  private forget (client: SessionClient): void {
+    const s = sessionOf(client)
+    if (s === undefined) return
+    const set = this.byPrincipal.get(s.principal)
+    set?.delete(client)
+    if (set?.size === 0) this.byPrincipal.delete(s.principal)
+  }
+
+  /** Live sessions (for the API). */
+  sessions (): { clientId: string, principal: string }[] {
+    const out: { clientId: string, principal: string }[] = []
+    for (const [principal, set] of this.byPrincipal) for (const c of set) out.push({ clientId: c.id, principal })
+    return out
+  }
+
+  // ---- hooks
+
+  /** MQTT username = principal id, password = one of its API keys. CONNACK 4 for bad credentials, 5 for a disabled principal. */
+  private authenticate (client: Client, username: string | undefined, password: Buffer | undefined, done: (err: AuthenticateError | null, ok: boolean | null) => void): void {
+    if (username === undefined || password === undefined || password.length === 0 || password.length > 1024) {
+      this.stats.authFailures++
+      done(authError(4, 'username and password (an API key) are required'), false)
+      return
+    }
+    const r = this.deps.access.authenticate(username, password.toString('utf8'), Date.now())
+    if (!r.ok) {
+      this.stats.authFailures++
+      this.deps.log.warn({ clientId: client.id, username: username.slice(0, 128), reason: r.reason }, 'mqtt authentication refused')
+      done(authError(r.reason === 'disabled' ? 5 : 4, r.reason), false)
+      return
+    }
+    (client as SessionClient)[SESSION] = { principal: r.principal.id, keyId: r.key.id }
+    this.stats.connects++
+    done(null, true)
+  }
+
+  private authorizePublish (client: Client | null, packet: PublishPacket, done: (err?: Error | null) => void): void {
+    const session = sessionOf(client)
+    if (session === undefined) {
+      done(new Error('not authenticated'))
+      return
+    }
+    const topic = packet.topic
+    const addr = parsePublishTopic(topic)
+    if (addr === null) {
+      // Outside the dataset grammar: admins may use plain MQTT topics (not stored); `$` topics are reserved.
+      if (topic.charCodeAt(0) !== 36 /* $ */ && this.deps.access.getPrincipal(session.principal)?.kind === 'admin') {
+        done(null)
+        return
+      }
+      this.deps.pipeline.refuse(session.principal, null, null, topic, packet.payload as Buffer, RejectReason.BAD_TOPIC,
+        'publish topics are datasets/<dataset>/<device>[/...]', undefined, true)
+      done(new Error('topic outside datasets/<dataset>/<device>'))
+      return
+    }
+    const payload = packet.payload as Buffer
+    // QoS 1/2: the PUBACK waits for the journal. QoS 0 promises nothing, so it is not held up by fsync.
+    const durable = packet.qos > 0
+    const refusal = this.deps.pipeline.ingest(session.principal, addr.dataset, addr.device, payload, topic, durable ? done : this.onQos0Appended)
+    if (refusal === null) {
+      if (!durable) done(null)
+      return
+    }
+    if (refusal.denied) {
+      done(new Error(refusal.detail))
+      return
+    }
+    // Bad data: MQTT 3.1.1 has no negative PUBACK. Acknowledge, deliver to nobody, keep the client connected.
+    packet.topic = DROP_TOPIC
+    packet.retain = false
+    done(null)
+  }
+
+  private readonly onQos0Appended = (err: Error | null): void => {
+    if (err !== null) this.deps.pipeline.refuse(null, null, null, null, undefined, RejectReason.JOURNAL_FULL, 'QoS 0 message dropped: ' + err.message)
+  }
+
+  /** SUBACK 0x80 for filters outside the principal's grants ([MQTT-3.9.3-2]). */
+  private authorizeSubscribe (client: Client, sub: Subscription, done: (err: Error | null, sub?: Subscription | null) => void): void {
+    const session = sessionOf(client)
+    if (session !== undefined && this.deps.access.canSubscribe(session.principal, classifyFilter(sub.topic))) {
+      done(null, sub)
+      return
+    }
+    this.deps.log.warn({ clientId: client.id, principal: session?.principal, filter: sub.topic.slice(0, 256) }, 'subscription refused')
+    done(null, null)
+  }
+
+  /** Re-checks the grant on every delivery, so a revoked grant stops deliveries at once. */
+  private authorizeForward (client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
+    const session = sessionOf(client)
+    if (session === undefined) return null
+    const dataset = datasetOfTopic(packet.topic)
+    if (dataset !== null) return this.deps.access.can(session.principal, 'subscribe', dataset) ? packet : null
+    return this.deps.access.canSubscribe(session.principal, classifyFilter(packet.topic)) ? packet : null
+  }
+
+  // ---- listeners
+
+  /** Binds every configured listener; resolves with the bound addresses (a port of 0 picks a free one). */
+  async listen (): Promise<Listeners> {
+    const { config } = this.deps
+    const handle = this.aedes.handle
+    const tcp = net.createServer({ noDelay: true }, handle)
+    const wsHttp = http.createServer()
+    wsHttp.on('connection', (s: net.Socket) => s.setNoDelay(true))
+    websocketStream.createServer({ server: wsHttp, path: '/mqtt', perMessageDeflate: false }, handle as never)
+    const mqtt = await this.bind(tcp, config.ports.mqtt)
+    const ws = await this.bind(wsHttp, config.ports.ws)
+    let mqtts: net.AddressInfo | null = null
+    let wss: net.AddressInfo | null = null
+    if (config.tls !== null) {
+      const opts: tls.TlsOptions = {
+        cert: readFileSync(config.tls.cert),
+        key: readFileSync(config.tls.key),
+        ...(config.tls.ca !== undefined ? { ca: readFileSync(config.tls.ca) } : {})
+      }
+      const tlsServer = tls.createServer(opts, handle)
+      tlsServer.on('secureConnection', (s: tls.TLSSocket) => s.setNoDelay(true))
+      mqtts = await this.bind(tlsServer, config.ports.mqtts)
+      const wssHttp = https.createServer(opts)
+      wssHttp.on('secureConnection', (s: tls.TLSSocket) => s.setNoDelay(true))
+      websocketStream.createServer({ server: wssHttp, path: '/mqtt', perMessageDeflate: false }, handle as never)
+      wss = await this.bind(wssHttp, config.ports.wss)
+    }
+    return { mqtt, ws, mqtts, wss }
+  }
+
+  private bind (server: net.Server | http.Server, port: number): Promise<net.AddressInfo> {
+    this.servers.push(server)
+    return new Promise((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(port, this.deps.config.bind, () => {
+        server.off('error', reject)
+        resolve(server.address() as net.AddressInfo)
+      })
+    })
+  }
+
+  /** Stops accepting connections, then closes every client and the broker. Idempotent. */
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    for (const s of this.servers) s.close()
+    for (const s of this.servers) if ('closeAllConnections' in s) s.closeAllConnections()
+    await new Promise<void>((resolve) => this.aedes.close(() => resolve()))
+  }
+}

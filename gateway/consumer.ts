@@ -1,0 +1,151 @@
+// A journal consumer: reads committed entries in order and hands them to a sink, which stores them
+// and advances its checkpoint atomically. Failures are retried with capped backoff; the journal holds
+// the data meanwhile, so ingestion never waits for a sink.
+import { EventEmitter } from 'node:events'
+import type { Catalog, Row } from './datasets.js'
+import type { Journal, JournalEntry, JournalReader } from './journal.js'
+import type { Sink, SinkEntry } from './ports.js'
+
+export interface ConsumerOptions {
+  /** Most entries read per batch. */
+  readonly maxEntries: number
+  /** Stop adding entries to a batch once it holds this many rows. */
+  readonly maxRows: number
+  readonly retryMinMs?: number
+  readonly retryMaxMs?: number
+  readonly log?: { warn: (obj: object, msg: string) => void }
+}
+
+export class SinkConsumer extends EventEmitter {
+  private reader: JournalReader | null = null
+  private position = 0
+  private running: Promise<void> | null = null
+  private closed = false
+  private wake: (() => void) | null = null
+  private readonly onCommit = (): void => { this.wake?.() }
+  lastError: string | null = null
+  failures = 0
+  skipped = 0
+
+  constructor (private readonly journal: Journal, readonly sink: Sink, private readonly catalog: Catalog, private readonly opts: ConsumerOptions) {
+    super()
+  }
+
+  get name (): string { return this.sink.name }
+  /** Last sequence number stored by the sink. */
+  get checkpoint (): number { return this.position }
+  get lag (): number { return Math.max(0, this.journal.committedSeq - this.position) }
+
+  async start (): Promise<void> {
+    this.position = await this.sink.checkpoint()
+    this.journal.register(this.name, this.position)
+    this.reader = this.journal.reader(this.position + 1)
+    this.journal.on('commit', this.onCommit)
+    this.running = this.loop()
+  }
+
+  private async loop (): Promise<void> {
+    const reader = this.reader as JournalReader
+    let delay = this.opts.retryMinMs ?? 100
+    while (!this.closed) {
+      let entries: JournalEntry[]
+      try {
+        entries = await reader.read(this.opts.maxEntries)
+      } catch (err) {
+        this.noteFailure(err as Error)
+        await this.sleep(delay)
+        continue
+      }
+      if (entries.length === 0) {
+        await new Promise<void>((resolve) => {
+          this.wake = resolve
+          if (this.journal.committedSeq > this.position || this.closed) resolve()
+        })
+        this.wake = null
+        continue
+      }
+      const batch = this.decode(entries)
+      const last = batch.lastSeq
+      // The rest of what was read goes back to the reader for the next batch.
+      if (last < (entries.at(-1) as JournalEntry).seq) reader.seek(last + 1)
+      for (;;) {
+        try {
+          await this.sink.write(batch.entries, last)
+          delay = this.opts.retryMinMs ?? 100
+          break
+        } catch (err) {
+          this.noteFailure(err as Error)
+          if (this.closed) return
+          await this.sleep(delay)
+          delay = Math.min(delay * 2, this.opts.retryMaxMs ?? 5000)
+        }
+      }
+      this.position = last
+      this.lastError = null
+      this.journal.ack(this.name, last)
+      this.emit('progress', last)
+    }
+  }
+
+  private decode (entries: JournalEntry[]): { entries: SinkEntry[], lastSeq: number } {
+    const out: SinkEntry[] = []
+    let rows = 0
+    let lastSeq = this.position
+    for (const e of entries) {
+      if (rows >= this.opts.maxRows && out.length > 0) break
+      lastSeq = e.seq
+      let decoded = e.rows
+      if (decoded === undefined) {
+        // Read back from disk after a restart: decode again with the schema version it was accepted under.
+        const compiled = this.catalog.version(e.dataset, e.version)
+        if (compiled === undefined) { this.skipped++; continue }
+        const fresh: Row[] = []
+        const bad = compiled.decode(JSON.parse(e.payload.toString('utf8')), e.device, e.arrivalUs, fresh)
+        if (bad !== null) {
+          this.skipped++
+          this.opts.log?.warn({ seq: e.seq, dataset: e.dataset, reason: bad.detail }, 'journal entry no longer decodes; skipped')
+          continue
+        }
+        decoded = fresh
+      } else if (this.catalog.get(e.dataset) === undefined) {
+        this.skipped++
+        continue
+      }
+      rows += decoded.length
+      out.push({ seq: e.seq, dataset: e.dataset, version: e.version, rows: decoded })
+    }
+    return { entries: out, lastSeq }
+  }
+
+  private noteFailure (err: Error): void {
+    this.failures++
+    this.lastError = err.message
+    this.opts.log?.warn({ sink: this.name, err: err.message }, 'sink write failed; will retry')
+  }
+
+  private sleep (ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms)
+      this.wake = () => { clearTimeout(t); resolve() }
+    })
+  }
+
+  /** Resolves once everything up to `seq` is stored (or rejects after `timeoutMs`). */
+  async waitFor (seq: number, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    while (this.position < seq) {
+      if (Date.now() > deadline) throw new Error(`${this.name}: checkpoint ${this.position} did not reach ${seq} in ${timeoutMs} ms`)
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+  }
+
+  /** Stops after the batch in progress. Idempotent. */
+  async close (): Promise<void> {
+    this.closed = true
+    this.journal.off('commit', this.onCommit)
+    this.wake?.()
+    await this.running
+    await this.reader?.close()
+    this.journal.unregister(this.name)
+  }
+}

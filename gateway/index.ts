@@ -1,0 +1,12 @@
+// The gateway core's public surface. Everything not named here is private to gateway/.
+export { AccessState, actions, principalKinds, hashKey, type Action, type ApiKey, type AuthResult, type Grant, type Principal, type PrincipalKind } from './access.js'
+export { Broker, DROP_TOPIC, sessionOf, type Listeners, type Session } from './broker.js'
+export { SinkConsumer, type ConsumerOptions } from './consumer.js'
+export { Catalog, CompiledSchema, datasetInputSchema, datasetSchemaSchema, parseTimestampUs, type Dataset, type DatasetSchema, type FieldType, type Row } from './datasets.js'
+export { errorCatalogue, isStreamgateError, PROBLEM_BASE, RecordRejection, RejectReason, StreamgateError, type ErrorCode } from './errors.js'
+export { Journal, JournalFullError, type JournalEntry, type JournalRecord, type RecoveryReport } from './journal.js'
+export { BOOTSTRAP_ADMIN, Management, parse } from './management.js'
+export { ArrivalClock, Pipeline, type Refusal } from './pipeline.js'
+export type { MetadataSnapshot, MetadataStore, RecordQuery, RejectCount, RejectEntry, RejectStore, Sink, SinkEntry } from './ports.js'
+export { Rejects } from './rejects.js'
+export { classifyFilter, isDatasetId, isPrincipalId, parsePublishTopic } from './topics.js'
