@@ -234,8 +234,8 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
     const select = ['epoch_us(ts) AS ts', 'device', ...cols.map((c) => c.kind === 'timestamp' ? `epoch_us(${ident(c.name)}) AS ${ident(c.name)}` : ident(c.name))]
     const where: string[] = []
     const params: DuckDBValue[] = []
-    if (range.from !== null) { params.push(BigInt(range.from)); where.push(`ts >= make_timestamp($${params.length})`) }
-    if (range.to !== null) { params.push(BigInt(range.to)); where.push(`ts < make_timestamp($${params.length})`) }
+    if (range.from !== null) { params.push(BigInt(range.from)); where.push(`ts >= make_timestamp($${params.length}::BIGINT)`) }
+    if (range.to !== null) { params.push(BigInt(range.to)); where.push(`ts < make_timestamp($${params.length}::BIGINT)`) }
     params.push(range.limit)
     const sql = `SELECT ${select.join(', ')} FROM ${table(ds.id)}${where.length > 0 ? ' WHERE ' + where.join(' AND ') : ''} ORDER BY ts DESC, _seq DESC, _idx DESC LIMIT $${params.length}`
     const rows = await (await this.reader.runAndReadAll(sql, params)).getRowObjects()
