@@ -134,6 +134,7 @@ export class SinkConsumer extends EventEmitter {
   async waitFor (seq: number, timeoutMs = 30_000): Promise<void> {
     const deadline = Date.now() + timeoutMs
     while (this.position < seq) {
+      if (this.closed) throw new Error(`${this.name}: closed at checkpoint ${this.position}`)
       if (Date.now() > deadline) throw new Error(`${this.name}: checkpoint ${this.position} did not reach ${seq} in ${timeoutMs} ms`)
       await new Promise((resolve) => setTimeout(resolve, 10))
     }

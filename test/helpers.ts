@@ -133,3 +133,18 @@ export async function waitUntil (cond: () => boolean | Promise<boolean>, ms = 10
 export function sleep (ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
+
+/** SUBSCRIBEs to each filter on its own and returns the SUBACK return code per filter (128 = refused). */
+export async function subackCodes (client: MqttClient, filters: readonly string[]): Promise<Record<string, number>> {
+  const out: Record<string, number> = {}
+  for (const f of filters) {
+    try {
+      const granted = await client.subscribeAsync(f, { qos: 1 })
+      out[f] = granted[0]?.qos ?? -1
+    } catch (err) {
+      const packet = (err as { packet?: { granted?: number[] } }).packet
+      out[f] = packet?.granted?.[0] ?? -1
+    }
+  }
+  return out
+}
