@@ -266,10 +266,14 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
         const a = await this.writer.createAppender('sg_rejects')
         for (const e of entries) {
           a.appendVarchar(e.at) // cast by DuckDB to TIMESTAMP
-          for (const v of [e.dataset, e.principal, e.device, e.topic]) v === null ? a.appendNull() : a.appendVarchar(v)
+          for (const v of [e.dataset, e.principal, e.device, e.topic]) {
+            if (v === null) a.appendNull()
+            else a.appendVarchar(v)
+          }
           a.appendVarchar(e.reason)
           a.appendVarchar(e.detail)
-          e.field === null ? a.appendNull() : a.appendVarchar(e.field)
+          if (e.field === null) a.appendNull()
+          else a.appendVarchar(e.field)
           a.appendVarchar(e.excerpt)
           a.endRow()
         }
