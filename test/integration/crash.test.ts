@@ -13,10 +13,10 @@ const children = new Set<ChildProcess>()
 
 interface Child { proc: ChildProcess, mqttPort: number, httpPort: number, output: () => string }
 
-async function startChild (dataDir: string): Promise<Child> {
+async function startChild (dataDir: string, extraEnv: Record<string, string | undefined> = {}): Promise<Child> {
   const proc = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bin/streamgate.ts')], {
     cwd: root,
-    env: { ...process.env, ...testEnv(dataDir, { STREAMGATE_LOG_LEVEL: 'warn', STREAMGATE_QUERY_MAX_ROWS: '100000' }) },
+    env: { ...process.env, ...testEnv(dataDir, { STREAMGATE_LOG_LEVEL: 'warn', STREAMGATE_QUERY_MAX_ROWS: '100000' }), ...extraEnv },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   children.add(proc)
@@ -40,6 +40,36 @@ function stopChild (proc: ChildProcess, signal: NodeJS.Signals): Promise<number 
 
 afterAll(async () => {
   for (const c of children) await stopChild(c, 'SIGKILL')
+})
+
+describe('the streamgate process', () => {
+  it('prints where it listens and, on a first start only, the generated admin key', async () => {
+    const dataDir = tmpDataDir()
+    try {
+      const first = await startChild(dataDir, { STREAMGATE_ADMIN_KEY: undefined })
+      const key = /STREAMGATE_ADMIN_KEY=(sg_\S+)/.exec(first.output())?.[1]
+      expect(key).toBeDefined()
+      expect((await api(`http://127.0.0.1:${first.httpPort}`, key!, 'GET', '/v1/status')).status).toBe(200)
+      expect(await stopChild(first.proc, 'SIGTERM')).toBe(0)
+      const second = await startChild(dataDir, { STREAMGATE_ADMIN_KEY: undefined })
+      expect(second.output()).not.toContain('STREAMGATE_ADMIN_KEY=')
+      expect((await api(`http://127.0.0.1:${second.httpPort}`, key!, 'GET', '/v1/status')).status).toBe(200)
+      expect(await stopChild(second.proc, 'SIGTERM')).toBe(0)
+    } finally {
+      fs.rmSync(dataDir, { recursive: true, force: true })
+    }
+  })
+
+  it('refuses to start on a bad variable, naming it', async () => {
+    const proc = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bin/streamgate.ts')], {
+      cwd: root, env: { ...process.env, STREAMGATE_MQTT_PORT: 'nope' }, stdio: ['ignore', 'pipe', 'pipe']
+    })
+    let err = ''
+    proc.stderr.on('data', (d: Buffer) => { err += d.toString() })
+    const code = await new Promise<number | null>((resolve) => proc.once('exit', resolve))
+    expect(code).toBe(2)
+    expect(err).toContain('STREAMGATE_MQTT_PORT')
+  })
 })
 
 describe('crash safety', () => {

@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module'
 import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -81,6 +82,12 @@ describe('data path: MQTT in, MQTT and MQTT-over-WebSocket out, stored once', ()
     for (const x of arrival) expect(Date.parse(x.ts)).toBeGreaterThanOrEqual(before - 1)
   })
 
+  it('runs websocket-stream on ws 8 (CVE-2024-37890 is fixed there), not the ws 3 it pins', () => {
+    const fromWsStream = createRequire(createRequire(import.meta.url).resolve('websocket-stream'))
+    const version = (fromWsStream('ws/package.json') as { version: string }).version
+    expect(Number(version.split('.')[0])).toBeGreaterThanOrEqual(8)
+  })
+
   it('answers the minimal API with problem+json and requires a key everywhere but /healthz', async () => {
     expect((await api(gw.httpUrl, null, 'GET', '/healthz')).status).toBe(200)
     for (const url of ['/v1/datasets', '/v1/status', '/v1/principals']) {
@@ -99,7 +106,7 @@ describe('data path: MQTT in, MQTT and MQTT-over-WebSocket out, stored once', ()
     expect(reserved.status).toBe(400)
     expect((await api(gw.httpUrl, ADMIN_KEY, 'POST', '/v1/datasets', '{"id": ', { 'content-type': 'application/json' })).body.type).toBe('https://streamgate.dev/problems/bad-request')
     expect((await api(gw.httpUrl, ADMIN_KEY, 'POST', '/v1/datasets', 'id=x', { 'content-type': 'text/plain' })).status).toBe(415)
-    for (const id of ['a+b', 'a#', 'a/b', 'a.b', '$sys']) {
+    for (const id of ['a+b', 'a#', 'a/b', 'a.b', '$sys', 'a\u0000b', '', 'x'.repeat(129)]) {
       const r = await api(gw.httpUrl, ADMIN_KEY, 'POST', '/v1/principals', { id, kind: 'device' })
       expect(r.status, id).toBe(400)
     }
