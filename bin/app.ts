@@ -8,7 +8,7 @@ import { pino, type Logger } from 'pino'
 import { createApi } from '../api/app.js'
 import { EmbeddedStore } from '../bridges/index.js'
 import type { Config } from '../config/index.js'
-import { AccessState, Broker, Catalog, Journal, Management, Pipeline, Rejects, SinkConsumer } from '../gateway/index.js'
+import { AccessState, Broker, Catalog, Journal, listen, Management, Pipeline, Rejects, SinkConsumer } from '../gateway/index.js'
 
 export interface Streamgate {
   readonly config: Config
@@ -64,10 +64,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
 
     const api = createApi({ config, management, query: store, rejects, rejectStore: store, journal, consumers: [consumer], broker, log })
     const server = http.createServer({ noDelay: true }, api)
-    const httpAddr = await new Promise<net.AddressInfo>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(config.ports.http, config.bind, () => resolve(server.address() as net.AddressInfo))
-    })
+    const httpAddr = await listen(server, 'http', config.ports.http, config.bind, config.explicitPorts.has('http'), log)
     cleanups.push(async () => {
       server.closeAllConnections()
       await new Promise<void>((resolve) => server.close(() => resolve()))

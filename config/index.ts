@@ -47,6 +47,8 @@ type Raw = z.infer<typeof configSchema>
 export interface Config {
   readonly bind: string
   readonly ports: { readonly mqtt: number, readonly ws: number, readonly http: number, readonly mqtts: number, readonly wss: number }
+  /** Ports given explicitly (a taken explicit port fails the start; a taken default one falls back). */
+  readonly explicitPorts: ReadonlySet<'mqtt' | 'ws' | 'http' | 'mqtts' | 'wss'>
   readonly tls: { readonly cert: string, readonly key: string, readonly ca?: string } | null
   readonly dataDir: string
   readonly adminKey: string | undefined
@@ -96,11 +98,16 @@ export function loadConfig (env: Env = process.env): Config {
     const issue = 'STREAMGATE_TLS_CERT and STREAMGATE_TLS_KEY: set both or neither'
     throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
   }
-  return deepFreeze(toConfig(r))
+  const explicit = new Set<'mqtt' | 'ws' | 'http' | 'mqtts' | 'wss'>()
+  for (const [k, name] of [['STREAMGATE_MQTT_PORT', 'mqtt'], ['STREAMGATE_WS_PORT', 'ws'], ['STREAMGATE_HTTP_PORT', 'http'], ['STREAMGATE_MQTTS_PORT', 'mqtts'], ['STREAMGATE_WSS_PORT', 'wss']] as const) {
+    if (merged[k] !== undefined) explicit.add(name)
+  }
+  return deepFreeze(toConfig(r, explicit))
 }
 
-function toConfig (r: Raw): Config {
+function toConfig (r: Raw, explicitPorts: ReadonlySet<'mqtt' | 'ws' | 'http' | 'mqtts' | 'wss'>): Config {
   return {
+    explicitPorts,
     bind: r.STREAMGATE_BIND,
     ports: {
       mqtt: r.STREAMGATE_MQTT_PORT,

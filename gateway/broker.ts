@@ -10,6 +10,7 @@ import websocketStream from 'websocket-stream'
 import type { Config } from '../config/index.js'
 import type { AccessState, ApiKey } from './access.js'
 import { RejectReason } from './errors.js'
+import { listen } from './listen.js'
 import type { Management } from './management.js'
 import type { Pipeline } from './pipeline.js'
 import { classifyFilter, datasetOfTopic, parsePublishTopic } from './topics.js'
@@ -223,8 +224,8 @@ export class Broker {
     const wsHttp = http.createServer()
     wsHttp.on('connection', (s: net.Socket) => s.setNoDelay(true))
     websocketStream.createServer({ server: wsHttp, path: '/mqtt', perMessageDeflate: false }, handle as never)
-    const mqtt = await this.bind(tcp, config.ports.mqtt)
-    const ws = await this.bind(wsHttp, config.ports.ws)
+    const mqtt = await this.bind(tcp, 'mqtt', config.ports.mqtt)
+    const ws = await this.bind(wsHttp, 'ws', config.ports.ws)
     let mqtts: net.AddressInfo | null = null
     let wss: net.AddressInfo | null = null
     if (config.tls !== null) {
@@ -235,24 +236,19 @@ export class Broker {
       }
       const tlsServer = tls.createServer(opts, handle)
       tlsServer.on('secureConnection', (s: tls.TLSSocket) => s.setNoDelay(true))
-      mqtts = await this.bind(tlsServer, config.ports.mqtts)
+      mqtts = await this.bind(tlsServer, 'mqtts', config.ports.mqtts)
       const wssHttp = https.createServer(opts)
       wssHttp.on('secureConnection', (s: tls.TLSSocket) => s.setNoDelay(true))
       websocketStream.createServer({ server: wssHttp, path: '/mqtt', perMessageDeflate: false }, handle as never)
-      wss = await this.bind(wssHttp, config.ports.wss)
+      wss = await this.bind(wssHttp, 'wss', config.ports.wss)
     }
     return { mqtt, ws, mqtts, wss }
   }
 
-  private bind (server: net.Server | http.Server, port: number): Promise<net.AddressInfo> {
+  private bind (server: net.Server | http.Server, name: 'mqtt' | 'ws' | 'mqtts' | 'wss', port: number): Promise<net.AddressInfo> {
     this.servers.push(server)
-    return new Promise((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(port, this.deps.config.bind, () => {
-        server.off('error', reject)
-        resolve(server.address() as net.AddressInfo)
-      })
-    })
+    const { config, log } = this.deps
+    return listen(server, name, port, config.bind, config.explicitPorts.has(name), log)
   }
 
   /** Stops accepting connections, then closes every client and the broker. Idempotent. */

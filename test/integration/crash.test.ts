@@ -2,6 +2,7 @@
 // received a PUBACK is stored, exactly once.
 import { type ChildProcess, spawn } from 'node:child_process'
 import fs from 'node:fs'
+import net from 'node:net'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import mqtt from 'mqtt'
@@ -56,6 +57,29 @@ describe('the streamgate process', () => {
       expect((await api(`http://127.0.0.1:${second.httpPort}`, key!, 'GET', '/v1/status')).status).toBe(200)
       expect(await stopChild(second.proc, 'SIGTERM')).toBe(0)
     } finally {
+      fs.rmSync(dataDir, { recursive: true, force: true })
+    }
+  })
+
+  it('falls back from a taken default MQTT port, but fails on a taken explicit one', async () => {
+    // 1883 is Mosquitto's on these machines; hold it ourselves where it is free.
+    const holder = net.createServer()
+    await new Promise<void>((resolve) => { holder.once('error', () => resolve()); holder.listen(1883, '127.0.0.1', () => resolve()) })
+    const dataDir = tmpDataDir()
+    try {
+      const fallback = await startChild(dataDir, { STREAMGATE_MQTT_PORT: undefined })
+      expect(fallback.mqttPort).not.toBe(1883)
+      expect(fallback.output()).toContain('default port 1883 is in use')
+      expect(await stopChild(fallback.proc, 'SIGTERM')).toBe(0)
+      const proc = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bin/streamgate.ts')], {
+        cwd: root, env: { ...process.env, ...testEnv(dataDir, { STREAMGATE_MQTT_PORT: '1883' }) }, stdio: ['ignore', 'pipe', 'pipe']
+      })
+      let err = ''
+      proc.stderr.on('data', (d: Buffer) => { err += d.toString() })
+      expect(await new Promise<number | null>((resolve) => proc.once('exit', resolve))).toBe(1)
+      expect(err).toMatch(/mqtt: cannot listen on 127\.0\.0\.1:1883/)
+    } finally {
+      holder.close()
       fs.rmSync(dataDir, { recursive: true, force: true })
     }
   })
