@@ -2,11 +2,12 @@
 import express, { type Request, type Response, type Router } from 'express'
 import type { Config } from '../config/index.js'
 import {
-  type ApiKey, type Broker, type Dataset, type Journal, type Management, parseTimestampUs, type RecordQuery,
+  type ApiKey, type Broker, type Dataset, type IdempotencyStore, type Journal, type Pipeline, type Management, parseTimestampUs, type RecordQuery,
   type Rejects, type RejectStore, type Row, type SinkConsumer, StreamgateError
 } from '../gateway/index.js'
 import { createAuthenticator, requireAdmin, requireGrant, userOf } from './auth.js'
 import { notFound, problemHandler, requireJson } from './problem.js'
+import { ingestRoute, rememberBodyHash } from './records.js'
 
 export interface ApiDeps {
   readonly config: Config
@@ -17,6 +18,8 @@ export interface ApiDeps {
   readonly journal: Journal
   readonly consumers: readonly SinkConsumer[]
   readonly broker: Broker
+  readonly pipeline: Pipeline
+  readonly idempotency: IdempotencyStore
   readonly log: { error: (obj: object, msg: string) => void }
 }
 
@@ -80,7 +83,7 @@ export function createApi (deps: ApiDeps): express.Express {
   const v1: Router = express.Router()
   v1.use(createAuthenticator(access))
   v1.use(requireJson)
-  v1.use(express.json({ limit: config.limits.httpBodyLimit, strict: true }))
+  v1.use(express.json({ limit: config.limits.httpBodyLimit, strict: true, verify: rememberBodyHash }))
 
   // ---- datasets
   v1.post('/datasets', async (req, res) => {
@@ -119,6 +122,7 @@ export function createApi (deps: ApiDeps): express.Express {
   })
 
   // ---- records, rejects, stats
+  v1.post('/datasets/:id/records', ingestRoute(deps.pipeline, access, deps.idempotency, { bodyLimit: config.limits.httpBodyLimit, maxRecords: config.limits.httpMaxRecords }))
   v1.get('/datasets/:id/records', async (req, res) => {
     const id = param(req, 'id')
     requireGrant(req, access, id, 'query')

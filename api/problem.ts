@@ -44,6 +44,6 @@ export const requireJson: RequestHandler = (req, _res, next) => {
   if (req.method === 'GET' || req.method === 'DELETE' || req.method === 'HEAD') return next()
   const length = req.headers['content-length']
   if ((length === undefined || length === '0') && req.headers['transfer-encoding'] === undefined) return next()
-  if (!req.is('application/json')) return next(new StreamgateError('SG_ERR_UNSUPPORTED_MEDIA_TYPE', 'send application/json'))
+  if (req.is(['application/json', 'application/x-ndjson']) === false) return next(new StreamgateError('SG_ERR_UNSUPPORTED_MEDIA_TYPE', 'send application/json (or application/x-ndjson where documented)'))
   next()
 }

@@ -62,7 +62,13 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     cleanups.push(() => broker.close())
     const listeners = await broker.listen()
 
-    const api = createApi({ config, management, query: store, rejects, rejectStore: store, journal, consumers: [consumer], broker, log })
+    const api = createApi({ config, management, query: store, rejects, rejectStore: store, journal, consumers: [consumer], broker, pipeline, idempotency: store, log })
+    // Idempotency-Key answers are kept for 24 hours.
+    const expiry = setInterval(() => {
+      store.expireResponses(new Date(Date.now() - 24 * 3600_000).toISOString()).catch((err: Error) => log.warn({ err: err.message }, 'idempotency expiry failed'))
+    }, 3600_000)
+    expiry.unref()
+    cleanups.push(async () => clearInterval(expiry))
     const server = http.createServer({ noDelay: true }, api)
     const httpAddr = await listen(server, 'http', config.ports.http, config.bind, config.explicitPorts.has('http'), log)
     cleanups.push(async () => {
@@ -77,6 +83,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     const close = (drainMs = 5000): Promise<void> => {
       closing ??= (async () => {
         // Stop taking input first, then let the journal finish its commit, then let the sink catch up.
+        clearInterval(expiry)
         server.closeAllConnections()
         server.close()
         await broker.close()

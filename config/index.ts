@@ -39,6 +39,7 @@ export const configSchema = z.object({
   STREAMGATE_SINK_BATCH: positiveInt.default(20_000),
   STREAMGATE_REJECTS_KEEP: positiveInt.default(10_000),
   STREAMGATE_HTTP_BODY_LIMIT: positiveInt.default(8 * MiB),
+  STREAMGATE_HTTP_MAX_RECORDS: positiveInt.default(100_000),
   STREAMGATE_QUERY_MAX_ROWS: positiveInt.default(10_000)
 })
 
@@ -61,6 +62,7 @@ export interface Config {
     readonly drainTimeoutMs: number
     readonly connectTimeoutMs: number
     readonly httpBodyLimit: number
+    readonly httpMaxRecords: number
     readonly queryMaxRows: number
   }
   readonly journal: { readonly maxBytes: number, readonly segmentBytes: number, readonly cacheBytes: number }
@@ -130,6 +132,7 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<'mqtt' | 'ws' | 'http' | '
       drainTimeoutMs: r.STREAMGATE_DRAIN_TIMEOUT_MS,
       connectTimeoutMs: r.STREAMGATE_CONNECT_TIMEOUT_MS,
       httpBodyLimit: r.STREAMGATE_HTTP_BODY_LIMIT,
+      httpMaxRecords: r.STREAMGATE_HTTP_MAX_RECORDS,
       queryMaxRows: r.STREAMGATE_QUERY_MAX_ROWS
     },
     journal: {

@@ -82,6 +82,9 @@ export class Broker {
     const broker = new Broker(aedes, deps)
     holder.b = broker
     broker.wire()
+    deps.pipeline.setFanout((dataset, device, payload) => {
+      aedes.publish({ cmd: 'publish', topic: `datasets/${dataset}/${device}`, payload, qos: 1, retain: false, dup: false }, () => undefined)
+    })
     return broker
   }
 

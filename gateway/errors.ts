@@ -12,6 +12,8 @@ export const errorCatalogue = {
   SG_ERR_FORBIDDEN: { status: 403, title: 'Missing grant', slug: 'forbidden' },
   SG_ERR_NOT_FOUND: { status: 404, title: 'Not found', slug: 'not-found' },
   SG_ERR_CONFLICT: { status: 409, title: 'Already exists', slug: 'conflict' },
+  SG_ERR_IDEMPOTENCY_MISMATCH: { status: 409, title: 'Idempotency-Key reused with a different request', slug: 'idempotency-mismatch' },
+  SG_ERR_UNPROCESSABLE: { status: 422, title: 'No record was accepted', slug: 'unprocessable' },
   SG_ERR_PAYLOAD_TOO_LARGE: { status: 413, title: 'Payload too large', slug: 'payload-too-large' },
   SG_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, title: 'Unsupported media type', slug: 'unsupported-media-type' },
   SG_ERR_JOURNAL_FULL: { status: 503, title: 'Journal quota reached', slug: 'journal-full' },

@@ -4,9 +4,10 @@
 import { isUtf8 } from 'node:buffer'
 import type { AccessState } from './access.js'
 import type { Catalog, Row } from './datasets.js'
-import { RejectReason } from './errors.js'
+import { RejectReason, StreamgateError } from './errors.js'
 import type { AppendCallback, Journal } from './journal.js'
 import type { Rejects } from './rejects.js'
+import { isPrincipalId } from './topics.js'
 
 export interface Refusal {
   readonly reason: RejectReason
@@ -17,6 +18,9 @@ export interface Refusal {
 }
 
 export interface PipelineLimits { readonly maxPayload: number }
+
+export interface RecordRefusal { readonly index: number, readonly reason: RejectReason, readonly detail: string, readonly field?: string }
+export interface BatchResult { readonly accepted: number, readonly rejected: readonly RecordRefusal[] }
 
 const NOT_AUTHORIZED: RejectReason = RejectReason.NOT_AUTHORIZED
 
@@ -33,8 +37,12 @@ export class ArrivalClock {
   }
 }
 
+/** Delivers records accepted outside MQTT (HTTP, AMQP) to MQTT subscribers. */
+export type Fanout = (dataset: string, device: string, payload: Buffer) => void
+
 export class Pipeline {
   readonly clock = new ArrivalClock()
+  private fanout: Fanout | null = null
   readonly stats = { accepted: 0, records: 0, refused: 0 }
 
   constructor (
@@ -79,6 +87,84 @@ export class Pipeline {
     this.stats.records += rows.length
     this.journal.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload, rows }, cb)
     return null
+  }
+
+  setFanout (fanout: Fanout): void {
+    this.fanout = fanout
+  }
+
+  /**
+   * Ingests a batch of records given one by one (HTTP): each is validated on its own; the accepted ones
+   * are appended grouped by device, one journal entry per device. Resolves once they are durable.
+   * A record names its device in `device` (default: the principal's own id).
+   */
+  async ingestRecords (principal: string, dataset: string, records: readonly unknown[]): Promise<BatchResult> {
+    const compiled = this.catalog.current(dataset)
+    if (compiled === undefined) throw new StreamgateError('SG_ERR_NOT_FOUND', `dataset ${dataset} does not exist`)
+    const rejected: RecordRefusal[] = []
+    const byDevice = new Map<string, { records: unknown[], rows: Row[] }>()
+    // One arrival time for the request: a replay decodes each entry's payload with its entry's arrival
+    // time, so live and replayed rows must agree. Rows stay distinct by (_seq, _idx).
+    const arrivalUs = this.clock.now()
+    for (let i = 0; i < records.length; i++) {
+      const rec = records[i]
+      let device = principal
+      let body = rec
+      if (rec !== null && typeof rec === 'object' && !Array.isArray(rec) && Object.hasOwn(rec, 'device')) {
+        const { device: d, ...rest } = rec as Record<string, unknown>
+        if (typeof d !== 'string' || !isPrincipalId(d)) {
+          rejected.push(this.recordRefusal(i, principal, dataset, null, RejectReason.WRONG_TYPE, 'device: expected a device id (^[A-Za-z0-9_][A-Za-z0-9_:@-]{0,127}$)', '/device', rec))
+          continue
+        }
+        device = d
+        body = rest
+      }
+      if (Array.isArray(body)) {
+        rejected.push(this.recordRefusal(i, principal, dataset, device, RejectReason.NOT_AN_OBJECT, `record /${i} is not a JSON object`, '', rec))
+        continue
+      }
+      if (!this.access.canPublish(principal, dataset, device)) {
+        rejected.push(this.recordRefusal(i, principal, dataset, device, NOT_AUTHORIZED, `${principal} may not publish to ${dataset} as device ${device}`, '/device', rec))
+        continue
+      }
+      let group = byDevice.get(device)
+      if (group === undefined) byDevice.set(device, group = { records: [], rows: [] })
+      const before = group.rows.length
+      const bad = compiled.decode(body, device, arrivalUs, group.rows)
+      if (bad !== null) {
+        group.rows.length = before
+        rejected.push(this.recordRefusal(i, principal, dataset, device, bad.reason, bad.detail, bad.field, rec))
+        continue
+      }
+      group.records.push(body)
+    }
+    const appends: Promise<void>[] = []
+    let accepted = 0
+    for (const [device, group] of byDevice) {
+      if (group.rows.length === 0) continue
+      accepted += group.rows.length
+      const payload = Buffer.from(JSON.stringify(group.records))
+      appends.push(new Promise<void>((resolve, reject) => {
+        this.journal.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload, rows: group.rows }, (err) => {
+          if (err !== null) return reject(err)
+          // Like MQTT QoS 1: subscribers see it once it is durable.
+          this.fanout?.(dataset, device, payload)
+          resolve()
+        })
+      }))
+    }
+    await Promise.all(appends)
+    this.stats.accepted += appends.length
+    this.stats.records += accepted
+    return { accepted, rejected }
+  }
+
+  private recordRefusal (index: number, principal: string, dataset: string, device: string | null, reason: RejectReason, detail: string, field: string | undefined, rec: unknown): RecordRefusal {
+    this.stats.refused++
+    let payload: Buffer | undefined
+    try { payload = Buffer.from(JSON.stringify(rec) ?? 'undefined') } catch { payload = undefined }
+    this.rejects.record({ dataset, principal, device, topic: null, reason, detail, field: field === undefined ? `/${index}` : `/${index}${field}`, payload })
+    return { index, reason, detail, ...(field !== undefined ? { field } : {}) }
   }
 
   /** Counts and logs a refusal made outside the pipeline (e.g. a topic outside the grammar). */

@@ -69,3 +69,18 @@ export interface RejectStore {
   counts (): Promise<RejectCount[]>
   list (dataset: string, limit: number): Promise<RejectEntry[]>
 }
+
+/** A stored answer to a request carrying an Idempotency-Key. */
+export interface IdempotentResponse {
+  readonly requestHash: string
+  readonly status: number
+  readonly body: unknown
+  readonly createdAt: string
+}
+
+export interface IdempotencyStore {
+  getResponse (principal: string, key: string): Promise<IdempotentResponse | null>
+  putResponse (principal: string, key: string, response: IdempotentResponse): Promise<void>
+  /** Forgets responses older than `before` (ISO 8601). */
+  expireResponses (before: string): Promise<void>
+}

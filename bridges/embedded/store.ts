@@ -7,7 +7,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { DuckDBInstance, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api'
 import type {
-  ApiKey, Dataset, FieldType, Grant, MetadataSnapshot, MetadataStore, Principal, RecordQuery,
+  ApiKey, Dataset, FieldType, Grant, IdempotencyStore, IdempotentResponse, MetadataSnapshot, MetadataStore, Principal, RecordQuery,
   RejectCount, RejectEntry, RejectStore, Row, Sink, SinkEntry
 } from '../../gateway/index.js'
 import { StreamgateError } from '../../gateway/index.js'
@@ -43,7 +43,7 @@ export interface EmbeddedStoreOptions {
   readonly rejectsKeep: number
 }
 
-export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectStore {
+export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectStore, IdempotencyStore {
   readonly name = 'embedded'
   private chain: Promise<unknown> = Promise.resolve()
   private closed = false
@@ -77,6 +77,7 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
       CREATE TABLE IF NOT EXISTS sg_checkpoints (consumer VARCHAR PRIMARY KEY, seq BIGINT NOT NULL);
       CREATE TABLE IF NOT EXISTS sg_rejects ("at" TIMESTAMP NOT NULL, dataset VARCHAR, principal VARCHAR, device VARCHAR, topic VARCHAR,
         reason VARCHAR NOT NULL, detail VARCHAR NOT NULL, field VARCHAR, excerpt VARCHAR NOT NULL);
+      CREATE TABLE IF NOT EXISTS sg_idempotency (principal VARCHAR NOT NULL, key VARCHAR NOT NULL, doc VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, PRIMARY KEY (principal, key));
       CREATE TABLE IF NOT EXISTS sg_reject_counts (dataset VARCHAR NOT NULL, reason VARCHAR NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (dataset, reason));
     `)
     return store
@@ -313,6 +314,23 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
       await this.writer.run('DELETE FROM sg_reject_counts WHERE dataset = $1', [dataset])
       await this.writer.run('DELETE FROM sg_rejects WHERE dataset = $1', [dataset])
     }))
+  }
+
+  // ---- IdempotencyStore
+
+  async getResponse (principal: string, key: string): Promise<IdempotentResponse | null> {
+    const rows = await (await this.reader.runAndReadAll('SELECT doc FROM sg_idempotency WHERE principal = $1 AND key = $2', [principal, key])).getRows()
+    return rows.length === 0 ? null : JSON.parse(rows[0]![0] as string) as IdempotentResponse
+  }
+
+  putResponse (principal: string, key: string, r: IdempotentResponse): Promise<void> {
+    return this.serial(async () => {
+      await this.writer.run('INSERT OR REPLACE INTO sg_idempotency VALUES ($1, $2, $3, CAST($4 AS TIMESTAMP))', [principal, key, JSON.stringify(r), r.createdAt])
+    })
+  }
+
+  expireResponses (before: string): Promise<void> {
+    return this.serial(async () => { await this.writer.run('DELETE FROM sg_idempotency WHERE created_at < CAST($1 AS TIMESTAMP)', [before]) })
   }
 
   /** Waits for queued writes and closes DuckDB. Idempotent. */
