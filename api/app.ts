@@ -2,7 +2,7 @@
 import express, { type Request, type Response, type Router } from 'express'
 import type { Config } from '../config/index.js'
 import {
-  type ApiKey, type Broker, type Dataset, type IdempotencyStore, type Journal, type Pipeline, type Management, parseTimestampUs, type RecordQuery,
+  type ApiKey, type Broker, type Dataset, type IdempotencyStore, type Journal, isoFromUs, type Pipeline, type Management, parseTimestampUs, planQuery, type RecordQuery,
   type Rejects, type RejectStore, type Row, type SinkConsumer, StreamgateError
 } from '../gateway/index.js'
 import { createAuthenticator, requireAdmin, requireGrant, userOf } from './auth.js'
@@ -21,12 +21,6 @@ export interface ApiDeps {
   readonly pipeline: Pipeline
   readonly idempotency: IdempotencyStore
   readonly log: { error: (obj: object, msg: string) => void }
-}
-
-/** ISO 8601 with microseconds, from epoch µs. */
-export function isoFromUs (us: number): string {
-  const ms = Math.floor(us / 1000)
-  return new Date(ms).toISOString().slice(0, -1) + String(us - ms * 1000).padStart(3, '0') + 'Z'
 }
 
 function publicKey (k: ApiKey): Omit<ApiKey, 'hash'> {
@@ -129,6 +123,12 @@ export function createApi (deps: ApiDeps): express.Express {
     const ds = management.getDataset(id)
     const rows = await deps.query.latest(ds, { from: timeParam(req, 'from'), to: timeParam(req, 'to'), limit: intParam(req, 'limit', 100, config.limits.queryMaxRows) })
     res.json({ records: rows.map((r) => outRow(ds, r)) })
+  })
+  v1.post('/datasets/:id/query', async (req, res) => {
+    const id = param(req, 'id')
+    requireGrant(req, access, id, 'query')
+    const plan = planQuery(management.getDataset(id), req.body, { maxRows: config.limits.queryMaxRows })
+    res.json(await deps.query.query(plan, config.limits.queryTimeoutMs))
   })
   v1.get('/datasets/:id/rejects', async (req, res) => {
     const id = param(req, 'id')

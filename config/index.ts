@@ -40,7 +40,8 @@ export const configSchema = z.object({
   STREAMGATE_REJECTS_KEEP: positiveInt.default(10_000),
   STREAMGATE_HTTP_BODY_LIMIT: positiveInt.default(8 * MiB),
   STREAMGATE_HTTP_MAX_RECORDS: positiveInt.default(100_000),
-  STREAMGATE_QUERY_MAX_ROWS: positiveInt.default(10_000)
+  STREAMGATE_QUERY_MAX_ROWS: positiveInt.default(10_000),
+  STREAMGATE_QUERY_TIMEOUT_MS: positiveInt.default(10_000)
 })
 
 type Raw = z.infer<typeof configSchema>
@@ -64,6 +65,7 @@ export interface Config {
     readonly httpBodyLimit: number
     readonly httpMaxRecords: number
     readonly queryMaxRows: number
+    readonly queryTimeoutMs: number
   }
   readonly journal: { readonly maxBytes: number, readonly segmentBytes: number, readonly cacheBytes: number }
   readonly sink: { readonly batch: number }
@@ -133,7 +135,8 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<'mqtt' | 'ws' | 'http' | '
       connectTimeoutMs: r.STREAMGATE_CONNECT_TIMEOUT_MS,
       httpBodyLimit: r.STREAMGATE_HTTP_BODY_LIMIT,
       httpMaxRecords: r.STREAMGATE_HTTP_MAX_RECORDS,
-      queryMaxRows: r.STREAMGATE_QUERY_MAX_ROWS
+      queryMaxRows: r.STREAMGATE_QUERY_MAX_ROWS,
+      queryTimeoutMs: r.STREAMGATE_QUERY_TIMEOUT_MS
     },
     journal: {
       maxBytes: r.STREAMGATE_JOURNAL_MAX_BYTES,

@@ -80,6 +80,12 @@ export function parseTimestampUs (v: unknown): number {
   return us >= 0 && us <= MAX_TS_US ? us : NaN
 }
 
+/** ISO 8601 with microseconds, from epoch µs. */
+export function isoFromUs (us: number): string {
+  const ms = Math.floor(us / 1000)
+  return new Date(ms).toISOString().slice(0, -1) + String(us - ms * 1000).padStart(3, '0') + 'Z'
+}
+
 export interface SchemaLimits { readonly maxBatch: number, readonly maxString: number }
 
 /**

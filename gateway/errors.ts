@@ -17,6 +17,7 @@ export const errorCatalogue = {
   SG_ERR_PAYLOAD_TOO_LARGE: { status: 413, title: 'Payload too large', slug: 'payload-too-large' },
   SG_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, title: 'Unsupported media type', slug: 'unsupported-media-type' },
   SG_ERR_JOURNAL_FULL: { status: 503, title: 'Journal quota reached', slug: 'journal-full' },
+  SG_ERR_QUERY_TIMEOUT: { status: 503, title: 'Query timed out', slug: 'query-timeout' },
   SG_ERR_UNAVAILABLE: { status: 503, title: 'Service unavailable', slug: 'unavailable' },
   SG_ERR_INTERNAL: { status: 500, title: 'Internal error', slug: 'internal' }
 } as const satisfies Record<string, ErrorSpec>

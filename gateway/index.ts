@@ -2,7 +2,7 @@
 export { AccessState, actions, principalKinds, hashKey, type Action, type ApiKey, type AuthResult, type Grant, type Principal, type PrincipalKind } from './access.js'
 export { Broker, DROP_TOPIC, sessionOf, type Listeners, type Session } from './broker.js'
 export { SinkConsumer, type ConsumerOptions } from './consumer.js'
-export { Catalog, CompiledSchema, datasetInputSchema, datasetSchemaSchema, parseTimestampUs, type Dataset, type DatasetSchema, type FieldType, type Row } from './datasets.js'
+export { Catalog, CompiledSchema, datasetInputSchema, datasetSchemaSchema, isoFromUs, parseTimestampUs, type Dataset, type DatasetSchema, type FieldType, type Row } from './datasets.js'
 export { errorCatalogue, isStreamgateError, PROBLEM_BASE, RecordRejection, RejectReason, StreamgateError, type ErrorCode } from './errors.js'
 export { Journal, JournalFullError, type JournalEntry, type JournalRecord, type RecoveryReport } from './journal.js'
 export { listen } from './listen.js'
@@ -11,3 +11,4 @@ export { ArrivalClock, Pipeline, type BatchResult, type RecordRefusal, type Refu
 export type { IdempotencyStore, IdempotentResponse, MetadataSnapshot, MetadataStore, RecordQuery, RejectCount, RejectEntry, RejectStore, Sink, SinkEntry } from './ports.js'
 export { Rejects } from './rejects.js'
 export { classifyFilter, isDatasetId, isPrincipalId, parsePublishTopic } from './topics.js'
+export { aggregateFns, encodeCursor, planQuery, queryInputSchema, whereOps, type AggregateFn, type PlanAggregate, type PlanColumn, type PlanFilter, type QueryPlan, type QueryResult } from './query.js'

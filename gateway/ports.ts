@@ -2,6 +2,7 @@
 import type { ApiKey, Grant, Principal } from './access.js'
 import type { Dataset, Row } from './datasets.js'
 import type { RejectReason } from './errors.js'
+import type { QueryPlan, QueryResult } from './query.js'
 
 export interface MetadataSnapshot {
   readonly datasets: readonly Dataset[]
@@ -43,6 +44,8 @@ export interface Sink {
 }
 
 export interface RecordQuery {
+  /** Runs a validated query (see gateway/query.ts); at most plan.limit rows and the next cursor. */
+  query (plan: QueryPlan, timeoutMs: number): Promise<QueryResult>
   /** Newest first, `ts` in [from, to). Times in epoch µs. */
   latest (dataset: Dataset, range: { from: number | null, to: number | null, limit: number }): Promise<Row[]>
   stats (dataset: Dataset): Promise<{ stored: number, lastRecordUs: number | null }>

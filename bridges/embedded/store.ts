@@ -7,10 +7,11 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { DuckDBInstance, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api'
 import type {
-  ApiKey, Dataset, FieldType, Grant, IdempotencyStore, IdempotentResponse, MetadataSnapshot, MetadataStore, Principal, RecordQuery,
+  ApiKey, Dataset, FieldType, Grant, IdempotencyStore, IdempotentResponse, MetadataSnapshot, QueryPlan, QueryResult, MetadataStore, Principal, RecordQuery,
   RejectCount, RejectEntry, RejectStore, Row, Sink, SinkEntry
 } from '../../gateway/index.js'
 import { StreamgateError } from '../../gateway/index.js'
+import { compileQuery, shapeRows } from '../sql/compile.js'
 
 const SQL_TYPE: Record<FieldType | 'tag', string> = {
   double: 'DOUBLE', long: 'BIGINT', boolean: 'BOOLEAN', string: 'VARCHAR', timestamp: 'TIMESTAMP', tag: 'VARCHAR'
@@ -245,6 +246,23 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
       for (const [k, v] of Object.entries(r)) if (v !== null) out[k] = typeof v === 'bigint' ? Number(v) : v as string | number | boolean
       return out as Row
     })
+  }
+
+  async query (plan: QueryPlan, timeoutMs: number): Promise<QueryResult> {
+    const { sql, params } = compileQuery(plan, 'duckdb')
+    // A connection of its own, so a timeout interrupts this query only.
+    const conn = await this.instance.connect()
+    const timer = setTimeout(() => conn.interrupt(), timeoutMs)
+    try {
+      const rows = await (await conn.runAndReadAll(sql, params as DuckDBValue[])).getRowObjects()
+      return shapeRows(plan, rows)
+    } catch (err) {
+      if (/interrupt/i.test((err as Error).message)) throw new StreamgateError('SG_ERR_QUERY_TIMEOUT', `query ran longer than STREAMGATE_QUERY_TIMEOUT_MS=${timeoutMs}`)
+      throw err
+    } finally {
+      clearTimeout(timer)
+      conn.closeSync()
+    }
   }
 
   async stats (ds: Dataset): Promise<{ stored: number, lastRecordUs: number | null }> {
