@@ -2,7 +2,7 @@
 import express, { type Request, type Response, type Router } from 'express'
 import type { Config } from '../config/index.js'
 import {
-  type ApiKey, type Broker, type Dataset, type IdempotencyStore, type Journal, isoFromUs, type Pipeline, type Management, parseTimestampUs, planQuery, type RecordQuery,
+  type ApiKey, type BreakerStatus, type Broker, type Dataset, type IdempotencyStore, type Journal, isoFromUs, type Pipeline, type Management, parseTimestampUs, planQuery, type RecordQuery,
   type Rejects, type RejectStore, type Row, type SinkConsumer, StreamgateError
 } from '../gateway/index.js'
 import { createAuthenticator, requireAdmin, requireGrant, userOf } from './auth.js'
@@ -20,6 +20,7 @@ export interface ApiDeps {
   readonly broker: Broker
   readonly pipeline: Pipeline
   readonly idempotency: IdempotencyStore
+  readonly queryBreaker?: () => BreakerStatus
   readonly log: { error: (obj: object, msg: string) => void }
 }
 
@@ -181,7 +182,11 @@ export function createApi (deps: ApiDeps): express.Express {
     requireAdmin(req)
     res.json({
       journal: { committedSeq: deps.journal.committedSeq, bytes: deps.journal.bytes, healthy: deps.journal.healthy, ...deps.journal.stats },
-      consumers: deps.consumers.map((c) => ({ name: c.name, checkpoint: c.checkpoint, lag: c.lag, lastError: c.lastError, failures: c.failures, skipped: c.skipped })),
+      consumers: deps.consumers.map((c) => ({
+        name: c.name, checkpoint: c.checkpoint, lag: c.lag, lagSeconds: c.lagSeconds, lastError: c.lastError, failures: c.failures, skipped: c.skipped,
+        breaker: c.sink.breaker?.() ?? null
+      })),
+      ...(deps.queryBreaker !== undefined ? { query: { breaker: deps.queryBreaker() } } : {}),
       mqtt: { sessions: deps.broker.sessions().length, ...deps.broker.stats },
       rejected: deps.rejects.counts(null)
     })

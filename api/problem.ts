@@ -21,7 +21,8 @@ export function problemHandler (log: { error: (obj: object, msg: string) => void
   return (err, req, res, _next) => {
     const e = toStreamgateError(err)
     if (e.status >= 500 && e.code === 'SG_ERR_INTERNAL') log.error({ err: (err as Error)?.stack ?? String(err), url: req.originalUrl }, 'request failed')
-    const { field, ...extra } = e.details
+    const { field, retryAfter, ...extra } = e.details
+    if (typeof retryAfter === 'number') res.setHeader('Retry-After', String(retryAfter))
     res.status(e.status).type(PROBLEM_TYPE).json({
       type: e.type,
       title: e.title,

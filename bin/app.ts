@@ -6,9 +6,11 @@ import type net from 'node:net'
 import path from 'node:path'
 import { pino, type Logger } from 'pino'
 import { createApi } from '../api/app.js'
-import { EmbeddedStore } from '../bridges/index.js'
+import { createPgExecutor, EmbeddedStore, QuestdbQuery, QuestdbSink } from '../bridges/index.js'
 import type { Config } from '../config/index.js'
-import { AccessState, Broker, Catalog, Journal, listen, Management, Pipeline, Rejects, SinkConsumer } from '../gateway/index.js'
+import {
+  AccessState, type BreakerStatus, Broker, Catalog, Journal, listen, Management, Pipeline, type RecordQuery, Rejects, type Sink, SinkConsumer
+} from '../gateway/index.js'
 
 export interface Streamgate {
   readonly config: Config
@@ -40,7 +42,37 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     const rejects = new Rejects(store, { maxPending: 10_000, flushMs: 250, onError: (err) => log.warn({ err: err.message }, 'rejects log write failed') })
     await rejects.init()
     cleanups.push(() => rejects.close())
-    const management = new Management(store, access, catalog, [store], rejects)
+    // The time-series sink and query: QuestDB when configured, else the embedded store.
+    let sink: Sink = store
+    let query: RecordQuery = store
+    let queryBreaker: (() => BreakerStatus) | undefined
+    const sinkClosers: (() => Promise<void>)[] = []
+    if (config.questdb !== null) {
+      const qdb = config.questdb
+      const sql = createPgExecutor(qdb.pg, qdb.timeoutMs)
+      cleanups.push(() => sql.close())
+      sinkClosers.push(() => sql.close())
+      const qsink = new QuestdbSink({
+        ilp: qdb.ilp,
+        sql,
+        checkpoints: store,
+        timeoutMs: qdb.timeoutMs,
+        resetMs: qdb.resetMs,
+        log,
+        onRefused: (refusals) => {
+          for (const r of refusals) {
+            rejects.record({ dataset: r.dataset, principal: null, device: r.device, topic: null, reason: r.reason, detail: r.detail, field: `/_seq/${r.seq}/${r.idx}`, payload: Buffer.from(JSON.stringify(r.row)) })
+          }
+        }
+      })
+      cleanups.push(() => qsink.close())
+      sinkClosers.push(() => qsink.close())
+      const qquery = new QuestdbQuery(sql, { timeoutMs: qdb.timeoutMs, resetMs: qdb.resetMs })
+      sink = qsink
+      query = qquery
+      queryBreaker = () => qquery.breaker()
+    }
+    const management = new Management(store, access, catalog, [sink], rejects)
     await management.load()
     const { generatedKey } = await management.bootstrapAdmin(config.adminKey)
 
@@ -49,11 +81,11 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       maxBytes: config.journal.maxBytes,
       segmentBytes: config.journal.segmentBytes,
       cacheBytes: config.journal.cacheBytes,
-      floorSeq: await store.checkpoint(),
+      floorSeq: await sink.checkpoint(),
       log
     })
     cleanups.push(() => journal.close())
-    const consumer = new SinkConsumer(journal, store, catalog, { maxEntries: 5000, maxRows: config.sink.batch, log })
+    const consumer = new SinkConsumer(journal, sink, catalog, { maxEntries: 5000, maxRows: config.sink.batch, log })
     await consumer.start()
     cleanups.push(() => consumer.close())
 
@@ -62,7 +94,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     cleanups.push(() => broker.close())
     const listeners = await broker.listen()
 
-    const api = createApi({ config, management, query: store, rejects, rejectStore: store, journal, consumers: [consumer], broker, pipeline, idempotency: store, log })
+    const api = createApi({ config, management, query, rejects, rejectStore: store, journal, consumers: [consumer], broker, pipeline, idempotency: store, log, ...(queryBreaker !== undefined ? { queryBreaker } : {}) })
     // Idempotency-Key answers are kept for 24 hours.
     const expiry = setInterval(() => {
       store.expireResponses(new Date(Date.now() - 24 * 3600_000).toISOString()).catch((err: Error) => log.warn({ err: err.message }, 'idempotency expiry failed'))
@@ -90,6 +122,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
         await journal.close()
         await consumer.waitFor(journal.committedSeq, drainMs).catch((err: Error) => log.warn({ err: err.message }, 'sink not drained at shutdown; it resumes from its checkpoint'))
         await consumer.close()
+        for (const c of sinkClosers.reverse()) await c().catch((err: Error) => log.warn({ err: err.message }, 'closing a sink failed'))
         await rejects.close()
         await store.close()
       })()

@@ -25,6 +25,10 @@ export const configSchema = z.object({
   STREAMGATE_TLS_CA: optionalPath,
   STREAMGATE_DATA_DIR: z.string().min(1).default('./data'),
   STREAMGATE_ADMIN_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
+  STREAMGATE_QUESTDB: z.string().min(1).optional().describe('@questdb/nodejs-client config string, e.g. http::addr=127.0.0.1:9000'),
+  STREAMGATE_QUESTDB_PG: z.string().url().default('postgres://admin:quest@127.0.0.1:8812/qdb'),
+  STREAMGATE_QUESTDB_TIMEOUT_MS: positiveInt.default(15_000),
+  STREAMGATE_QUESTDB_RESET_MS: positiveInt.default(5_000),
   STREAMGATE_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   // Limits. Every one is documented in the README.
   STREAMGATE_MAX_PAYLOAD: positiveInt.default(256 * KiB),
@@ -54,6 +58,8 @@ export interface Config {
   readonly tls: { readonly cert: string, readonly key: string, readonly ca?: string } | null
   readonly dataDir: string
   readonly adminKey: string | undefined
+  /** QuestDB replaces the embedded store for time series when set. */
+  readonly questdb: { readonly ilp: string, readonly pg: string, readonly timeoutMs: number, readonly resetMs: number } | null
   readonly logLevel: Raw['STREAMGATE_LOG_LEVEL']
   readonly limits: {
     readonly maxPayload: number
@@ -125,6 +131,9 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<'mqtt' | 'ws' | 'http' | '
       : null,
     dataDir: r.STREAMGATE_DATA_DIR,
     adminKey: r.STREAMGATE_ADMIN_KEY,
+    questdb: r.STREAMGATE_QUESTDB === undefined
+      ? null
+      : { ilp: r.STREAMGATE_QUESTDB, pg: r.STREAMGATE_QUESTDB_PG, timeoutMs: r.STREAMGATE_QUESTDB_TIMEOUT_MS, resetMs: r.STREAMGATE_QUESTDB_RESET_MS },
     logLevel: r.STREAMGATE_LOG_LEVEL,
     limits: {
       maxPayload: r.STREAMGATE_MAX_PAYLOAD,

@@ -35,6 +35,12 @@ export class SinkConsumer extends EventEmitter {
   /** Last sequence number stored by the sink. */
   get checkpoint (): number { return this.position }
   get lag (): number { return Math.max(0, this.journal.committedSeq - this.position) }
+  /** Age of the oldest entry not yet stored, in seconds (null when none, or when it is no longer in memory). */
+  get lagSeconds (): number | null {
+    if (this.lag === 0) return 0
+    const at = this.journal.arrivalOf(this.position + 1)
+    return at === null ? null : Math.max(0, (Date.now() * 1000 - at) / 1e6)
+  }
 
   async start (): Promise<void> {
     this.position = await this.sink.checkpoint()

@@ -70,6 +70,8 @@ export const RejectReason = {
   NOT_AUTHORIZED: 'not_authorized',
   BAD_TOPIC: 'bad_topic',
   JOURNAL_FULL: 'journal_full',
+  /** The store (QuestDB) refused the record with a permanent error; its message is in the detail. */
+  STORE_REFUSED: 'store_refused',
   // Refused by the MQTT layer before a dataset is known; counted in the global stats only.
   TOPIC_TOO_DEEP: 'topic_too_deep',
   WILDCARD_IN_TOPIC: 'wildcard_in_topic'

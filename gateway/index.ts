@@ -8,7 +8,7 @@ export { Journal, JournalFullError, type JournalEntry, type JournalRecord, type 
 export { listen } from './listen.js'
 export { BOOTSTRAP_ADMIN, Management, parse } from './management.js'
 export { ArrivalClock, Pipeline, type BatchResult, type RecordRefusal, type Refusal } from './pipeline.js'
-export type { IdempotencyStore, IdempotentResponse, MetadataSnapshot, MetadataStore, RecordQuery, RejectCount, RejectEntry, RejectStore, Sink, SinkEntry } from './ports.js'
+export type { BreakerStatus, CheckpointStore, IdempotencyStore, IdempotentResponse, MetadataSnapshot, MetadataStore, RecordQuery, RejectCount, RejectEntry, RejectStore, Sink, SinkEntry } from './ports.js'
 export { Rejects } from './rejects.js'
 export { classifyFilter, isDatasetId, isPrincipalId, parsePublishTopic } from './topics.js'
 export { aggregateFns, encodeCursor, planQuery, queryInputSchema, whereOps, type AggregateFn, type PlanAggregate, type PlanColumn, type PlanFilter, type QueryPlan, type QueryResult } from './query.js'

@@ -341,6 +341,13 @@ export class Journal extends EventEmitter {
     return this.cache.slice(start, Math.min(this.cache.length, start + max))
   }
 
+  /** Arrival time (epoch µs) of a committed entry still in memory, else null. */
+  arrivalOf (seq: number): number | null {
+    const first = this.cache[this.cacheHead]
+    if (first === undefined || seq < first.seq || seq > this.lastCommitted) return null
+    return this.cache[this.cacheHead + (seq - first.seq)]?.arrivalUs ?? null
+  }
+
   /** A cursor over committed entries from `fromSeq`, served from memory at the tail and from disk behind it. */
   reader (fromSeq: number): JournalReader {
     return new JournalReader(this, fromSeq)

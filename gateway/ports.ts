@@ -37,6 +37,8 @@ export interface SinkEntry {
  */
 export interface Sink {
   readonly name: string
+  /** The breaker in front of the store, if it has one. */
+  breaker? (): BreakerStatus
   checkpoint (): Promise<number>
   prepareDataset (dataset: Dataset): Promise<void>
   dropDataset (id: string): Promise<void>
@@ -87,3 +89,12 @@ export interface IdempotencyStore {
   /** Forgets responses older than `before` (ISO 8601). */
   expireResponses (before: string): Promise<void>
 }
+
+/** Where sinks that cannot store their checkpoint with their data (QuestDB over ILP) keep it. */
+export interface CheckpointStore {
+  getCheckpoint (consumer: string): Promise<number>
+  setCheckpoint (consumer: string, seq: number): Promise<void>
+}
+
+/** A circuit breaker's state as operators see it. */
+export interface BreakerStatus { readonly state: 'closed' | 'open' | 'half-open', readonly failures: number, readonly lastError: string | null }

@@ -7,7 +7,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { DuckDBInstance, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api'
 import type {
-  ApiKey, Dataset, FieldType, Grant, IdempotencyStore, IdempotentResponse, MetadataSnapshot, QueryPlan, QueryResult, MetadataStore, Principal, RecordQuery,
+  ApiKey, CheckpointStore, Dataset, FieldType, Grant, IdempotencyStore, IdempotentResponse, MetadataSnapshot, QueryPlan, QueryResult, MetadataStore, Principal, RecordQuery,
   RejectCount, RejectEntry, RejectStore, Row, Sink, SinkEntry
 } from '../../gateway/index.js'
 import { StreamgateError } from '../../gateway/index.js'
@@ -44,7 +44,7 @@ export interface EmbeddedStoreOptions {
   readonly rejectsKeep: number
 }
 
-export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectStore, IdempotencyStore {
+export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectStore, IdempotencyStore, CheckpointStore {
   readonly name = 'embedded'
   private chain: Promise<unknown> = Promise.resolve()
   private closed = false
@@ -152,9 +152,17 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
 
   // ---- Sink
 
-  async checkpoint (): Promise<number> {
-    const r = await (await this.reader.runAndReadAll('SELECT seq FROM sg_checkpoints WHERE consumer = $1', [this.name])).getRows()
+  checkpoint (): Promise<number> {
+    return this.getCheckpoint(this.name)
+  }
+
+  async getCheckpoint (consumer: string): Promise<number> {
+    const r = await (await this.reader.runAndReadAll('SELECT seq FROM sg_checkpoints WHERE consumer = $1', [consumer])).getRows()
     return r.length === 0 ? 0 : toNumber(r[0]![0]!)
+  }
+
+  setCheckpoint (consumer: string, seq: number): Promise<void> {
+    return this.serial(async () => { await this.writer.run('INSERT OR REPLACE INTO sg_checkpoints VALUES ($1, $2)', [consumer, seq]) })
   }
 
   prepareDataset (ds: Dataset): Promise<void> {

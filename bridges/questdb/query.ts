@@ -1,0 +1,98 @@
+// Queries against QuestDB over PGWire (the `pg` client), behind an opossum breaker: while it is open,
+// queries fail fast with 503 and Retry-After instead of piling up on a database that is down.
+import pg from 'pg'
+import CircuitBreaker from 'opossum'
+import type { BreakerStatus, Dataset, PlanColumn, QueryPlan, QueryResult, RecordQuery, Row } from '../../gateway/index.js'
+import { StreamgateError } from '../../gateway/index.js'
+import { compileQuery, q, shapeRows } from '../sql/compile.js'
+import type { SqlExecutor } from './sink.js'
+
+const INT8 = 20
+
+/**
+ * A pg pool for QuestDB. LONG (int8) values come back as numbers (our LONGs are within ±2^53: µs
+ * timestamps, journal positions, counts); TIMESTAMPs are always selected as LONG µs, never as Dates.
+ */
+export function createPgExecutor (url: string, timeoutMs: number): SqlExecutor & { pool: pg.Pool } {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: 4,
+    query_timeout: timeoutMs,
+    connectionTimeoutMillis: Math.min(timeoutMs, 5000),
+    types: { getTypeParser: ((oid: number, format?: 'text' | 'binary') => oid === INT8 ? Number : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser }
+  })
+  pool.on('error', () => undefined) // idle client errors (QuestDB restarting) are retried on next use
+  return {
+    pool,
+    async query (sql, params = []) {
+      const r = await pool.query(sql, params)
+      return { rows: r.rows as Record<string, unknown>[] }
+    },
+    async close () { await pool.end() }
+  }
+}
+
+export interface QuestdbQueryOptions { readonly timeoutMs: number, readonly resetMs: number }
+
+export class QuestdbQuery implements RecordQuery {
+  private readonly breakerImpl: CircuitBreaker<[string, unknown[]], { rows: Record<string, unknown>[] }>
+  private lastError: string | null = null
+
+  constructor (private readonly sql: SqlExecutor, private readonly opts: QuestdbQueryOptions) {
+    this.breakerImpl = new CircuitBreaker((text: string, params: unknown[]) => sql.query(text, params), {
+      timeout: opts.timeoutMs,
+      resetTimeout: opts.resetMs,
+      errorThresholdPercentage: 50,
+      volumeThreshold: 3,
+      // A query QuestDB rejects (SQL error with a code) says nothing about QuestDB's health.
+      errorFilter: (err: unknown) => typeof (err as { code?: unknown })?.code === 'string' && /^[0-9A-Z]{5}$/.test((err as { code: string }).code)
+    })
+  }
+
+  breaker (): BreakerStatus {
+    const b = this.breakerImpl
+    return { state: b.opened ? 'open' : b.halfOpen ? 'half-open' : 'closed', failures: b.stats.failures + b.stats.timeouts + b.stats.rejects, lastError: this.lastError }
+  }
+
+  private async run (text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
+    try {
+      const r = await this.breakerImpl.fire(text, params)
+      return r.rows
+    } catch (err) {
+      this.lastError = (err as Error).message
+      if (this.breakerImpl.opened) {
+        throw new StreamgateError('SG_ERR_UNAVAILABLE', 'QuestDB is unavailable (circuit open); retry later', { retryAfter: Math.ceil(this.opts.resetMs / 1000) }, { cause: err })
+      }
+      if (/timed out/i.test((err as Error).message)) throw new StreamgateError('SG_ERR_QUERY_TIMEOUT', `query ran longer than ${this.opts.timeoutMs} ms`, { retryAfter: 1 }, { cause: err })
+      throw new StreamgateError('SG_ERR_UNAVAILABLE', 'QuestDB query failed: ' + (err as Error).message, { retryAfter: 1 }, { cause: err })
+    }
+  }
+
+  async query (plan: QueryPlan): Promise<QueryResult> {
+    const { sql, params } = compileQuery(plan, 'questdb')
+    return shapeRows(plan, await this.run(sql, params))
+  }
+
+  async latest (ds: Dataset, range: { from: number | null, to: number | null, limit: number }): Promise<Row[]> {
+    const columns: PlanColumn[] = [{ name: 'ts', type: 'timestamp' }, { name: 'device', type: 'symbol' },
+      ...ds.schema.tags.map((t) => ({ name: t, type: 'symbol' as const })),
+      ...Object.entries(ds.schema.fields).map(([name, spec]) => ({ name, type: typeof spec === 'string' ? spec : spec.type }))]
+    const plan: QueryPlan = { dataset: ds, fromUs: range.from, toUs: range.to, mode: 'raw', columns, where: [], bucketUs: null, aggregates: [], groupBy: [], order: 'desc', limit: range.limit, after: null }
+    const { sql, params } = compileQuery(plan, 'questdb')
+    const rows = (await this.run(sql, params)).slice(0, range.limit)
+    return rows.map((r) => {
+      const out: Record<string, string | number | boolean> = {}
+      for (const [k, v] of Object.entries(r)) {
+        if (k === '_seq' || k === '_idx' || v === null || (typeof v === 'number' && Number.isNaN(v))) continue
+        out[k] = v as string | number | boolean
+      }
+      return out as Row
+    })
+  }
+
+  async stats (ds: Dataset): Promise<{ stored: number, lastRecordUs: number | null }> {
+    const rows = await this.run(`SELECT count() AS "n", cast(max("ts") AS LONG) AS "last" FROM ${q(ds.id)}`, [])
+    const r = rows[0] ?? {}
+    return { stored: Number(r.n ?? 0), lastRecordUs: r.last === null || r.last === undefined ? null : Number(r.last) }
+  }
+}

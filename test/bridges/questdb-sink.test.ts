@@ -1,0 +1,197 @@
+// The QuestDB sink against a scripted /write endpoint: retries, timeouts, the breaker, 4xx isolation
+// and replay from the journal. (The real-QuestDB suite is test/integration/questdb.test.ts.)
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import { EmbeddedStore, QuestdbSink, senderConfig, type SqlExecutor, type StoreRefusal } from '../../bridges/index.js'
+import { Catalog, type Dataset, datasetSchemaSchema, Journal, type Row, SinkConsumer } from '../../gateway/index.js'
+import { ScriptedQuestdb } from '../support/scripted-questdb.js'
+import { waitUntil } from '../helpers.js'
+
+class RecordingSql implements SqlExecutor {
+  readonly statements: string[] = []
+  failing = false
+  async query (sql: string): Promise<{ rows: Record<string, unknown>[] }> {
+    if (this.failing) throw new Error('connect ECONNREFUSED 127.0.0.1:8812')
+    this.statements.push(sql)
+    return { rows: [] }
+  }
+
+  async close (): Promise<void> {}
+}
+
+const ds: Dataset = {
+  id: 'readings', description: '', version: 1, createdAt: '', updatedAt: '',
+  schema: datasetSchemaSchema.parse({ timestamp: 'ts', tags: ['site'], fields: { temp: 'double', count: 'long', ok: 'boolean', note: 'string', at: 'timestamp' } })
+}
+
+interface Rig {
+  server: ScriptedQuestdb
+  sql: RecordingSql
+  sink: QuestdbSink
+  consumer: SinkConsumer
+  journal: Journal
+  store: EmbeddedStore
+  refused: StoreRefusal[]
+  append: (n: number, note?: (i: number) => string) => Promise<void>
+  close: () => Promise<void>
+}
+
+const rigs: Rig[] = []
+afterEach(async () => { for (const r of rigs.splice(0)) await r.close() })
+
+async function rig (opts: { timeoutMs?: number, resetMs?: number, sqlFailing?: boolean } = {}): Promise<Rig> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-qdb-'))
+  const server = new ScriptedQuestdb()
+  await server.start()
+  const sql = new RecordingSql()
+  sql.failing = opts.sqlFailing ?? false
+  const store = await EmbeddedStore.open({ dataDir: dir, rejectsKeep: 100 })
+  const refused: StoreRefusal[] = []
+  const sink = new QuestdbSink({ ilp: server.ilp, sql, checkpoints: store, onRefused: (r) => refused.push(...r), timeoutMs: opts.timeoutMs ?? 1000, resetMs: opts.resetMs ?? 200 })
+  await sink.prepareDataset(ds)
+  const catalog = catalogWith(ds)
+  const { journal } = await Journal.open({ dir: path.join(dir, 'journal'), maxBytes: 1 << 30, segmentBytes: 1 << 20, cacheBytes: 1 << 20 })
+  const consumer = new SinkConsumer(journal, sink, catalog, { maxEntries: 50, maxRows: 100, retryMinMs: 20, retryMaxMs: 100 })
+  await consumer.start()
+  let n = 0
+  const r: Rig = {
+    server, sql, sink, consumer, journal, store, refused,
+    async append (count, note = () => 'fine') {
+      await Promise.all(Array.from({ length: count }, () => {
+        const i = n++
+        const rows: Row[] = [
+          { ts: 1_700_000_000_000_000 + i * 1000, device: `d${i % 3}`, site: 's1', temp: i / 2, count: i, ok: i % 2 === 0, note: note(i), at: 1_700_000_000_000_000 + i },
+          { ts: 1_700_000_000_000_000 + i * 1000, device: `d${i % 3}`, temp: -i }
+        ]
+        const payload = Buffer.from(JSON.stringify([{ ts: rows[0]!.ts / 1000, site: 's1', temp: i / 2, count: i, ok: i % 2 === 0, note: note(i), at: rows[0]!.at / 1000 }, { ts: rows[1]!.ts / 1000, temp: -i }]))
+        return new Promise<void>((resolve, reject) => journal.append({ arrivalUs: 1, dataset: ds.id, version: 1, device: `d${i % 3}`, principal: 'p', payload, rows }, (err) => err === null ? resolve() : reject(err)))
+      }))
+    },
+    async close () {
+      await consumer.close()
+      await sink.close()
+      await journal.close()
+      await server.stop()
+      await store.close()
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  }
+  rigs.push(r)
+  return r
+}
+
+function catalogWith (d: Dataset): Catalog {
+  const c = new Catalog({ maxBatch: 1000, maxString: 1000 })
+  c.put(d)
+  return c
+}
+
+const allKeys = (entries: number): string[] => Array.from({ length: entries }, (_, i) => [`readings/${i + 1}/0`, `readings/${i + 1}/1`]).flat()
+
+describe('QuestDB sink', () => {
+  it('creates the table from the schema with DEDUP keys, and writes every row with _seq, _idx and µs timestamps', async () => {
+    const r = await rig()
+    expect(r.sql.statements[0]).toBe('CREATE TABLE IF NOT EXISTS "readings" ("ts" TIMESTAMP, "device" SYMBOL, "site" SYMBOL, "temp" DOUBLE, "count" LONG, "ok" BOOLEAN, "note" VARCHAR, "at" TIMESTAMP, "_seq" LONG, "_idx" INT) TIMESTAMP("ts") PARTITION BY DAY WAL DEDUP UPSERT KEYS("ts", "_seq", "_idx")')
+    expect(r.sql.statements).toContain('ALTER TABLE "readings" ADD COLUMN IF NOT EXISTS "note" VARCHAR')
+    await r.append(120)
+    await r.consumer.waitFor(120)
+    expect([...r.server.keys()].sort()).toEqual(allKeys(120).sort())
+    expect(await r.store.getCheckpoint('questdb')).toBe(120)
+    const first = r.server.accepted.find((x) => x.seq === 1 && x.idx === 0)!.line
+    // symbols first, then typed columns; designated timestamp in ns (protocol v1 sends nanoseconds)
+    expect(first).toBe('readings,device=d0,site=s1 temp=0,count=0i,ok=t,note="fine",at=1700000000000000t,_seq=1i,_idx=0i 1700000000000000000')
+    expect(r.sink.breaker().state).toBe('closed')
+  })
+
+  it('retries through 500s, opens the breaker, closes it after recovery, and loses nothing', async () => {
+    const r = await rig({ resetMs: 150 })
+    r.server.mode = 'error500'
+    await r.append(30)
+    let sawOpen = false
+    await waitUntil(() => { sawOpen ||= r.sink.breaker().state === 'open'; return sawOpen }, 5000, 'breaker open')
+    expect(r.consumer.lag).toBe(30)
+    // the client retries 5xx itself until retry_timeout, then gives up with a timeout
+    expect(r.consumer.lastError).toMatch(/500|Breaker is open|timeout/)
+    r.server.mode = 'ok'
+    await r.consumer.waitFor(30, 10_000)
+    expect([...r.server.keys()].sort()).toEqual(allKeys(30).sort())
+    expect(r.sink.breaker().state).toBe('closed')
+  })
+
+  it('gives up on a hanging flush after the timeout, never reuses that Sender, and catches up', async () => {
+    const r = await rig({ timeoutMs: 300, resetMs: 100 })
+    r.server.mode = 'hang'
+    await r.append(10)
+    await waitUntil(() => r.consumer.failures >= 1, 5000, 'a timed-out flush')
+    expect(r.consumer.lastError).toMatch(/[Tt]imed out|timeout/)
+    r.server.mode = 'ok'
+    r.server.releaseHung()
+    await r.consumer.waitFor(10, 10_000)
+    expect([...r.server.keys()].sort()).toEqual(allKeys(10).sort())
+  })
+
+  it('holds the data while QuestDB refuses connections and replays it from the journal when it is back', async () => {
+    const r = await rig({ resetMs: 100 })
+    const port = r.server.port
+    await r.server.stop()
+    await r.append(25)
+    await waitUntil(() => r.consumer.failures >= 2, 5000, 'refused connections')
+    expect(r.consumer.checkpoint).toBe(0)
+    await r.append(25) // ingestion is not blocked
+    await r.server.start(port)
+    await r.consumer.waitFor(50, 10_000)
+    expect([...r.server.keys()].sort()).toEqual(allKeys(50).sort())
+  })
+
+  it('isolates rows QuestDB refuses with 400, reports them with its message, and writes the rest', async () => {
+    const r = await rig()
+    r.server.mode = 'reject-marked'
+    await r.append(40, (i) => i === 7 || i === 31 ? 'REFUSE_ME' : 'fine')
+    await r.consumer.waitFor(40, 10_000)
+    expect(r.refused.map((x) => `${x.seq}/${x.idx}`).sort()).toEqual(['32/0', '8/0'])
+    expect(r.refused[0]!.detail).toContain('cast error from protocol type: STRING to column type: DOUBLE')
+    expect(r.refused[0]!.reason).toBe('store_refused')
+    const expected = allKeys(40).filter((k) => k !== 'readings/8/0' && k !== 'readings/32/0')
+    expect([...r.server.keys()].sort()).toEqual(expected.sort())
+    expect(r.sink.breaker().state).toBe('closed') // bad data does not open the breaker
+  })
+
+  it('replays identical rows after a crash between flush and checkpoint, so DEDUP keeps one copy', async () => {
+    const r = await rig()
+    await r.append(5)
+    await r.consumer.waitFor(5)
+    const before = r.server.accepted.length
+    // A restart from an older checkpoint: the same journal entries are sent again.
+    await r.consumer.close()
+    await r.store.setCheckpoint('questdb', 0)
+    const again = new SinkConsumer(r.journal, r.sink, catalogWith(ds), { maxEntries: 50, maxRows: 100 })
+    await again.start()
+    await again.waitFor(5)
+    await again.close()
+    const lines = r.server.accepted.map((x) => x.line)
+    expect(lines.length).toBe(before * 2)
+    expect(lines.slice(before)).toEqual(lines.slice(0, before))
+    expect(r.server.keys().size).toBe(10)
+  })
+
+  it('creates the table before the first write when QuestDB was down at start', async () => {
+    const r = await rig({ sqlFailing: true })
+    expect(r.sql.statements).toEqual([])
+    await r.append(3)
+    await waitUntil(() => r.consumer.failures >= 1, 5000, 'DDL failure')
+    expect(r.consumer.checkpoint).toBe(0)
+    r.sql.failing = false
+    await r.consumer.waitFor(3, 10_000)
+    expect(r.sql.statements[0]).toMatch(/^CREATE TABLE IF NOT EXISTS "readings"/)
+  })
+
+  it('runs the client with flushing in its hands and explicit protocol settings', () => {
+    expect(senderConfig('http::addr=q:9000;auto_flush=on')).toBe('http::addr=q:9000;auto_flush=off;protocol_version=1;')
+    expect(() => senderConfig('http::addr=q:9000;retry_timeout=0')).toThrow(/retry_timeout/)
+    expect(senderConfig('https::addr=q:9000;protocol_version=2;username=u;password=p')).toContain('protocol_version=2')
+    expect(() => senderConfig('tcp::addr=q:9009')).toThrow(/http/)
+    expect(() => senderConfig('nonsense')).toThrow(/STREAMGATE_QUESTDB/)
+  })
+})
