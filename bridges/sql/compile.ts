@@ -97,7 +97,10 @@ export function compileQuery (plan: QueryPlan, dialect: Dialect): CompiledSql {
     outKeys.push('"k_bucket" AS "bucket"')
   }
   for (const g of plan.groupBy) {
-    inner.push(`coalesce(${q(g.name)}, '') AS ${q('k_' + g.name)}`)
+    // Absent tags group as '' (reported as null), so keyset comparisons never meet a NULL. QuestDB
+    // symbols are cast to STRING first: coalesce wants one type.
+    const key = dialect === 'questdb' ? `cast(${q(g.name)} AS STRING)` : q(g.name)
+    inner.push(`coalesce(${key}, '') AS ${q('k_' + g.name)}`)
     keys.push(q('k_' + g.name))
     outKeys.push(`${q('k_' + g.name)} AS ${q(g.name)}`)
   }

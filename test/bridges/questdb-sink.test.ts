@@ -65,7 +65,7 @@ async function rig (opts: { timeoutMs?: number, resetMs?: number, sqlFailing?: b
           { ts: 1_700_000_000_000_000 + i * 1000, device: `d${i % 3}`, site: 's1', temp: i / 2, count: i, ok: i % 2 === 0, note: note(i), at: 1_700_000_000_000_000 + i },
           { ts: 1_700_000_000_000_000 + i * 1000, device: `d${i % 3}`, temp: -i }
         ]
-        const payload = Buffer.from(JSON.stringify([{ ts: rows[0]!.ts / 1000, site: 's1', temp: i / 2, count: i, ok: i % 2 === 0, note: note(i), at: rows[0]!.at / 1000 }, { ts: rows[1]!.ts / 1000, temp: -i }]))
+        const payload = Buffer.from(JSON.stringify([{ ts: rows[0]!.ts / 1000, site: 's1', temp: i / 2, count: i, ok: i % 2 === 0, note: note(i), at: (rows[0]!.at as number) / 1000 }, { ts: rows[1]!.ts / 1000, temp: -i }]))
         return new Promise<void>((resolve, reject) => journal.append({ arrivalUs: 1, dataset: ds.id, version: 1, device: `d${i % 3}`, principal: 'p', payload, rows }, (err) => err === null ? resolve() : reject(err)))
       }))
     },

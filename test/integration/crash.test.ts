@@ -1,47 +1,13 @@
 // kill -9 of the gateway process while a device publishes QoS 1: after a restart every message that
 // received a PUBACK is stored, exactly once.
-import { type ChildProcess, spawn } from 'node:child_process'
 import fs from 'node:fs'
 import net from 'node:net'
-import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import mqtt from 'mqtt'
 import { afterAll, describe, expect, it } from 'vitest'
 import { ADMIN_KEY, api, testEnv, tmpDataDir, uniqueId, waitUntil } from '../helpers.js'
+import { killAll, spawnGateway, startChild, stopChild } from '../support/child.js'
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
-const children = new Set<ChildProcess>()
-
-interface Child { proc: ChildProcess, mqttPort: number, httpPort: number, output: () => string }
-
-async function startChild (dataDir: string, extraEnv: Record<string, string | undefined> = {}): Promise<Child> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bin/streamgate.ts')], {
-    cwd: root,
-    env: { ...process.env, ...testEnv(dataDir, { STREAMGATE_LOG_LEVEL: 'warn', STREAMGATE_QUERY_MAX_ROWS: '100000' }), ...extraEnv },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  children.add(proc)
-  proc.on('exit', () => children.delete(proc))
-  let out = ''
-  proc.stdout!.on('data', (d: Buffer) => { out += d.toString() })
-  proc.stderr!.on('data', (d: Buffer) => { out += d.toString() })
-  await waitUntil(() => /streamgate listening: mqtt [^:]+:(\d+).*http http:\/\/[^:]+:(\d+)/.test(out) || proc.exitCode !== null, 30_000, 'the gateway to start')
-  const m = /streamgate listening: mqtt [^:]+:(\d+).*http http:\/\/[^:]+:(\d+)/.exec(out)
-  if (m === null) throw new Error('gateway did not start:\n' + out)
-  return { proc, mqttPort: Number(m[1]), httpPort: Number(m[2]), output: () => out }
-}
-
-function stopChild (proc: ChildProcess, signal: NodeJS.Signals): Promise<number | null> {
-  return new Promise((resolve) => {
-    if (proc.exitCode !== null || proc.signalCode !== null) return resolve(proc.exitCode)
-    proc.once('exit', (code) => resolve(code))
-    proc.kill(signal)
-  })
-}
-
-afterAll(async () => {
-  for (const c of children) await stopChild(c, 'SIGKILL')
-})
+afterAll(killAll)
 
 describe('the streamgate process', () => {
   it('prints where it listens and, on a first start only, the generated admin key', async () => {
@@ -71,11 +37,9 @@ describe('the streamgate process', () => {
       expect(fallback.mqttPort).not.toBe(1883)
       expect(fallback.output()).toContain('default port 1883 is in use')
       expect(await stopChild(fallback.proc, 'SIGTERM')).toBe(0)
-      const proc = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bin/streamgate.ts')], {
-        cwd: root, env: { ...process.env, ...testEnv(dataDir, { STREAMGATE_MQTT_PORT: '1883' }) }, stdio: ['ignore', 'pipe', 'pipe']
-      })
+      const proc = spawnGateway(testEnv(dataDir, { STREAMGATE_MQTT_PORT: '1883' }))
       let err = ''
-      proc.stderr.on('data', (d: Buffer) => { err += d.toString() })
+      proc.stderr!.on('data', (d: Buffer) => { err += d.toString() })
       expect(await new Promise<number | null>((resolve) => proc.once('exit', resolve))).toBe(1)
       expect(err).toMatch(/mqtt: cannot listen on 127\.0\.0\.1:1883/)
     } finally {
@@ -85,11 +49,9 @@ describe('the streamgate process', () => {
   })
 
   it('refuses to start on a bad variable, naming it', async () => {
-    const proc = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bin/streamgate.ts')], {
-      cwd: root, env: { ...process.env, STREAMGATE_MQTT_PORT: 'nope' }, stdio: ['ignore', 'pipe', 'pipe']
-    })
+    const proc = spawnGateway({ STREAMGATE_MQTT_PORT: 'nope' })
     let err = ''
-    proc.stderr.on('data', (d: Buffer) => { err += d.toString() })
+    proc.stderr!.on('data', (d: Buffer) => { err += d.toString() })
     const code = await new Promise<number | null>((resolve) => proc.once('exit', resolve))
     expect(code).toBe(2)
     expect(err).toContain('STREAMGATE_MQTT_PORT')
