@@ -97,6 +97,11 @@ export function createApi (deps: ApiDeps): express.Express {
     requireGrant(req, access, id, 'publish', 'subscribe', 'query', 'manage')
     res.json(management.getDataset(id))
   })
+  v1.put('/datasets/:id', async (req, res) => {
+    const id = param(req, 'id')
+    requireGrant(req, access, id, 'manage')
+    res.json(await management.updateDataset(id, req.body))
+  })
   v1.delete('/datasets/:id', async (req, res) => {
     requireAdmin(req)
     await management.deleteDataset(param(req, 'id'))

@@ -12,6 +12,7 @@ export const errorCatalogue = {
   SG_ERR_FORBIDDEN: { status: 403, title: 'Missing grant', slug: 'forbidden' },
   SG_ERR_NOT_FOUND: { status: 404, title: 'Not found', slug: 'not-found' },
   SG_ERR_CONFLICT: { status: 409, title: 'Already exists', slug: 'conflict' },
+  SG_ERR_INCOMPATIBLE_SCHEMA: { status: 409, title: 'Incompatible schema change', slug: 'incompatible-schema' },
   SG_ERR_IDEMPOTENCY_MISMATCH: { status: 409, title: 'Idempotency-Key reused with a different request', slug: 'idempotency-mismatch' },
   SG_ERR_UNPROCESSABLE: { status: 422, title: 'No record was accepted', slug: 'unprocessable' },
   SG_ERR_PAYLOAD_TOO_LARGE: { status: 413, title: 'Payload too large', slug: 'payload-too-large' },

@@ -6,7 +6,7 @@ export { Catalog, CompiledSchema, datasetInputSchema, datasetSchemaSchema, isoFr
 export { errorCatalogue, isStreamgateError, PROBLEM_BASE, RecordRejection, RejectReason, StreamgateError, type ErrorCode } from './errors.js'
 export { Journal, JournalFullError, type JournalEntry, type JournalRecord, type RecoveryReport } from './journal.js'
 export { listen } from './listen.js'
-export { BOOTSTRAP_ADMIN, Management, parse } from './management.js'
+export { BOOTSTRAP_ADMIN, incompatibilities, Management, parse } from './management.js'
 export { ArrivalClock, Pipeline, type BatchResult, type RecordRefusal, type Refusal } from './pipeline.js'
 export type { BreakerStatus, CheckpointStore, IdempotencyStore, IdempotentResponse, MetadataSnapshot, MetadataStore, RecordQuery, RejectCount, RejectEntry, RejectStore, Sink, SinkEntry } from './ports.js'
 export { Rejects } from './rejects.js'

@@ -6,7 +6,7 @@ import {
   AccessState, actions, generateKeyId, generateSecret, hashKey, principalKinds,
   type ApiKey, type Grant, type Principal
 } from './access.js'
-import { type Catalog, type Dataset, datasetInputSchema } from './datasets.js'
+import { type Catalog, type Dataset, type DatasetSchema, datasetInputSchema, datasetSchemaSchema } from './datasets.js'
 import { StreamgateError } from './errors.js'
 import type { MetadataStore, Sink } from './ports.js'
 import type { Rejects } from './rejects.js'
@@ -32,6 +32,29 @@ export const grantsInputSchema = z.strictObject({
     devices: z.array(z.union([z.literal('+'), z.string().regex(PRINCIPAL_ID)])).min(1).optional()
   })).max(10_000)
 })
+
+export const datasetUpdateSchema = z.strictObject({
+  description: z.string().max(1024).optional(),
+  schema: datasetSchemaSchema.optional()
+})
+
+/** What makes `next` unable to read what `prev` accepted (empty: compatible). */
+export function incompatibilities (prev: DatasetSchema, next: DatasetSchema): string[] {
+  const out: string[] = []
+  if (prev.timestamp !== next.timestamp) out.push(`the timestamp field changes from ${prev.timestamp ?? '(arrival time)'} to ${next.timestamp ?? '(arrival time)'}`)
+  for (const t of prev.tags) if (!next.tags.includes(t)) out.push(`tag ${t} is removed`)
+  const kind = (spec: DatasetSchema['fields'][string]): { type: string, required: boolean } => typeof spec === 'string' ? { type: spec, required: false } : spec
+  for (const [name, spec] of Object.entries(prev.fields)) {
+    const after = next.fields[name]
+    if (after === undefined) { out.push(`field ${name} is removed`); continue }
+    if (kind(after).type !== kind(spec).type) out.push(`field ${name} changes type from ${kind(spec).type} to ${kind(after).type}`)
+    if (kind(after).required && !kind(spec).required) out.push(`field ${name} becomes required`)
+  }
+  for (const [name, spec] of Object.entries(next.fields)) {
+    if (prev.fields[name] === undefined && kind(spec).required) out.push(`new field ${name} is required`)
+  }
+  return out
+}
 
 export type DatasetInput = z.input<typeof datasetInputSchema>
 export type PrincipalInput = z.input<typeof principalInputSchema>
@@ -115,6 +138,24 @@ export class Management extends EventEmitter<ManagementEvents> {
     this.catalog.put(dataset)
     this.access.setDatasetGrants(dataset.id, [])
     return dataset
+  }
+
+  /**
+   * Changes a dataset's description and schema in place when the change is compatible: the timestamp
+   * field, every tag and every field (with its type) stay; fields may become optional; new tags and
+   * new optional fields may be added. Sinks add the new columns. Anything else is refused.
+   */
+  async updateDataset (id: string, input: unknown): Promise<Dataset> {
+    const current = this.getDataset(id)
+    const parsed = parse(datasetUpdateSchema, input)
+    const schema = parsed.schema ?? current.schema
+    const problems = incompatibilities(current.schema, schema)
+    if (problems.length > 0) throw new StreamgateError('SG_ERR_INCOMPATIBLE_SCHEMA', `incompatible schema change: ${problems.join('; ')}`, { field: 'schema', problems })
+    const updated: Dataset = { ...current, description: parsed.description ?? current.description, schema, updatedAt: new Date().toISOString() }
+    for (const s of this.sinks) await s.prepareDataset(updated)
+    await this.store.saveDataset(updated)
+    this.catalog.put(updated)
+    return updated
   }
 
   getDataset (id: string): Dataset {

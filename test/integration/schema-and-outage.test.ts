@@ -1,0 +1,103 @@
+import net from 'node:net'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { incompatibilities, datasetSchemaSchema } from '../../gateway/index.js'
+import {
+  ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, type TestGateway, uniqueId, waitUntil
+} from '../helpers.js'
+import { ScriptedQuestdb } from '../support/scripted-questdb.js'
+
+const schema = (s: unknown) => datasetSchemaSchema.parse(s)
+
+describe('schema changes', () => {
+  it.each([
+    [{ fields: { a: 'double' } }, { fields: { a: 'double', b: 'long' } }, []],
+    [{ fields: { a: 'double' } }, { tags: ['site'], fields: { a: 'double' } }, []],
+    [{ fields: { a: { type: 'double', required: true } } }, { fields: { a: 'double' } }, []],
+    [{ fields: { a: 'double' } }, { fields: { b: 'double' } }, ['field a is removed']],
+    [{ fields: { a: 'double' } }, { fields: { a: 'long' } }, ['field a changes type from double to long']],
+    [{ fields: { a: 'double' } }, { fields: { a: { type: 'double', required: true } } }, ['field a becomes required']],
+    [{ fields: { a: 'double' } }, { fields: { a: 'double', b: { type: 'long', required: true } } }, ['new field b is required']],
+    [{ tags: ['site'], fields: { a: 'double' } }, { fields: { a: 'double' } }, ['tag site is removed']],
+    [{ timestamp: 't', fields: { a: 'double' } }, { fields: { a: 'double' } }, ['the timestamp field changes from t to (arrival time)']]
+  ])('%j → %j: %j', (a, b, expected) => {
+    expect(incompatibilities(schema(a), schema(b))).toEqual(expected)
+  })
+
+  describe('through the API, on the embedded store', () => {
+    let gw: TestGateway
+    beforeAll(async () => { gw = await startTestGateway() })
+    afterAll(async () => { await gw.stop() })
+
+    it('applies a compatible change in place (new column stored and queryable) and refuses an incompatible one', async () => {
+      const ds = uniqueId('evolve')
+      await createDataset(gw, ds, { fields: { temp: 'double' } })
+      const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+      await setGrants(gw, ds, [{ principal: dev.id, actions: ['publish', 'query'] }])
+      const c = await connect(gw.mqttUrl, dev.id, dev.key)
+      await c.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ temp: 1 }), { qos: 1 })
+      const upd = await api(gw.httpUrl, ADMIN_KEY, 'PUT', `/v1/datasets/${ds}`, { schema: { tags: ['site'], fields: { temp: 'double', hum: 'double' } } })
+      expect(upd.status).toBe(200)
+      expect(upd.body.version).toBe(1)
+      await c.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ temp: 2, hum: 50, site: 'roof' }), { qos: 1 })
+      await c.endAsync()
+      await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
+      const r = await api(gw.httpUrl, dev.key, 'POST', `/v1/datasets/${ds}/query`, { select: ['temp', 'hum', 'site'] })
+      expect(r.body.rows.map((x: any) => [x.temp, x.hum, x.site])).toEqual([[1, null, null], [2, 50, 'roof']])
+      const bad = await api(gw.httpUrl, ADMIN_KEY, 'PUT', `/v1/datasets/${ds}`, { schema: { fields: { temp: 'long' } } })
+      expect(bad.status).toBe(409)
+      expect(bad.body.type).toBe('https://streamgate.dev/problems/incompatible-schema')
+      expect(bad.body.problems).toEqual(['tag site is removed', 'field temp changes type from double to long', 'field hum is removed'])
+      const dev2 = await createPrincipalWithKey(gw, uniqueId('dev'))
+      expect((await api(gw.httpUrl, dev2.key, 'PUT', `/v1/datasets/${ds}`, { description: 'x' })).status).toBe(403)
+    })
+  })
+})
+
+describe('QuestDB unreachable', () => {
+  let gw: TestGateway
+  let ilp: ScriptedQuestdb
+  beforeAll(async () => {
+    ilp = new ScriptedQuestdb()
+    await ilp.start()
+    const dead = net.createServer()
+    await new Promise<void>((resolve) => dead.listen(0, '127.0.0.1', () => resolve()))
+    const deadPort = (dead.address() as net.AddressInfo).port
+    await new Promise<void>((resolve) => dead.close(() => resolve()))
+    gw = await startTestGateway({
+      STREAMGATE_QUESTDB: ilp.ilp,
+      STREAMGATE_QUESTDB_PG: `postgres://admin:quest@127.0.0.1:${deadPort}/qdb`,
+      STREAMGATE_QUESTDB_TIMEOUT_MS: '1000',
+      STREAMGATE_QUESTDB_RESET_MS: '5000'
+    })
+  })
+  afterAll(async () => {
+    await gw.stop()
+    await ilp.stop()
+  })
+
+  it('starts, keeps ingesting into the journal, answers queries 503 with Retry-After and shows the breakers', async () => {
+    const ds = uniqueId('down')
+    await createDataset(gw, ds, { fields: { temp: 'double' } })
+    const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+    await setGrants(gw, ds, [{ principal: dev.id, actions: ['publish', 'query'] }])
+    const c = await connect(gw.mqttUrl, dev.id, dev.key)
+    for (let i = 0; i < 20; i++) await c.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ temp: i }), { qos: 1 })
+    await c.endAsync()
+    let last: any
+    for (let i = 0; i < 5; i++) {
+      last = await api(gw.httpUrl, dev.key, 'POST', `/v1/datasets/${ds}/query`, {})
+      expect(last.status).toBe(503)
+      expect(Number(last.headers.get('retry-after'))).toBeGreaterThanOrEqual(1)
+    }
+    expect(last.body.detail).toMatch(/circuit open/)
+    expect(Number(last.headers.get('retry-after'))).toBe(5)
+    await waitUntil(async () => (await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body.consumers[0].failures > 0, 10_000, 'sink failures')
+    const status = await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')
+    expect(status.body.query.breaker.state).toBe('open')
+    expect(status.body.consumers[0]).toMatchObject({ name: 'questdb', checkpoint: 0 })
+    expect(status.body.consumers[0].lag).toBeGreaterThanOrEqual(20)
+    expect(status.body.consumers[0].lagSeconds).toBeGreaterThanOrEqual(0)
+    expect(status.body.consumers[0].lastError).toMatch(/ECONNREFUSED|connect/)
+    expect(ilp.requests).toBe(0) // nothing sent before the table exists
+  })
+})
