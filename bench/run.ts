@@ -14,6 +14,9 @@ import type { LoadCommand, LoadReport } from './load.js'
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const args = new Set(process.argv.slice(2))
 const quick = args.has('--quick')
+/** `--only=streamgate,aedes` limits the systems; `--workloads=qos1-flood` the workloads. */
+const only = new Set(process.argv.find((a) => a.startsWith('--only='))?.slice(7).split(',') ?? [])
+const onlyWorkloads = new Set(process.argv.find((a) => a.startsWith('--workloads='))?.slice(12).split(',') ?? [])
 const RUNS = quick ? 1 : 3
 const PUBLISHERS = 10
 const PER_PUBLISHER = quick ? 2000 : 10_000
@@ -90,7 +93,9 @@ async function http<T = any> (base: string, method: string, url: string, body?: 
 
 async function startStreamgate (): Promise<Sut> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-bench-'))
-  const proc = track(spawn(process.execPath, [path.join(root, 'dist/bin/streamgate.js')], {
+  // BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the gateway under load.
+  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '')
+  const proc = track(spawn(process.execPath, [...nodeArgs, path.join(root, 'dist/bin/streamgate.js')], {
     env: {
       ...process.env, STREAMGATE_BIND: '127.0.0.1', STREAMGATE_MQTT_PORT: '0', STREAMGATE_WS_PORT: '0', STREAMGATE_HTTP_PORT: '0',
       STREAMGATE_DATA_DIR: dataDir, STREAMGATE_ADMIN_KEY: ADMIN_KEY, STREAMGATE_LOG_LEVEL: 'warn'
@@ -268,13 +273,17 @@ async function main (): Promise<void> {
   const workloads = [
     { name: 'qos1-flood', qos: 1 as const },
     { name: 'qos0-flood', qos: 0 as const }
-  ]
+  ].filter((w) => onlyWorkloads.size === 0 || onlyWorkloads.has(w.name))
   const starters: (() => Promise<Sut | null>)[] = [startAedes, startStreamgate, startMosquitto]
   const results: Record<string, Record<string, Summary>> = {}
   const failures: string[] = []
   for (const start of starters) {
     const sut = await start()
     if (sut === null) continue
+    if (only.size > 0 && !only.has(sut.name)) {
+      await sut.stop()
+      continue
+    }
     try {
       for (const w of workloads) {
         const runs: RunResult[] = []

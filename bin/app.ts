@@ -33,7 +33,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
   const dataDir = path.resolve(config.dataDir)
   await fs.mkdir(dataDir, { recursive: true })
 
-  const store = await EmbeddedStore.open({ dataDir, rejectsKeep: config.rejectsKeep })
+  const store = await EmbeddedStore.open({ dataDir, rejectsKeep: config.rejectsKeep, memoryLimit: config.storeMemory })
   const cleanups: (() => Promise<void>)[] = [() => store.close()]
   const undo = async (): Promise<void> => { for (const c of cleanups.reverse()) await c().catch(() => undefined) }
   try {
@@ -85,7 +85,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       log
     })
     cleanups.push(() => journal.close())
-    const consumer = new SinkConsumer(journal, sink, catalog, { maxEntries: 5000, maxRows: config.sink.batch, log })
+    const consumer = new SinkConsumer(journal, sink, catalog, { maxEntries: 5000, maxRows: config.sink.batch, lingerMs: config.sink.lingerMs, log })
     await consumer.start()
     cleanups.push(() => consumer.close())
 

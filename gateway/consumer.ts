@@ -11,6 +11,11 @@ export interface ConsumerOptions {
   readonly maxEntries: number
   /** Stop adding entries to a batch once it holds this many rows. */
   readonly maxRows: number
+  /**
+   * After writing a batch smaller than a quarter of maxRows, wait this long before the next one, so
+   * that stores pay their per-transaction cost over more rows (DuckDB: ~4 ms a commit).
+   */
+  readonly lingerMs?: number
   readonly retryMinMs?: number
   readonly retryMaxMs?: number
   readonly log?: { warn: (obj: object, msg: string) => void }
@@ -90,10 +95,11 @@ export class SinkConsumer extends EventEmitter {
       this.lastError = null
       this.journal.ack(this.name, last)
       this.emit('progress', last)
+      if ((this.opts.lingerMs ?? 0) > 0 && batch.rows < this.opts.maxRows / 4 && !this.closed) await this.sleep(this.opts.lingerMs!)
     }
   }
 
-  private decode (entries: JournalEntry[]): { entries: SinkEntry[], lastSeq: number } {
+  private decode (entries: JournalEntry[]): { entries: SinkEntry[], lastSeq: number, rows: number } {
     const out: SinkEntry[] = []
     let rows = 0
     let lastSeq = this.position
@@ -120,7 +126,7 @@ export class SinkConsumer extends EventEmitter {
       rows += decoded.length
       out.push({ seq: e.seq, dataset: e.dataset, version: e.version, rows: decoded })
     }
-    return { entries: out, lastSeq }
+    return { entries: out, lastSeq, rows }
   }
 
   private noteFailure (err: Error): void {

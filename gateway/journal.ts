@@ -121,8 +121,9 @@ function decodeAt (buf: Buffer, off: number): Decoded {
   return { entry, next: end }
 }
 
+/** Rough heap cost of a cached entry: the entry, its payload Buffer, and its decoded rows. */
 function estimate (e: JournalEntry): number {
-  return e.payload.length * 3 + 256
+  return 512 + e.payload.length * 4
 }
 
 export class JournalFullError extends StreamgateError {

@@ -11,7 +11,7 @@ import type {
   RejectCount, RejectEntry, RejectStore, Row, Sink, SinkEntry
 } from '../../gateway/index.js'
 import { StreamgateError } from '../../gateway/index.js'
-import { compileQuery, shapeRows } from '../sql/compile.js'
+import { compileQuery, latestPlan, shapeRows, toStoredRows } from '../sql/compile.js'
 
 const SQL_TYPE: Record<FieldType | 'tag', string> = {
   double: 'DOUBLE', long: 'BIGINT', boolean: 'BOOLEAN', string: 'VARCHAR', timestamp: 'TIMESTAMP', tag: 'VARCHAR'
@@ -42,6 +42,8 @@ function toNumber (v: DuckDBValue): number {
 export interface EmbeddedStoreOptions {
   readonly dataDir: string
   readonly rejectsKeep: number
+  /** DuckDB's memory_limit (its default is 80% of RAM). */
+  readonly memoryLimit?: string
 }
 
 export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectStore, IdempotencyStore, CheckpointStore {
@@ -65,7 +67,7 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
     const tmpDir = path.join(opts.dataDir, 'tmp')
     await fs.rm(tmpDir, { recursive: true, force: true })
     await fs.mkdir(tmpDir, { recursive: true })
-    const instance = await DuckDBInstance.create(path.join(opts.dataDir, 'store.duckdb'), { threads: '2' })
+    const instance = await DuckDBInstance.create(path.join(opts.dataDir, 'store.duckdb'), { threads: '2', memory_limit: opts.memoryLimit ?? '512MB' })
     const writer = await instance.connect()
     const reader = await instance.connect()
     const store = new EmbeddedStore(instance, writer, reader, tmpDir, opts)
@@ -234,26 +236,15 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
       select.push(type === 'TIMESTAMP' ? `make_timestamp(${ident(name)}) AS ${ident(name)}` : ident(name))
     }
     const literal = "'" + file.replaceAll("'", "''") + "'"
-    return `INSERT INTO ${table(dataset)} BY NAME SELECT ${select.join(', ')} FROM read_ndjson(${literal}, columns = {${json.join(', ')}}, maximum_object_size = 268435456)`
+    return `INSERT INTO ${table(dataset)} BY NAME SELECT ${select.join(', ')} FROM read_ndjson(${literal}, columns = {${json.join(', ')}}, maximum_object_size = 16777216)`
   }
 
   // ---- RecordQuery
 
   async latest (ds: Dataset, range: { from: number | null, to: number | null, limit: number }): Promise<Row[]> {
-    const cols = columnsOf(ds)
-    const select = ['epoch_us(ts) AS ts', 'device', ...cols.map((c) => c.kind === 'timestamp' ? `epoch_us(${ident(c.name)}) AS ${ident(c.name)}` : ident(c.name))]
-    const where: string[] = []
-    const params: DuckDBValue[] = []
-    if (range.from !== null) { params.push(BigInt(range.from)); where.push(`ts >= make_timestamp($${params.length}::BIGINT)`) }
-    if (range.to !== null) { params.push(BigInt(range.to)); where.push(`ts < make_timestamp($${params.length}::BIGINT)`) }
-    params.push(range.limit)
-    const sql = `SELECT ${select.join(', ')} FROM ${table(ds.id)}${where.length > 0 ? ' WHERE ' + where.join(' AND ') : ''} ORDER BY ts DESC, _seq DESC, _idx DESC LIMIT $${params.length}`
-    const rows = await (await this.reader.runAndReadAll(sql, params)).getRowObjects()
-    return rows.map((r) => {
-      const out: Record<string, string | number | boolean> = {}
-      for (const [k, v] of Object.entries(r)) if (v !== null) out[k] = typeof v === 'bigint' ? Number(v) : v as string | number | boolean
-      return out as Row
-    })
+    const { sql, params } = compileQuery(latestPlan(ds, range), 'duckdb')
+    const rows = await (await this.reader.runAndReadAll(sql, params as DuckDBValue[])).getRowObjects()
+    return toStoredRows(rows, range.limit)
   }
 
   async query (plan: QueryPlan, timeoutMs: number): Promise<QueryResult> {

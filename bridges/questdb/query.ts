@@ -2,9 +2,9 @@
 // queries fail fast with 503 and Retry-After instead of piling up on a database that is down.
 import pg from 'pg'
 import CircuitBreaker from 'opossum'
-import type { BreakerStatus, Dataset, PlanColumn, QueryPlan, QueryResult, RecordQuery, Row } from '../../gateway/index.js'
+import type { BreakerStatus, Dataset, QueryPlan, QueryResult, RecordQuery, Row } from '../../gateway/index.js'
 import { StreamgateError } from '../../gateway/index.js'
-import { compileQuery, q, shapeRows } from '../sql/compile.js'
+import { compileQuery, latestPlan, q, shapeRows, toStoredRows } from '../sql/compile.js'
 import type { SqlExecutor } from './sink.js'
 
 const INT8 = 20
@@ -74,24 +74,12 @@ export class QuestdbQuery implements RecordQuery {
   }
 
   async latest (ds: Dataset, range: { from: number | null, to: number | null, limit: number }): Promise<Row[]> {
-    const columns: PlanColumn[] = [{ name: 'ts', type: 'timestamp' }, { name: 'device', type: 'symbol' },
-      ...ds.schema.tags.map((t) => ({ name: t, type: 'symbol' as const })),
-      ...Object.entries(ds.schema.fields).map(([name, spec]) => ({ name, type: typeof spec === 'string' ? spec : spec.type }))]
-    const plan: QueryPlan = { dataset: ds, fromUs: range.from, toUs: range.to, mode: 'raw', columns, where: [], bucketUs: null, aggregates: [], groupBy: [], order: 'desc', limit: range.limit, after: null }
-    const { sql, params } = compileQuery(plan, 'questdb')
-    const rows = (await this.run(sql, params)).slice(0, range.limit)
-    return rows.map((r) => {
-      const out: Record<string, string | number | boolean> = {}
-      for (const [k, v] of Object.entries(r)) {
-        if (k === '_seq' || k === '_idx' || v === null || (typeof v === 'number' && Number.isNaN(v))) continue
-        out[k] = v as string | number | boolean
-      }
-      return out as Row
-    })
+    const { sql, params } = compileQuery(latestPlan(ds, range), 'questdb')
+    return toStoredRows(await this.run(sql, params), range.limit)
   }
 
   async stats (ds: Dataset): Promise<{ stored: number, lastRecordUs: number | null }> {
-    const rows = await this.run(`SELECT count() AS "n", cast(max("ts") AS LONG) AS "last" FROM ${q(ds.id)}`, [])
+    const rows = await this.run(`SELECT count() AS "n", max(cast("ts" AS LONG)) AS "last" FROM ${q(ds.id)}`, [])
     const r = rows[0] ?? {}
     return { stored: Number(r.n ?? 0), lastRecordUs: r.last === null || r.last === undefined ? null : Number(r.last) }
   }

@@ -165,7 +165,16 @@ export class QuestdbSink implements Sink {
     if (cols === undefined || !this.pendingDdl.has(id)) return
     const defs = ['"ts" TIMESTAMP', '"device" SYMBOL', ...cols.map((c) => `${q(c.name)} ${QDB_TYPE[c.kind]}`), '"_seq" LONG', '"_idx" INT']
     await this.opts.sql.query(`CREATE TABLE IF NOT EXISTS ${q(id)} (${defs.join(', ')}) TIMESTAMP("ts") PARTITION BY DAY WAL DEDUP UPSERT KEYS("ts", "_seq", "_idx")`)
-    for (const c of cols) await this.opts.sql.query(`ALTER TABLE ${q(id)} ADD COLUMN IF NOT EXISTS ${q(c.name)} ${QDB_TYPE[c.kind]}`)
+    for (const c of cols) {
+      try {
+        await this.opts.sql.query(`ALTER TABLE ${q(id)} ADD COLUMN IF NOT EXISTS ${q(c.name)} ${QDB_TYPE[c.kind]}`)
+      } catch (err) {
+        // The column exists with another type (changed behind streamgate's back): writing on stalls
+        // nothing; rows QuestDB then refuses go to the rejects log with its message.
+        if (!/already exists|different column type/i.test((err as Error).message)) throw err
+        this.opts.log?.warn({ dataset: id, column: c.name, err: (err as Error).message }, 'questdb: column type differs from the schema')
+      }
+    }
     this.pendingDdl.delete(id)
   }
 

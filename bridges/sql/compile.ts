@@ -5,7 +5,7 @@
 //   - NULL semantics are spelled out: range comparisons skip absent values, `!=` matches them;
 //   - first/last are the values of the earliest/latest row of the group by ts.
 // The SQL stays inside what PostgreSQL's grammar accepts (no SAMPLE BY), so tests parse it.
-import type { PlanColumn, PlanFilter, QueryPlan, QueryResult } from '../../gateway/index.js'
+import type { Dataset, PlanColumn, PlanFilter, QueryPlan, QueryResult, Row } from '../../gateway/index.js'
 import { encodeCursor, isoFromUs, StreamgateError } from '../../gateway/index.js'
 
 export type Dialect = 'duckdb' | 'questdb'
@@ -13,6 +13,8 @@ export type Dialect = 'duckdb' | 'questdb'
 export interface CompiledSql { readonly sql: string, readonly params: unknown[] }
 
 const IDENT = /^[a-z_][a-z0-9_]{0,62}$/
+/** Raw-mode timestamp columns are selected as epoch µs under this prefix and renamed back. */
+const US_PREFIX = 'us__'
 
 export function q (name: string): string {
   if (!IDENT.test(name)) throw new StreamgateError('SG_ERR_INTERNAL', `refusing identifier ${JSON.stringify(name)}`)
@@ -28,9 +30,20 @@ class Builder {
     return `$${this.params.length}`
   }
 
-  /** A timestamp parameter given in epoch µs. */
+  /**
+   * A timestamp parameter given in epoch µs. QuestDB: an ISO string compared directly with the column,
+   * which types the bind variable as TIMESTAMP (inside cast() an untyped variable becomes DOUBLE).
+   */
   tsParam (us: number): string {
-    return this.dialect === 'duckdb' ? `make_timestamp(${this.param(BigInt(us))}::BIGINT)` : `cast(${this.param(isoFromUs(us))} AS TIMESTAMP)`
+    return this.dialect === 'duckdb' ? `make_timestamp(${this.param(BigInt(us))}::BIGINT)` : this.param(isoFromUs(us))
+  }
+
+  /**
+   * A column as queries read it. QuestDB cannot store a NULL BOOLEAN (an absent one is false), so
+   * DuckDB reads absent booleans as false too: the same answer on both stores.
+   */
+  col (c: PlanColumn): string {
+    return c.type === 'boolean' && this.dialect === 'duckdb' ? `coalesce(${q(c.name)}, false)` : q(c.name)
   }
 
   /** A timestamp column as epoch µs. */
@@ -48,7 +61,7 @@ class Builder {
 }
 
 function filterSql (b: Builder, f: PlanFilter): string {
-  const c = q(f.column.name)
+  const c = b.col(f.column)
   switch (f.op) {
     case 'in': return `${c} IN (${f.values.map((v) => b.value(f.column, v)).join(', ')})`
     case '=': return `${c} = ${b.value(f.column, f.values[0]!)}`
@@ -79,10 +92,12 @@ export function compileQuery (plan: QueryPlan, dialect: Dialect): CompiledSql {
       const [ts, seq, idx] = plan.after as [number, number, number]
       where.push(after(['"ts"', '"_seq"', '"_idx"'], [b.tsParam(ts), b.param(seq), b.param(idx)], cmp))
     }
-    const select = plan.columns.map((c) => c.type === 'timestamp' ? `${b.us(q(c.name))} AS ${q(c.name)}` : q(c.name))
+    // Timestamps leave as epoch µs under names of their own, so ORDER BY "ts" stays on the designated
+    // timestamp (QuestDB then reads in time order instead of sorting the whole table).
+    const select = plan.columns.map((c) => c.type === 'timestamp' ? `${b.us(q(c.name))} AS ${q(US_PREFIX + c.name)}` : `${b.col(c)} AS ${q(c.name)}`)
     const sql = `SELECT ${select.join(', ')}, "_seq", "_idx" FROM ${table}` +
       (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') +
-      ` ORDER BY "ts" ${dir}, "_seq" ${dir}, "_idx" ${dir} LIMIT ${b.param(plan.limit + 1)}`
+      ` ORDER BY "ts" ${dir}, "_seq" ${dir}, "_idx" ${dir} LIMIT ${plan.limit + 1}`
     return { sql, params: b.params }
   }
 
@@ -108,30 +123,62 @@ export function compileQuery (plan: QueryPlan, dialect: Dialect): CompiledSql {
   for (const a of plan.aggregates) {
     if (inputs.has(a.column.name)) continue
     inputs.add(a.column.name)
-    inner.push(`${a.column.type === 'timestamp' ? b.us(q(a.column.name)) : q(a.column.name)} AS ${q('v_' + a.column.name)}`)
+    inner.push(`${a.column.type === 'timestamp' ? b.us(q(a.column.name)) : b.col(a.column)} AS ${q('v_' + a.column.name)}`)
   }
   if (dialect === 'duckdb') inner.push('"ts" AS "v_ts_order"')
   const aggs = plan.aggregates.map((a) => {
     const v = q('v_' + a.column.name)
     switch (a.fn) {
+      // QuestDB has no count(BOOLEAN); its booleans are never NULL, so count() is the same number.
+      case 'count': return `${a.column.type === 'boolean' && dialect === 'questdb' ? 'count()' : `count(${v})`} AS ${q(a.alias)}`
       case 'first': return `${dialect === 'duckdb' ? `arg_min_null(${v}, "v_ts_order")` : `first(${v})`} AS ${q(a.alias)}`
       case 'last': return `${dialect === 'duckdb' ? `arg_max_null(${v}, "v_ts_order")` : `last(${v})`} AS ${q(a.alias)}`
       default: return `${a.fn}(${v}) AS ${q(a.alias)}`
     }
   })
   const innerSql = `SELECT ${inner.join(', ')} FROM ${table}` + (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '')
-  let sql = `SELECT ${[...outKeys, ...aggs].join(', ')} FROM (${innerSql}) AS "grp"` + (keys.length > 0 ? ` GROUP BY ${keys.join(', ')}` : '')
+  // QuestDB groups by the non-aggregated columns implicitly, and checks explicit GROUP BY keys against
+  // the select list's names (which are renamed here), so only DuckDB gets the clause.
+  let sql = `SELECT ${[...outKeys, ...aggs].join(', ')} FROM (${innerSql}) AS "grp"` + (keys.length > 0 && dialect === 'duckdb' ? ` GROUP BY ${keys.join(', ')}` : '')
   const outNames = [...(plan.bucketUs !== null ? ['"bucket"'] : []), ...plan.groupBy.map((g) => q(g.name))]
   if (keys.length > 0 && plan.after !== null) {
     const values = plan.after.map((v) => b.param(v))
     sql = `SELECT * FROM (${sql}) AS "page" WHERE ${after(outNames, values, cmp)}`
   }
   if (keys.length > 0) sql += ` ORDER BY ${outNames.map((k) => `${k} ${dir}`).join(', ')}`
-  sql += ` LIMIT ${b.param(plan.limit + 1)}`
+  // The limit is a validated integer, inlined: some QuestDB 8.2 releases leave an untyped LIMIT $n undefined.
+  sql += ` LIMIT ${plan.limit + 1}`
   return { sql: sql.replace(/\s+/g, ' ').trim(), params: b.params }
 }
 
 type Cell = string | number | boolean | null
+
+/** The plan behind GET /v1/datasets/:id/records: every column, newest first. */
+export function latestPlan (ds: Dataset, range: { from: number | null, to: number | null, limit: number }): QueryPlan {
+  const columns: PlanColumn[] = [{ name: 'ts', type: 'timestamp' }, { name: 'device', type: 'symbol' },
+    ...ds.schema.tags.map((t) => ({ name: t, type: 'symbol' as const })),
+    ...Object.entries(ds.schema.fields).map(([name, spec]) => ({ name, type: typeof spec === 'string' ? spec : spec.type }))]
+  return { dataset: ds, fromUs: range.from, toUs: range.to, mode: 'raw', columns, where: [], bucketUs: null, aggregates: [], groupBy: [], order: 'desc', limit: range.limit, after: null }
+}
+
+/** Raw rows as stored rows (epoch µs timestamps, absent values left out). */
+export function toStoredRows (rows: readonly Record<string, unknown>[], limit: number): Row[] {
+  return rows.slice(0, limit).map((r) => {
+    const out: Record<string, string | number | boolean> = {}
+    for (const [k, v] of Object.entries(unalias(r))) {
+      if (k === '_seq' || k === '_idx' || v === null || v === undefined || (typeof v === 'number' && Number.isNaN(v))) continue
+      out[k] = typeof v === 'bigint' ? Number(v) : v as string | number | boolean
+    }
+    return out as Row
+  })
+}
+
+/** A raw-mode row as the store returned it, with timestamp columns under their own names again (epoch µs). */
+export function unalias (row: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(row)) out[k.startsWith(US_PREFIX) ? k.slice(US_PREFIX.length) : k] = v
+  return out
+}
 
 function cell (v: unknown): Cell {
   if (v === null || v === undefined) return null
@@ -156,8 +203,9 @@ export function shapeRows (plan: QueryPlan, rows: readonly Record<string, unknow
   for (const a of plan.aggregates) if (a.fn === 'count' || (a.fn === 'sum' && a.column.type === 'long')) longs.add(a.alias)
   const out = page.map((r) => {
     const o: Record<string, Cell> = {}
-    for (const [k, raw] of Object.entries(r)) {
-      if (k === '_seq' || k === '_idx') continue
+    for (const [key, raw] of Object.entries(r)) {
+      if (key === '_seq' || key === '_idx') continue
+      const k = key.startsWith(US_PREFIX) ? key.slice(US_PREFIX.length) : key
       let v = cell(numeric(raw))
       if (tsCols.has(k) && typeof v === 'number') v = isoFromUs(v)
       else if (longs.has(k) && typeof v === 'string') v = Number(v)
@@ -170,7 +218,7 @@ export function shapeRows (plan: QueryPlan, rows: readonly Record<string, unknow
   const last = page.at(-1)
   if (more && last !== undefined) {
     const n = (v: unknown): number => Number(numeric(v))
-    if (plan.mode === 'raw') nextCursor = encodeCursor([n(last.ts), n(last._seq), n(last._idx)])
+    if (plan.mode === 'raw') nextCursor = encodeCursor([n(last[US_PREFIX + 'ts']), n(last._seq), n(last._idx)])
     else nextCursor = encodeCursor([...(plan.bucketUs !== null ? [n(last.bucket)] : []), ...plan.groupBy.map((g) => String(last[g.name] ?? ''))])
   }
   return { rows: out, nextCursor }

@@ -38,9 +38,9 @@ function check (dialect: Dialect, body: unknown): void {
     parameter: (p) => { maxParam = Math.max(maxParam, Number(p.name.slice(1))) }
   }))
   v.statement(stmts[0]!)
-  for (const id of idents) expect(ALLOWED_IDENTS.has(id.replace(/^[kv]_/, '')), `${dialect}: identifier ${id} in ${sql}`).toBe(true)
-  // Literals are only the compiler's own: bucket widths and '' for absent tags.
-  for (const l of literals) expect(typeof l === 'number' || l === '', `${dialect}: literal ${String(l)} in ${sql}`).toBe(true)
+  for (const id of idents) expect(ALLOWED_IDENTS.has(id.replace(/^([kv]_|us__)/, '')), `${dialect}: identifier ${id} in ${sql}`).toBe(true)
+  // Literals are only the compiler's own: bucket widths, limits, '' for absent tags, false for absent booleans.
+  for (const l of literals) expect(typeof l === 'number' || l === '' || l === false, `${dialect}: literal ${String(l)} in ${sql}`).toBe(true)
   expect(maxParam).toBe(params.length)
   if (JSON.stringify(body).includes('DROP')) expect(params.some((p) => typeof p === 'string' && p.includes('DROP'))).toBe(true)
 }
@@ -58,10 +58,22 @@ describe('query compiler', () => {
     expect(compileQuery(plan, 'duckdb').sql).toContain('epoch_us("ts") - epoch_us("ts") % 420000000 AS "k_bucket"')
   })
 
-  it('binds QuestDB timestamps as ISO strings with microseconds', () => {
+  it('binds QuestDB timestamps as ISO strings compared with the column (which types the variable)', () => {
     const plan = planQuery(ds, { from: '2024-05-01T12:00:00.123456Z' }, { maxRows: 10 })
     const { sql, params } = compileQuery(plan, 'questdb')
-    expect(sql).toContain('"ts" >= cast($1 AS TIMESTAMP)')
+    expect(sql).toContain('"ts" >= $1')
+    expect(sql).not.toMatch(/cast\(\$/)
     expect(params[0]).toBe('2024-05-01T12:00:00.123456Z')
+  })
+
+  it('gives QuestDB no GROUP BY (implicit grouping), count() for booleans, inlined limits; DuckDB reads absent booleans as false', () => {
+    const plan = planQuery(ds, { bucket: '1m', groupBy: ['device'], aggregate: { ok: ['count'] }, limit: 5 }, { maxRows: 10 })
+    const qdb = compileQuery(plan, 'questdb').sql
+    expect(qdb).not.toContain('GROUP BY')
+    expect(qdb).toContain('count() AS "ok_count"')
+    expect(qdb).toMatch(/LIMIT 6$/)
+    const duck = compileQuery(plan, 'duckdb').sql
+    expect(duck).toContain('GROUP BY "k_bucket", "k_device"')
+    expect(duck).toContain('coalesce("ok", false) AS "v_ok"')
   })
 })
