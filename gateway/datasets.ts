@@ -98,6 +98,9 @@ export class CompiledSchema {
   private readonly required: readonly Column[]
   private readonly tsKey: string | undefined
 
+  /** Most records one message (and so one journal entry) may hold. */
+  get maxBatch (): number { return this.limits.maxBatch }
+
   constructor (readonly dataset: string, readonly version: number, schema: DatasetSchema, private readonly limits: SchemaLimits) {
     const cols: Column[] = []
     for (const t of schema.tags) cols.push({ name: t, kind: 'tag', required: false })

@@ -143,15 +143,19 @@ export class Pipeline {
     for (const [device, group] of byDevice) {
       if (group.rows.length === 0) continue
       accepted += group.rows.length
-      const payload = Buffer.from(JSON.stringify(group.records))
-      appends.push(new Promise<void>((resolve, reject) => {
-        this.journal.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload, rows: group.rows }, (err) => {
-          if (err !== null) return reject(err)
-          // Like MQTT QoS 1: subscribers see it once it is durable.
-          this.fanout?.(dataset, device, payload)
-          resolve()
-        })
-      }))
+      // Entries of at most maxBatch records: a replay decodes each entry's payload as one message.
+      for (let from = 0; from < group.records.length; from += compiled.maxBatch) {
+        const payload = Buffer.from(JSON.stringify(group.records.slice(from, from + compiled.maxBatch)))
+        const rows = group.rows.slice(from, from + compiled.maxBatch)
+        appends.push(new Promise<void>((resolve, reject) => {
+          this.journal.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload, rows }, (err) => {
+            if (err !== null) return reject(err)
+            // Like MQTT QoS 1: subscribers see it once it is durable.
+            this.fanout?.(dataset, device, payload)
+            resolve()
+          })
+        }))
+      }
     }
     await Promise.all(appends)
     this.stats.accepted += appends.length

@@ -63,6 +63,26 @@ describe('batch ingest over HTTP', () => {
     expect(await gw.sg.store.count(ds)).toBe(1000)
   })
 
+  it('journals large batches as entries a replay can decode (at most STREAMGATE_MAX_BATCH records each)', async () => {
+    const small = await startTestGateway({ STREAMGATE_MAX_BATCH: '100' })
+    try {
+      const ds = uniqueId('big')
+      await createDataset(small, ds)
+      const dev = await createPrincipalWithKey(small, uniqueId('dev'))
+      await setGrants(small, ds, [{ principal: dev.id, actions: ['publish'] }])
+      const r = await api(small.httpUrl, dev.key, 'POST', `/v1/datasets/${ds}/records`, Array.from({ length: 250 }, (_, i) => ({ temp: i })))
+      expect(r.body.accepted).toBe(250)
+      const reader = small.sg.journal.reader(1)
+      const entries = (await reader.read(1000)).filter((e) => e.dataset === ds)
+      await reader.close()
+      expect(entries.map((e) => (JSON.parse(e.payload.toString()) as unknown[]).length)).toEqual([100, 100, 50])
+      const compiled = small.sg.management.catalog.current(ds)!
+      for (const e of entries) expect(compiled.decode(JSON.parse(e.payload.toString()), e.device, e.arrivalUs, [])).toBeNull()
+    } finally {
+      await small.stop()
+    }
+  })
+
   it('makes a retried request with the same Idempotency-Key a no-op', async () => {
     const { ds, dev } = await setup()
     const body = [{ temp: 1 }, { temp: 2 }, { temp: 'x' }]
