@@ -1,21 +1,26 @@
-// A load generator process (forked by bench/run.ts). It runs MQTT publishers or a subscriber, talks to
-// the runner over IPC and reports its own CPU time, so the runner can tell when the generator, not the
-// broker, is the bottleneck.
-import mqtt, { type MqttClient } from 'mqtt'
+// A load generator process (forked by bench/run.ts, several at once). It runs lean MQTT publishers, a
+// subscriber or a connection storm, talks to the runner over IPC, and reports its own CPU time so the
+// runner can tell whether the generators or the broker are the bottleneck.
+import { LeanClient } from './lean-client.js'
+
+export interface ClientSpec { username?: string, password?: string, topic: string }
 
 export type LoadCommand =
-  | { kind: 'subscribe', url: string, username?: string, password?: string, filter: string, qos: 0 | 1, expect: number, timeoutMs: number }
-  | { kind: 'publish', url: string, clients: { username?: string, password?: string, topic: string }[], qos: 0 | 1, perClient: number, inflight: number, payload: string, ratePerClient?: number }
+  | { kind: 'subscribe', port: number, username?: string, password?: string, filter: string, qos: 0 | 1, expect: number, timeoutMs: number, sampleEvery: number }
+  | { kind: 'publish', port: number, clients: ClientSpec[], qos: 0 | 1, perClient: number, inflight: number, payload: string, ratePerClient?: number }
+  | { kind: 'connect', port: number, clients: { username?: string, password?: string }[], concurrency: number }
 
 export type LoadReport =
   | { kind: 'ready' }
   | { kind: 'subscribed' }
   | { kind: 'subscriber-done', received: number, firstAt: number, lastAt: number, latenciesMs: number[], cpuMs: number }
   | { kind: 'publisher-done', sent: number, acked: number, startedAt: number, endedAt: number, ackLatenciesMs: number[], cpuMs: number }
+  | { kind: 'connected', connected: number, failed: number, startedAt: number, endedAt: number, cpuMs: number }
   | { kind: 'error', message: string }
 
 const now = (): number => performance.timeOrigin + performance.now()
-const send = (r: LoadReport): void => { process.send?.(r) }
+/** Sends a report; resolves once it is handed to the IPC channel (an exit before that would drop it). */
+const send = (r: LoadReport): Promise<void> => new Promise((resolve) => { if (process.send === undefined) resolve(); else process.send(r, () => resolve()) })
 
 /** CPU time used since `since` (a process.cpuUsage() snapshot), in ms. */
 function cpuMs (since: NodeJS.CpuUsage): number {
@@ -23,30 +28,31 @@ function cpuMs (since: NodeJS.CpuUsage): number {
   return (u.user + u.system) / 1000
 }
 
+const go = (): Promise<void> => new Promise((resolve) => process.once('message', () => resolve()))
+
 async function subscribe (cmd: Extract<LoadCommand, { kind: 'subscribe' }>): Promise<void> {
-  const c = await mqtt.connectAsync(cmd.url, { ...(cmd.username !== undefined ? { username: cmd.username, password: cmd.password } : {}), reconnectPeriod: 0, protocolVersion: 4, clean: true })
+  const c = await LeanClient.connect({ port: cmd.port, clientId: `sub-${process.pid}`, ...(cmd.username !== undefined ? { username: cmd.username, password: cmd.password ?? '' } : {}) })
   let received = 0
   let firstAt = 0
   let lastAt = 0
-  // Latency samples: every message's send time is in the payload (`"t":<ms>`); keep one in 10.
   const latencies: number[] = []
   let finish: () => void = () => undefined
   const done = new Promise<void>((resolve) => { finish = resolve })
-  c.on('message', (_topic, payload) => {
+  c.on('message', (_topic: string, payload: Buffer) => {
     const t = now()
     if (received === 0) firstAt = t
     received++
     lastAt = t
-    if (received % 10 === 0) {
-      const s = payload.toString('latin1')
-      const i = s.indexOf('"t":')
-      if (i >= 0) latencies.push(t - Number.parseFloat(s.slice(i + 4)))
+    if (received % cmd.sampleEvery === 0) {
+      const i = payload.indexOf('"t":')
+      if (i >= 0) latencies.push(t - Number.parseFloat(payload.toString('latin1', i + 4, i + 24)))
     }
     if (received >= cmd.expect) finish()
   })
-  await c.subscribeAsync(cmd.filter, { qos: cmd.qos })
+  const granted = await c.subscribe(cmd.filter, cmd.qos)
+  if (granted === 128) throw new Error(`subscription to ${cmd.filter} refused`)
   const cpu0 = process.cpuUsage()
-  send({ kind: 'subscribed' })
+  await send({ kind: 'subscribed' })
   const timer = setTimeout(finish, cmd.timeoutMs)
   let lastCount = -1
   // Also finish when nothing arrived for 3 s after the first message (QoS 0 may drop).
@@ -57,77 +63,106 @@ async function subscribe (cmd: Extract<LoadCommand, { kind: 'subscribe' }>): Pro
   await done
   clearTimeout(timer)
   clearInterval(idle)
-  await c.endAsync(true)
-  send({ kind: 'subscriber-done', received, firstAt, lastAt, latenciesMs: latencies, cpuMs: cpuMs(cpu0) })
+  const used = cpuMs(cpu0)
+  await c.end()
+  await send({ kind: 'subscriber-done', received, firstAt, lastAt, latenciesMs: latencies, cpuMs: used })
 }
 
 /**
- * Publishes `perClient` messages keeping at most `inflight` unacknowledged (QoS 1) or unwritten (QoS 0).
- * No promise or closure per message except for the one in ten whose ack latency is sampled.
+ * Publishes `perClient` messages per client: as fast as the window of `inflight` unacknowledged
+ * messages allows, or at `ratePerClient` msgs/s. The template's `"t":0` carries the send time.
  */
-function publishOne (c: MqttClient, topic: string, cmd: Extract<LoadCommand, { kind: 'publish' }>, stats: { acked: number, lat: number[] }): Promise<number> {
+function publishOne (c: LeanClient, spec: ClientSpec, cmd: Extract<LoadCommand, { kind: 'publish' }>, stats: { acked: number, lat: number[] }): Promise<number> {
+  const topic = Buffer.from(spec.topic)
   const at = cmd.payload.indexOf('"t":0')
   const head = cmd.payload.slice(0, at + 4)
   const tail = cmd.payload.slice(at + 5)
-  const interval = cmd.ratePerClient !== undefined ? 1000 / cmd.ratePerClient : 0
-  const opts = { qos: cmd.qos }
+  const sentAt = new Float64Array(65536)
   return new Promise((resolve) => {
     let sent = 0
-    let outstanding = 0
-    let pumping = false
+    let waiting = false
     const start = now()
-    const acked = (err?: Error): void => {
-      outstanding--
-      if (err === undefined || err === null) stats.acked++
-      if (!pumping) pump()
+    const onAck = (id: number): void => {
+      stats.acked++
+      if (stats.acked % 10 === 0) stats.lat.push(now() - sentAt[id]!)
+      if (waiting) pump()
     }
     const pump = (): void => {
-      pumping = true
-      while (sent < cmd.perClient && outstanding < cmd.inflight) {
-        if (interval > 0) {
-          const wait = start + sent * interval - now()
-          if (wait > 1) {
-            setTimeout(pump, wait)
-            pumping = false
-            return
-          }
-        }
-        const t = now()
-        sent++
-        outstanding++
-        if (cmd.qos === 1 && sent % 10 === 0) {
-          c.publish(topic, head + t.toFixed(3) + tail, opts, (err) => { stats.lat.push(now() - t); acked(err) })
-        } else {
-          c.publish(topic, head + t.toFixed(3) + tail, opts, acked)
-        }
+      waiting = false
+      const due = cmd.ratePerClient === undefined ? cmd.perClient : Math.min(cmd.perClient, Math.floor((now() - start) / 1000 * cmd.ratePerClient) + 1)
+      // QoS 0 has no acks to pace it: at most `inflight` messages a turn, and none while the socket is backed up.
+      const cap = cmd.qos === 0 ? Math.min(due, sent + cmd.inflight) : due
+      if (cmd.qos === 0 && c.buffered > 4 * 1024 * 1024) {
+        setTimeout(pump, 1)
+        return
       }
-      pumping = false
-      if (sent >= cmd.perClient && outstanding === 0) resolve(sent)
+      while (sent < cap && (cmd.qos === 0 || c.inflight < cmd.inflight)) {
+        const t = now()
+        const id = c.publish(topic, Buffer.from(head + t.toFixed(3) + tail), cmd.qos, cmd.qos === 1 ? onAck : undefined)
+        if (cmd.qos === 1) sentAt[id] = t
+        sent++
+      }
+      if (sent >= cmd.perClient) {
+        const finish = (): void => { if (cmd.qos === 0 || c.inflight === 0) resolve(sent); else setTimeout(finish, 5) }
+        if (cmd.qos === 0) void c.drain().then(finish)
+        else finish()
+        return
+      }
+      if (cmd.ratePerClient !== undefined) setTimeout(pump, 1)
+      else if (cmd.qos === 1) waiting = true
+      else setImmediate(pump) // QoS 0: yield so the socket drains
     }
     pump()
   })
 }
 
 async function publish (cmd: Extract<LoadCommand, { kind: 'publish' }>): Promise<void> {
-  const clients = await Promise.all(cmd.clients.map((cl) => mqtt.connectAsync(cmd.url, {
-    ...(cl.username !== undefined ? { username: cl.username, password: cl.password } : {}), reconnectPeriod: 0, protocolVersion: 4
+  const clients = await Promise.all(cmd.clients.map((spec, i) => LeanClient.connect({
+    port: cmd.port, clientId: `pub-${process.pid}-${i}`, ...(spec.username !== undefined ? { username: spec.username, password: spec.password ?? '' } : {})
   })))
-  send({ kind: 'ready' })
-  await new Promise<void>((resolve) => process.once('message', () => resolve()))
+  await send({ kind: 'ready' })
+  await go()
   const stats = { acked: 0, lat: [] as number[] }
   const cpu0 = process.cpuUsage()
   const startedAt = now()
-  const sent = (await Promise.all(clients.map((c, i) => publishOne(c, cmd.clients[i]!.topic, cmd, stats)))).reduce((a, b) => a + b, 0)
+  const sent = (await Promise.all(clients.map((c, i) => publishOne(c, cmd.clients[i]!, cmd, stats)))).reduce((a, b) => a + b, 0)
   const endedAt = now()
   const used = cpuMs(cpu0)
-  await Promise.all(clients.map((c) => c.endAsync()))
-  send({ kind: 'publisher-done', sent, acked: stats.acked, startedAt, endedAt, ackLatenciesMs: stats.lat, cpuMs: used })
+  await Promise.all(clients.map((c) => c.end()))
+  await send({ kind: 'publisher-done', sent, acked: cmd.qos === 0 ? sent : stats.acked, startedAt, endedAt, ackLatenciesMs: stats.lat, cpuMs: used })
+}
+
+/** Opens every connection (`concurrency` at a time) and keeps them open until told to stop. */
+async function connectAll (cmd: Extract<LoadCommand, { kind: 'connect' }>): Promise<void> {
+  await send({ kind: 'ready' })
+  await go()
+  const cpu0 = process.cpuUsage()
+  const startedAt = now()
+  const open: LeanClient[] = []
+  let failed = 0
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < cmd.clients.length) {
+      const spec = cmd.clients[next]!
+      const id = next++
+      try {
+        open.push(await LeanClient.connect({ port: cmd.port, clientId: `conn-${process.pid}-${id}`, ...(spec.username !== undefined ? { username: spec.username, password: spec.password ?? '' } : {}) }))
+      } catch {
+        failed++
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: cmd.concurrency }, worker))
+  const endedAt = now()
+  await send({ kind: 'connected', connected: open.length, failed, startedAt, endedAt, cpuMs: cpuMs(cpu0) })
+  await go()
+  await Promise.all(open.map((c) => c.end()))
 }
 
 process.once('message', (cmd: LoadCommand) => {
-  const run = cmd.kind === 'subscribe' ? subscribe(cmd) : publish(cmd)
-  run.then(() => process.exit(0), (err: unknown) => {
-    send({ kind: 'error', message: err instanceof Error ? err.message : String(err) })
+  const run = cmd.kind === 'subscribe' ? subscribe(cmd) : cmd.kind === 'publish' ? publish(cmd) : connectAll(cmd)
+  run.then(() => process.exit(0), async (err: unknown) => {
+    await send({ kind: 'error', message: err instanceof Error ? err.message : String(err) })
     process.exit(1)
   })
 })

@@ -1,39 +1,49 @@
-// The benchmark runner: `npm run bench` (full: 3 runs each) or `npm run bench -- --quick` (one short run).
-// Starts each system under test as its own process on loopback (streamgate on the embedded default,
-// bare Aedes, Mosquitto when it is on the PATH), drives it with load generator processes, and reports
-// msgs/s, latency, broker CPU and RSS, with streamgate/Aedes and streamgate/Mosquitto ratios from the
-// same run. For streamgate it also checks that the stored row count equals the acknowledged count.
+// The benchmark runner: `npm run bench` (3 runs per workload), `npm run bench -- --quick` (one short run
+// of each, under a minute), `--soak` (adds the 10-minute memory run), `--only=streamgate,aedes`,
+// `--workloads=qos1-flood,latency-20k`. Starts each system under test as its own process on loopback
+// (streamgate on the embedded default, bare Aedes, Mosquitto when it is on the PATH), drives it with
+// load generator processes (bench/load.ts), and reports msgs/s, latency, broker CPU and RSS, with the
+// streamgate/Aedes and streamgate/Mosquitto ratios from the same run. For streamgate it checks that the
+// rows stored equal the messages acknowledged.
 import { type ChildProcess, execFileSync, fork, spawn } from 'node:child_process'
 import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import type { LoadCommand, LoadReport } from './load.js'
+import type { ClientSpec, LoadCommand, LoadReport } from './load.js'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
-const args = new Set(process.argv.slice(2))
-const quick = args.has('--quick')
-/** `--only=streamgate,aedes` limits the systems; `--workloads=qos1-flood` the workloads. */
-const only = new Set(process.argv.find((a) => a.startsWith('--only='))?.slice(7).split(',') ?? [])
-const onlyWorkloads = new Set(process.argv.find((a) => a.startsWith('--workloads='))?.slice(12).split(',') ?? [])
+const argv = process.argv.slice(2)
+const quick = argv.includes('--quick')
+const soak = argv.includes('--soak')
+const listArg = (name: string): Set<string> => new Set(argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3).split(',') ?? [])
+const only = listArg('only')
+const onlyWorkloads = listArg('workloads')
 const RUNS = quick ? 1 : 3
 const PUBLISHERS = 10
-const PER_PUBLISHER = quick ? 2000 : 10_000
 const GENERATORS = 2
 const ADMIN_KEY = 'bench-admin-key-0123456789abcdef'
-const PAYLOAD = '{"site":"site-0001","temp":21.53,"hum":48.27,"pressure":1013.25,"t":0}'
+const READING = '{"site":"site-0001","temp":21.53,"hum":48.27,"pressure":1013.25,"t":0}'
+const BATCH = '[' + Array.from({ length: 100 }, (_, i) => i === 0 ? READING : READING.replace('"t":0', `"t":${i}`)).join(',') + ']'
 const children = new Set<ChildProcess>()
 
+type SystemName = 'streamgate' | 'aedes' | 'mosquitto'
+
+interface Plan { pubs: ClientSpec[], sub: { username?: string, password?: string }, filter: string, conns: { username?: string, password?: string }[] }
+
 interface Sut {
-  readonly name: 'streamgate' | 'aedes' | 'mosquitto'
+  readonly name: SystemName
   readonly proc: ChildProcess
-  readonly url: string
-  /** Prepares a fresh dataset (streamgate) and returns how clients authenticate and where they publish. */
-  prepare (dataset: string): Promise<{ pubs: { username?: string, password?: string, topic: string }[], sub: { username?: string, password?: string }, filter: string }>
-  stored? (dataset: string, expect: number): Promise<number>
+  readonly port: number
+  prepare (dataset: string): Promise<Plan>
+  /** streamgate: rows stored for the dataset once the sink has caught up (waits up to 120 s). */
+  stored? (dataset: string, expect: number): Promise<{ stored: number, at: number }>
+  http? (): string
   stop (): Promise<void>
 }
+
+const now = (): number => performance.timeOrigin + performance.now()
 
 function freePort (): Promise<number> {
   return new Promise((resolve) => {
@@ -84,12 +94,14 @@ function procStats (pid: number): { cpuMs: number, rssMiB: number } {
   return { cpuMs: ticks * 10, rssMiB: rssKb / 1024 }
 }
 
-async function http<T = any> (base: string, method: string, url: string, body?: unknown): Promise<T> { // eslint-disable-line @typescript-eslint/no-explicit-any
-  const res = await fetch(base + url, { method, headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) })
+async function http<T = any> (base: string, method: string, url: string, body?: unknown, contentType = 'application/json'): Promise<T> { // eslint-disable-line @typescript-eslint/no-explicit-any
+  const res = await fetch(base + url, { method, headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': contentType }, ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}) })
   const text = await res.text()
   if (res.status >= 300) throw new Error(`${method} ${url}: ${res.status} ${text}`)
   return (text.length > 0 ? JSON.parse(text) : null) as T
 }
+
+const CONN_PRINCIPALS = 100
 
 async function startStreamgate (): Promise<Sut> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-bench-'))
@@ -103,35 +115,39 @@ async function startStreamgate (): Promise<Sut> {
     stdio: ['ignore', 'pipe', 'pipe']
   }))
   const m = await waitForLine(proc, /mqtt [^:]+:(\d+).*http http:\/\/[^:]+:(\d+)/, 'streamgate')
-  const url = `mqtt://127.0.0.1:${m[1]}`
   const api = `http://127.0.0.1:${m[2]}`
   const keys: Record<string, string> = {}
-  for (const id of [...Array.from({ length: PUBLISHERS }, (_, i) => `pub${i}`), 'sub']) {
+  const ids = [...Array.from({ length: PUBLISHERS }, (_, i) => `pub${i}`), 'sub', ...Array.from({ length: CONN_PRINCIPALS }, (_, i) => `conn${i}`)]
+  for (const id of ids) {
     await http(api, 'POST', '/v1/principals', { id, kind: id === 'sub' ? 'service' : 'device' })
     keys[id] = (await http<{ key: string }>(api, 'POST', `/v1/principals/${id}/keys`, {})).key
   }
   return {
     name: 'streamgate',
     proc,
-    url,
+    port: Number(m[1]),
+    http: () => api,
     async prepare (dataset) {
       await http(api, 'POST', '/v1/datasets', { id: dataset, schema: { tags: ['site'], fields: { temp: 'double', hum: 'double', pressure: 'double', t: 'double' } } })
       await http(api, 'PUT', `/v1/datasets/${dataset}/access`, {
-        grants: [...Array.from({ length: PUBLISHERS }, (_, i) => ({ principal: `pub${i}`, actions: ['publish'] })), { principal: 'sub', actions: ['subscribe'] }]
+        grants: [...Array.from({ length: PUBLISHERS }, (_, i) => ({ principal: `pub${i}`, actions: ['publish'] })), { principal: 'sub', actions: ['subscribe', 'publish'], devices: ['+'] }]
       })
       return {
         pubs: Array.from({ length: PUBLISHERS }, (_, i) => ({ username: `pub${i}`, password: keys[`pub${i}`]!, topic: `datasets/${dataset}/pub${i}` })),
         sub: { username: 'sub', password: keys.sub! },
-        filter: `datasets/${dataset}/#`
+        filter: `datasets/${dataset}/#`,
+        conns: Array.from({ length: CONN_PRINCIPALS }, (_, i) => ({ username: `conn${i}`, password: keys[`conn${i}`]! }))
       }
     },
     async stored (dataset, expect) {
-      const deadline = Date.now() + 60_000
+      const deadline = Date.now() + 120_000
       for (;;) {
         const s = await http<{ stored: number }>(api, 'GET', `/v1/datasets/${dataset}/stats`)
-        const st = await http<{ consumers: { lag: number }[] }>(api, 'GET', '/v1/status')
-        if ((s.stored >= expect && st.consumers.every((c) => c.lag === 0)) || Date.now() > deadline) return s.stored
-        await new Promise((resolve) => setTimeout(resolve, 100))
+        if (s.stored >= expect || Date.now() > deadline) {
+          const st = await http<{ consumers: { lag: number }[] }>(api, 'GET', '/v1/status')
+          if (st.consumers.every((c) => c.lag === 0) || Date.now() > deadline) return { stored: s.stored, at: now() }
+        }
+        await new Promise((resolve) => setTimeout(resolve, 50))
       }
     },
     async stop () {
@@ -145,9 +161,9 @@ function anonymous (name: 'aedes' | 'mosquitto', proc: ChildProcess, port: numbe
   return {
     name,
     proc,
-    url: `mqtt://127.0.0.1:${port}`,
+    port,
     async prepare (dataset) {
-      return { pubs: Array.from({ length: PUBLISHERS }, (_, i) => ({ topic: `datasets/${dataset}/pub${i}` })), sub: {}, filter: `datasets/${dataset}/#` }
+      return { pubs: Array.from({ length: PUBLISHERS }, (_, i) => ({ topic: `datasets/${dataset}/pub${i}` })), sub: {}, filter: `datasets/${dataset}/#`, conns: [{}] }
     },
     async stop () { await stopProc(proc); cleanup() }
   }
@@ -184,13 +200,13 @@ function forkLoad (): ChildProcess {
   return track(fork(path.join(root, 'bench/load.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }))
 }
 
-function next (p: ChildProcess, kind: LoadReport['kind']): Promise<LoadReport> {
+function next<K extends LoadReport['kind']> (p: ChildProcess, kind: K): Promise<Extract<LoadReport, { kind: K }>> {
   return new Promise((resolve, reject) => {
     const on = (r: LoadReport): void => {
-      if (r.kind === kind) { p.off('message', on); resolve(r) } else if (r.kind === 'error') { p.off('message', on); reject(new Error(r.message)) }
+      if (r.kind === kind) { p.off('message', on); resolve(r as Extract<LoadReport, { kind: K }>) } else if (r.kind === 'error') { p.off('message', on); reject(new Error(r.message)) }
     }
     p.on('message', on)
-    p.once('exit', (code) => { if (code !== 0) reject(new Error(`load generator exited with ${code}`)) })
+    p.once('exit', (code) => reject(new Error(`load generator exited (${code}) before reporting ${kind}`)))
   })
 }
 
@@ -200,13 +216,17 @@ function pct (sorted: number[], p: number): number {
 }
 
 interface RunResult {
-  msgsPerSec: number
+  /** The workload's headline rate: msgs/s routed (floods, latency), acknowledged (ingest), readings/s (batch), connects/s. */
+  rate: number
+  unit: string
   sent: number
   acked: number
   received: number
   stored: number | null
-  latencyMs: { p50: number, p99: number, p999: number }
-  ackLatencyMs: { p50: number, p99: number } | null
+  /** streamgate: rows stored per second, from the first publish to the store catching up. */
+  storedRate: number | null
+  latencyMs: { p50: number, p99: number, p999: number } | null
+  ackLatencyMs: { p50: number, p99: number, p999: number } | null
   brokerCpuPct: number
   brokerRssMiB: number
   generatorCpuPct: number
@@ -214,87 +234,199 @@ interface RunResult {
 
 let datasetNo = 0
 
-async function flood (sut: Sut, qos: 0 | 1): Promise<RunResult> {
+interface PubWorkload { qos: 0 | 1, perPublisher: number, subscriber: boolean, ratePerSecond?: number, payload: string, readingsPerMessage: number, sampleEvery: number }
+
+async function pubRun (sut: Sut, w: PubWorkload): Promise<RunResult> {
   const dataset = `bench_${Date.now().toString(36)}_${++datasetNo}`
   const plan = await sut.prepare(dataset)
-  const total = PUBLISHERS * PER_PUBLISHER
-  const sub = forkLoad()
-  sub.send({ kind: 'subscribe', url: sut.url, ...plan.sub, filter: plan.filter, qos, expect: total, timeoutMs: 120_000 } satisfies LoadCommand)
-  await next(sub, 'subscribed')
+  const total = PUBLISHERS * w.perPublisher
+  let sub: ChildProcess | null = null
+  if (w.subscriber) {
+    sub = forkLoad()
+    sub.send({ kind: 'subscribe', port: sut.port, ...plan.sub, filter: plan.filter, qos: w.qos, expect: total, timeoutMs: 180_000, sampleEvery: w.sampleEvery } satisfies LoadCommand)
+    await next(sub, 'subscribed')
+  }
   const gens: ChildProcess[] = []
   const per = PUBLISHERS / GENERATORS
   for (let g = 0; g < GENERATORS; g++) {
     const p = forkLoad()
     gens.push(p)
-    p.send({ kind: 'publish', url: sut.url, clients: plan.pubs.slice(g * per, (g + 1) * per), qos, perClient: PER_PUBLISHER, inflight: 100, payload: PAYLOAD } satisfies LoadCommand)
+    p.send({
+      kind: 'publish', port: sut.port, clients: plan.pubs.slice(g * per, (g + 1) * per), qos: w.qos, perClient: w.perPublisher, inflight: 100, payload: w.payload,
+      ...(w.ratePerSecond !== undefined ? { ratePerClient: w.ratePerSecond / PUBLISHERS } : {})
+    } satisfies LoadCommand)
   }
   await Promise.all(gens.map((p) => next(p, 'ready')))
   const before = procStats(sut.proc.pid!)
-  const wallStart = performance.timeOrigin + performance.now()
+  const wallStart = now()
   const pubDone = gens.map((p) => next(p, 'publisher-done'))
-  const subDone = next(sub, 'subscriber-done')
+  const subDone = sub !== null ? next(sub, 'subscriber-done') : null
   for (const p of gens) p.send('go')
-  const pubs = (await Promise.all(pubDone)) as Extract<LoadReport, { kind: 'publisher-done' }>[]
-  const s = (await subDone) as Extract<LoadReport, { kind: 'subscriber-done' }>
+  const pubs = await Promise.all(pubDone)
+  const s = subDone !== null ? await subDone : null
   const after = procStats(sut.proc.pid!)
+  const wall = now() - wallStart
   const startedAt = Math.min(...pubs.map((p) => p.startedAt))
-  const elapsed = Math.max(1, s.lastAt - startedAt)
-  const wall = performance.timeOrigin + performance.now() - wallStart
+  const endedAt = Math.max(...pubs.map((p) => p.endedAt))
   const acked = pubs.reduce((a, p) => a + p.acked, 0)
   const sent = pubs.reduce((a, p) => a + p.sent, 0)
-  const stored = sut.stored !== undefined ? await sut.stored(dataset, qos === 1 ? acked : sent) : null
-  const lat = [...s.latenciesMs].sort((a, b) => a - b)
+  let stored: number | null = null
+  let storedRate: number | null = null
+  if (sut.stored !== undefined) {
+    const r = await sut.stored(dataset, (w.qos === 1 ? acked : sent) * w.readingsPerMessage)
+    stored = r.stored
+    storedRate = Math.round(r.stored / ((r.at - startedAt) / 1000))
+  }
+  const lat = [...(s?.latenciesMs ?? [])].sort((a, b) => a - b)
   const ackLat = pubs.flatMap((p) => p.ackLatenciesMs).sort((a, b) => a - b)
+  const rate = s !== null ? s.received / (Math.max(1, s.lastAt - startedAt) / 1000) : acked / (Math.max(1, endedAt - startedAt) / 1000)
   return {
-    msgsPerSec: Math.round(s.received / (elapsed / 1000)),
+    rate: Math.round(rate * w.readingsPerMessage),
+    unit: w.readingsPerMessage > 1 ? 'readings/s' : 'msgs/s',
     sent,
     acked,
-    received: s.received,
+    received: s?.received ?? 0,
     stored,
-    latencyMs: { p50: pct(lat, 0.5), p99: pct(lat, 0.99), p999: pct(lat, 0.999) },
-    ackLatencyMs: qos === 1 ? { p50: pct(ackLat, 0.5), p99: pct(ackLat, 0.99) } : null,
+    storedRate,
+    latencyMs: lat.length > 0 ? { p50: pct(lat, 0.5), p99: pct(lat, 0.99), p999: pct(lat, 0.999) } : null,
+    ackLatencyMs: w.qos === 1 && ackLat.length > 0 ? { p50: pct(ackLat, 0.5), p99: pct(ackLat, 0.99), p999: pct(ackLat, 0.999) } : null,
     brokerCpuPct: Math.round((after.cpuMs - before.cpuMs) / wall * 100),
     brokerRssMiB: Math.round(after.rssMiB),
-    generatorCpuPct: Math.round((pubs.reduce((a, p) => a + p.cpuMs, 0) + s.cpuMs) / wall * 100)
+    generatorCpuPct: Math.round((pubs.reduce((a, p) => a + p.cpuMs, 0) + (s?.cpuMs ?? 0)) / wall * 100)
+  }
+}
+
+/** N authenticated connections (streamgate) or anonymous ones, opened as fast as they are accepted. */
+async function connectRun (sut: Sut, n: number): Promise<RunResult> {
+  const plan = await sut.prepare(`bench_${Date.now().toString(36)}_${++datasetNo}`)
+  const before = procStats(sut.proc.pid!)
+  const gens: ChildProcess[] = []
+  for (let g = 0; g < GENERATORS; g++) {
+    const p = forkLoad()
+    gens.push(p)
+    const clients = Array.from({ length: n / GENERATORS }, (_, i) => plan.conns[(g * n / GENERATORS + i) % plan.conns.length]!)
+    p.send({ kind: 'connect', port: sut.port, clients, concurrency: 100 } satisfies LoadCommand)
+  }
+  await Promise.all(gens.map((p) => next(p, 'ready')))
+  const wallStart = now()
+  const done = gens.map((p) => next(p, 'connected'))
+  for (const p of gens) p.send('go')
+  const rs = await Promise.all(done)
+  const wall = now() - wallStart
+  const after = procStats(sut.proc.pid!)
+  const connected = rs.reduce((a, r) => a + r.connected, 0)
+  const failed = rs.reduce((a, r) => a + r.failed, 0)
+  const elapsed = Math.max(...rs.map((r) => r.endedAt)) - Math.min(...rs.map((r) => r.startedAt))
+  for (const p of gens) p.send('stop')
+  await Promise.all(gens.map((p) => new Promise((resolve) => p.once('exit', resolve))))
+  if (failed > 0) process.stdout.write(`  ${sut.name}: ${failed} connections failed\n`)
+  return {
+    rate: Math.round(connected / (elapsed / 1000)), unit: 'connects/s', sent: n, acked: connected, received: 0, stored: null, storedRate: null,
+    latencyMs: null, ackLatencyMs: null, brokerCpuPct: Math.round((after.cpuMs - before.cpuMs) / wall * 100), brokerRssMiB: Math.round(after.rssMiB),
+    generatorCpuPct: Math.round(rs.reduce((a, r) => a + r.cpuMs, 0) / wall * 100)
+  }
+}
+
+/** streamgate only: batches of 1,000 readings over HTTP, 4 requests in flight. */
+async function httpRun (sut: Sut, total: number): Promise<RunResult | null> {
+  if (sut.http === undefined) return null
+  const dataset = `bench_${Date.now().toString(36)}_${++datasetNo}`
+  await sut.prepare(dataset)
+  const api = sut.http()
+  const body = '[' + Array.from({ length: 1000 }, () => READING.replace('"t":0', '"device":"pub0","t":0')).join(',') + ']'
+  const before = procStats(sut.proc.pid!)
+  const startedAt = now()
+  let sent = 0
+  let accepted = 0
+  await Promise.all(Array.from({ length: 4 }, async () => {
+    while (sent < total) {
+      sent += 1000
+      const r = await http<{ accepted: number }>(api, 'POST', `/v1/datasets/${dataset}/records`, body)
+      accepted += r.accepted
+    }
+  }))
+  const endedAt = now()
+  const after = procStats(sut.proc.pid!)
+  const st = await sut.stored!(dataset, accepted)
+  return {
+    rate: Math.round(accepted / ((endedAt - startedAt) / 1000)), unit: 'readings/s', sent, acked: accepted, received: 0, stored: st.stored,
+    storedRate: Math.round(st.stored / ((st.at - startedAt) / 1000)), latencyMs: null, ackLatencyMs: null,
+    brokerCpuPct: Math.round((after.cpuMs - before.cpuMs) / (endedAt - startedAt) * 100), brokerRssMiB: Math.round(after.rssMiB), generatorCpuPct: 0
+  }
+}
+
+/** `full`: left out of --quick, which must stay under a minute. */
+interface Workload { name: string, run: (sut: Sut) => Promise<RunResult | null>, runs: number, systems?: SystemName[], full?: boolean }
+
+const q = (n: number, quickN: number): number => quick ? quickN : n
+const allWorkloads: Workload[] = [
+  { name: 'qos1-flood', runs: RUNS, run: (s) => pubRun(s, { qos: 1, perPublisher: q(10_000, 2000), subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 10 }) },
+  { name: 'qos0-flood', runs: RUNS, run: (s) => pubRun(s, { qos: 0, perPublisher: q(10_000, 2000), subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 10 }) },
+  { name: 'qos1-ingest', runs: RUNS, run: (s) => pubRun(s, { qos: 1, perPublisher: q(10_000, 2000), subscriber: false, payload: READING, readingsPerMessage: 1, sampleEvery: 10 }) },
+  { name: 'latency-5k', runs: 1, full: true, run: (s) => pubRun(s, { qos: 1, perPublisher: q(5000, 1000), ratePerSecond: 5000, subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 1 }) },
+  { name: 'latency-20k', runs: 1, run: (s) => pubRun(s, { qos: 1, perPublisher: q(20_000, 4000), ratePerSecond: 20_000, subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 1 }) },
+  { name: 'batch-100', runs: RUNS, run: (s) => pubRun(s, { qos: 1, perPublisher: q(1000, 200), subscriber: true, payload: BATCH, readingsPerMessage: 100, sampleEvery: 1 }) },
+  { name: 'http-batch', runs: RUNS, full: true, systems: ['streamgate' as const], run: (s) => httpRun(s, q(300_000, 50_000)) },
+  { name: 'connections-10k', runs: 1, run: (s) => connectRun(s, q(10_000, 2000)) },
+  ...(soak ? [{ name: 'soak-20k-10min', runs: 1, systems: ['streamgate' as const], run: (s: Sut) => soakRun(s, 600) }] : [])
+]
+const workloads = allWorkloads.filter((w) => onlyWorkloads.size > 0 ? onlyWorkloads.has(w.name) : !(quick && w.full === true))
+
+/** 20k msg/s for `seconds`, sampling the gateway's RSS every 10 s: memory must stay within ±10%. */
+async function soakRun (sut: Sut, seconds: number): Promise<RunResult> {
+  const samples: number[] = []
+  const timer = setInterval(() => samples.push(procStats(sut.proc.pid!).rssMiB), 10_000)
+  try {
+    const r = await pubRun(sut, { qos: 1, perPublisher: 2000 * seconds, ratePerSecond: 20_000, subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 100 })
+    const settled = samples.slice(Math.floor(samples.length / 5)) // after warm-up
+    const min = Math.min(...settled)
+    const max = Math.max(...settled)
+    process.stdout.write(`  soak RSS samples (MiB): ${samples.map((x) => x.toFixed(0)).join(' ')}; after warm-up ${min.toFixed(0)}–${max.toFixed(0)} (${((max - min) / min * 100).toFixed(1)}% spread)\n`)
+    if ((max - min) / min > 0.2) failures.push(`soak: RSS spread ${((max - min) / min * 100).toFixed(1)}% after warm-up`)
+    return r
+  } finally {
+    clearInterval(timer)
   }
 }
 
 interface Summary { median: number, min: number, max: number, runs: RunResult[] }
 
 function summarize (runs: RunResult[]): Summary {
-  const rates = runs.map((r) => r.msgsPerSec).sort((a, b) => a - b)
+  const rates = runs.map((r) => r.rate).sort((a, b) => a - b)
   return { median: rates[Math.floor(rates.length / 2)]!, min: rates[0]!, max: rates.at(-1)!, runs }
 }
 
+const failures: string[] = []
+const fmt = (l: { p50: number, p99: number, p999: number } | null): string => l === null ? '–' : `${l.p50.toFixed(2)} / ${l.p99.toFixed(2)} / ${l.p999.toFixed(2)}`
+
 async function main (): Promise<void> {
-  if (!quick || !fs.existsSync(path.join(root, 'dist/bin/streamgate.js'))) {
-    execFileSync('npm', ['run', 'build', '--silent'], { cwd: root, stdio: 'inherit' })
-  }
-  const workloads = [
-    { name: 'qos1-flood', qos: 1 as const },
-    { name: 'qos0-flood', qos: 0 as const }
-  ].filter((w) => onlyWorkloads.size === 0 || onlyWorkloads.has(w.name))
-  const starters: (() => Promise<Sut | null>)[] = [startAedes, startStreamgate, startMosquitto]
+  execFileSync('npm', ['run', 'build', '--silent'], { cwd: root, stdio: 'inherit' })
+  const starters: [SystemName, () => Promise<Sut | null>][] = [['aedes', startAedes], ['streamgate', startStreamgate], ['mosquitto', startMosquitto]]
   const results: Record<string, Record<string, Summary>> = {}
-  const failures: string[] = []
-  for (const start of starters) {
+  for (const [name, start] of starters) {
+    if (only.size > 0 && !only.has(name)) continue
     const sut = await start()
     if (sut === null) continue
-    if (only.size > 0 && !only.has(sut.name)) {
-      await sut.stop()
-      continue
-    }
     try {
       for (const w of workloads) {
+        if (w.systems !== undefined && !w.systems.includes(name)) continue
         const runs: RunResult[] = []
-        for (let i = 0; i < RUNS; i++) {
-          const r = await flood(sut, w.qos)
+        for (let i = 0; i < w.runs; i++) {
+          const r = await w.run(sut)
+          if (r === null) break
           runs.push(r)
-          process.stdout.write(`${sut.name.padEnd(10)} ${w.name.padEnd(11)} run ${i + 1}: ${r.msgsPerSec} msg/s, received ${r.received}/${r.sent}` +
-            (r.stored !== null ? `, stored ${r.stored}` : '') + `, p99 ${r.latencyMs.p99.toFixed(2)} ms, broker CPU ${r.brokerCpuPct}%, RSS ${r.brokerRssMiB} MiB, generators CPU ${r.generatorCpuPct}%\n`)
-          if (sut.name === 'streamgate' && w.qos === 1 && r.stored !== r.acked) failures.push(`${w.name} run ${i + 1}: stored ${r.stored} != acknowledged ${r.acked}`)
+          process.stdout.write(`${name.padEnd(10)} ${w.name.padEnd(15)} run ${i + 1}: ${r.rate} ${r.unit}` +
+            (r.received > 0 ? `, received ${r.received}` : '') + `, acked ${r.acked}/${r.sent}` +
+            (r.stored !== null ? `, stored ${r.stored} (${r.storedRate}/s)` : '') +
+            (r.latencyMs !== null ? `, pub→sub p99 ${r.latencyMs.p99.toFixed(2)} ms` : '') +
+            (r.ackLatencyMs !== null ? `, pub→PUBACK p99 ${r.ackLatencyMs.p99.toFixed(2)} ms` : '') +
+            `, broker CPU ${r.brokerCpuPct}%, RSS ${r.brokerRssMiB} MiB, generators CPU ${r.generatorCpuPct}%\n`)
+          const perMsg = w.name === 'batch-100' ? 100 : 1
+          if (name === 'streamgate' && r.stored !== null && w.name !== 'qos0-flood' && r.stored !== r.acked * perMsg) {
+            failures.push(`${w.name} run ${i + 1}: stored ${r.stored} != acknowledged ${r.acked * perMsg}`)
+          }
         }
-        ;(results[w.name] ??= {})[sut.name] = summarize(runs)
+        if (runs.length > 0) (results[w.name] ??= {})[name] = summarize(runs)
       }
     } finally {
       await sut.stop()
@@ -303,18 +435,17 @@ async function main (): Promise<void> {
 
   const lines: string[] = []
   const date = new Date().toISOString()
-  const command = `npm run bench${quick ? ' -- --quick' : ''}`
+  const command = `npm run bench${argv.length > 0 ? ' -- ' + argv.join(' ') : ''}`
   lines.push(`Command: \`${command}\` on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${date}.`)
-  lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes, 1 subscriber on the dataset wildcard, ${PER_PUBLISHER * PUBLISHERS} messages of ~100 B per run, ${RUNS} run(s); msgs/s = messages received by the subscriber / time from the first publish to the last delivery.`)
+  lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per throughput workload. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
   lines.push('')
-  lines.push('| workload | system | msgs/s median (min–max) | p50 / p99 / p99.9 ms publish→subscriber | p50 / p99 ms publish→PUBACK | broker CPU % | broker RSS MiB | generators CPU % | vs Aedes | vs Mosquitto |')
-  lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  lines.push('| workload | system | rate median (min–max) | stored/s | publish→subscriber ms p50 / p99 / p99.9 | publish→PUBACK ms p50 / p99 / p99.9 | broker CPU % | broker RSS MiB | generators CPU % | vs Aedes | vs Mosquitto |')
+  lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
   for (const [w, bySys] of Object.entries(results)) {
     for (const [sys, s] of Object.entries(bySys)) {
-      const mid = s.runs.find((r) => r.msgsPerSec === s.median) ?? s.runs[0]!
+      const mid = s.runs.find((r) => r.rate === s.median) ?? s.runs[0]!
       const ratio = (other: string): string => bySys[other] !== undefined && sys !== other ? (s.median / bySys[other].median).toFixed(2) + '×' : '–'
-      lines.push(`| ${w} | ${sys} | ${s.median} (${s.min}–${s.max}) | ${mid.latencyMs.p50.toFixed(2)} / ${mid.latencyMs.p99.toFixed(2)} / ${mid.latencyMs.p999.toFixed(2)} | ` +
-        `${mid.ackLatencyMs === null ? '–' : mid.ackLatencyMs.p50.toFixed(2) + ' / ' + mid.ackLatencyMs.p99.toFixed(2)} | ${mid.brokerCpuPct} | ${mid.brokerRssMiB} | ${mid.generatorCpuPct} | ${ratio('aedes')} | ${ratio('mosquitto')} |`)
+      lines.push(`| ${w} | ${sys} | ${s.median} ${mid.unit} (${s.min}–${s.max}) | ${mid.storedRate ?? '–'} | ${fmt(mid.latencyMs)} | ${fmt(mid.ackLatencyMs)} | ${mid.brokerCpuPct} | ${mid.brokerRssMiB} | ${mid.generatorCpuPct} | ${ratio('aedes')} | ${ratio('mosquitto')} |`)
     }
   }
   const table = lines.join('\n')
@@ -330,13 +461,12 @@ async function main (): Promise<void> {
   fs.writeFileSync(md, current.replace(/<!-- bench:latest:start -->[\s\S]*<!-- bench:latest:end -->/, section))
   process.stdout.write(`\nwrote ${path.relative(root, file)} and BENCHMARKS.md\n`)
   if (failures.length > 0) {
-    process.stderr.write('FAILED: stored count differs from acknowledged count:\n  ' + failures.join('\n  ') + '\n')
+    process.stderr.write('FAILED:\n  ' + failures.join('\n  ') + '\n')
     process.exitCode = 1
   }
 }
 
-const cleanup = (): void => { for (const c of children) c.kill('SIGKILL') }
-process.on('SIGINT', () => { cleanup(); process.exit(130) })
+process.on('SIGINT', () => { for (const c of children) c.kill('SIGKILL'); process.exit(130) })
 main().catch((err: unknown) => {
   process.stderr.write(String(err instanceof Error ? err.stack : err) + '\n')
   process.exitCode = 1
