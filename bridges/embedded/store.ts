@@ -1,8 +1,8 @@
 // The embedded default store: one DuckDB file under STREAMGATE_DATA_DIR holding the metadata, the
 // rejects log and one table per dataset. DuckDB runs queries and bulk loads on its own threads, so
-// large writes and reads do not block the event loop. Rows reach it as NDJSON files that DuckDB's
-// reader parses off the main thread (measured: ~0.4 µs of main-thread time a row, against ~3 µs for
-// the row-by-row Appender).
+// large writes and reads do not block the event loop. Rows reach it as CSV files that DuckDB's reader
+// parses off the main thread (measured per row, batches of 20,000: ~1.1 µs of main-thread and ~4 µs of
+// total CPU, against ~2.2/~5.5 µs for NDJSON and ~3 µs of main thread alone for the row-by-row Appender).
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { DuckDBInstance, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api'
@@ -33,6 +33,39 @@ function ident (name: string): string {
 
 function table (id: string): string {
   return `data.${ident(id)}`
+}
+
+/**
+ * Rows as CSV in the table's column order, for DuckDB's CSV reader (off the main thread). Strings are
+ * always quoted (so "" stays an empty string), absent values are empty (NULL), timestamps are epoch µs.
+ */
+function toCsv (entries: readonly SinkEntry[], cols: readonly [string, string][]): string {
+  const names = cols.map(([n]) => n)
+  const parts: string[] = []
+  for (const e of entries) {
+    for (let i = 0; i < e.rows.length; i++) {
+      const row = e.rows[i]!
+      let line = ''
+      for (let c = 0; c < names.length; c++) {
+        const name = names[c]!
+        const v = name === '_seq' ? e.seq : name === '_idx' ? i : row[name]
+        if (c > 0) line += ','
+        if (v === undefined || v === null) continue
+        line += typeof v === 'string' ? '"' + (v.includes('"') ? v.replaceAll('"', '""') : v) + '"' : String(v)
+      }
+      parts.push(line)
+    }
+  }
+  parts.push('')
+  return parts.join('\n')
+}
+
+function insertSql (dataset: string, cols: readonly [string, string][], file: string): string {
+  const types = cols.map(([name, type]) => `'${name}': '${type === 'TIMESTAMP' ? 'BIGINT' : type}'`)
+  const select = cols.map(([name, type]) => type === 'TIMESTAMP' ? `make_timestamp(${ident(name)})` : ident(name))
+  const literal = "'" + file.replaceAll("'", "''") + "'"
+  return `INSERT INTO ${table(dataset)} SELECT ${select.join(', ')} FROM read_csv(${literal}, header = false, delim = ',', quote = '"', escape = '"', ` +
+    `new_line = '\\n', auto_detect = false, allow_quoted_nulls = false, max_line_size = 16777216, columns = {${types.join(', ')}})`
 }
 
 function toNumber (v: DuckDBValue): number {
@@ -194,21 +227,21 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
    */
   write (entries: readonly SinkEntry[], lastSeq: number): Promise<void> {
     return this.serial(async () => {
-      const byDataset = new Map<string, string[]>()
+      const byDataset = new Map<string, SinkEntry[]>()
       for (const e of entries) {
-        let lines = byDataset.get(e.dataset)
-        if (lines === undefined) byDataset.set(e.dataset, lines = [])
-        const prefix = `{"_seq":${e.seq},"_idx":`
-        for (let i = 0; i < e.rows.length; i++) lines.push(prefix + i + ',' + JSON.stringify(e.rows[i]).slice(1))
+        let list = byDataset.get(e.dataset)
+        if (list === undefined) byDataset.set(e.dataset, list = [])
+        list.push(e)
       }
       const files: string[] = []
       try {
         const statements: string[] = []
-        for (const [dataset, lines] of byDataset) {
-          const file = path.join(this.tmpDir, `batch-${++this.batchNo}.ndjson`)
+        for (const [dataset, list] of byDataset) {
+          const cols = await this.columnsOf(dataset)
+          const file = path.join(this.tmpDir, `batch-${++this.batchNo}.csv`)
           files.push(file)
-          await fs.writeFile(file, lines.join('\n'))
-          statements.push(await this.insertSql(dataset, file))
+          await fs.writeFile(file, toCsv(list, cols))
+          statements.push(insertSql(dataset, cols, file))
         }
         await this.transaction(async () => {
           for (const sql of statements) await this.writer.run(sql)
@@ -220,7 +253,7 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
     })
   }
 
-  private async insertSql (dataset: string, file: string): Promise<string> {
+  private async columnsOf (dataset: string): Promise<[string, string][]> {
     let cols = this.tableColumns.get(dataset)
     if (cols === undefined) {
       cols = (await (await this.writer.runAndReadAll(
@@ -228,15 +261,7 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
         [dataset])).getRows()) as [string, string][]
       this.tableColumns.set(dataset, cols)
     }
-    const json: string[] = []
-    const select: string[] = []
-    for (const [name, type] of cols) {
-      // Timestamps travel as epoch µs integers and become TIMESTAMP here.
-      json.push(`${ident(name)}: '${type === 'TIMESTAMP' ? 'BIGINT' : type}'`)
-      select.push(type === 'TIMESTAMP' ? `make_timestamp(${ident(name)}) AS ${ident(name)}` : ident(name))
-    }
-    const literal = "'" + file.replaceAll("'", "''") + "'"
-    return `INSERT INTO ${table(dataset)} BY NAME SELECT ${select.join(', ')} FROM read_ndjson(${literal}, columns = {${json.join(', ')}}, maximum_object_size = 16777216)`
+    return cols
   }
 
   // ---- RecordQuery

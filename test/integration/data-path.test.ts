@@ -88,6 +88,19 @@ describe('data path: MQTT in, MQTT and MQTT-over-WebSocket out, stored once', ()
     expect(Number(version.split('.')[0])).toBeGreaterThanOrEqual(8)
   })
 
+  it('stores strings exactly: quotes, commas, newlines, unicode and the empty string (not null)', async () => {
+    const ds = uniqueId('strings')
+    await createDataset(gw, ds)
+    const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+    await setGrants(gw, ds, [{ principal: dev.id, actions: ['publish', 'query'] }])
+    const notes = ['he said "hi", then\nleft', '', 'ünïcødé ☃ \u2028', '\\N', 'a,b', ' padded ']
+    const r = await api(gw.httpUrl, dev.key, 'POST', `/v1/datasets/${ds}/records`, notes.map((note, i) => ({ note, count: i, site: note })))
+    expect(r.status).toBe(202)
+    await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
+    const q = await api(gw.httpUrl, dev.key, 'POST', `/v1/datasets/${ds}/query`, { select: ['note', 'site', 'count'] })
+    expect(q.body.rows.map((x: { note: string, site: string }) => [x.note, x.site])).toEqual(notes.map((n) => [n, n]))
+  })
+
   it('answers the minimal API with problem+json and requires a key everywhere but /healthz', async () => {
     expect((await api(gw.httpUrl, null, 'GET', '/healthz')).status).toBe(200)
     for (const url of ['/v1/datasets', '/v1/status', '/v1/principals']) {
