@@ -21,6 +21,7 @@ export interface ApiDeps {
   readonly pipeline: Pipeline
   readonly idempotency: IdempotencyStore
   readonly queryBreaker?: () => BreakerStatus
+  readonly amqpStatus?: () => unknown
   readonly log: { error: (obj: object, msg: string) => void }
 }
 
@@ -192,6 +193,7 @@ export function createApi (deps: ApiDeps): express.Express {
         breaker: c.sink.breaker?.() ?? null
       })),
       ...(deps.queryBreaker !== undefined ? { query: { breaker: deps.queryBreaker() } } : {}),
+      ...(deps.amqpStatus !== undefined ? { amqp: deps.amqpStatus() } : {}),
       mqtt: { sessions: deps.broker.sessions().length, ...deps.broker.stats },
       rejected: deps.rejects.counts(null)
     })

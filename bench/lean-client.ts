@@ -24,8 +24,8 @@ export class LeanClient extends EventEmitter {
   private pending: Buffer[] = []
   private scheduled = false
   private nextId = 1
-  /** Acknowledged-publish callback per message id (QoS 1). */
-  private readonly acks: (((id: number) => void) | undefined)[] = new Array(65536)
+  /** Acknowledged-publish callback per message id (QoS 1); allocated at the first QoS 1 publish. */
+  private acks: (((id: number) => void) | undefined)[] | null = null
   inflight = 0
   closed = false
 
@@ -62,8 +62,8 @@ export class LeanClient extends EventEmitter {
       case 'connack': this.emit('connack', p); break
       case 'puback': {
         const id = p.messageId ?? 0
-        const cb = this.acks[id]
-        this.acks[id] = undefined
+        const cb = this.acks?.[id]
+        if (this.acks !== null) this.acks[id] = undefined
         this.inflight--
         cb?.(id)
         break
@@ -111,6 +111,7 @@ export class LeanClient extends EventEmitter {
       this.nextId = this.nextId === 65535 ? 1 : this.nextId + 1
       frame.writeUInt16BE(id, o)
       o += 2
+      this.acks ??= new Array(65536)
       this.acks[id] = onAck
       this.inflight++
     }

@@ -77,7 +77,7 @@ function publishOne (c: LeanClient, spec: ClientSpec, cmd: Extract<LoadCommand, 
   const at = cmd.payload.indexOf('"t":0')
   const head = cmd.payload.slice(0, at + 4)
   const tail = cmd.payload.slice(at + 5)
-  const sentAt = new Float64Array(65536)
+  const sentAt = new Float64Array(cmd.qos === 1 ? 65536 : 0)
   return new Promise((resolve) => {
     let sent = 0
     let waiting = false

@@ -6,7 +6,8 @@ import type net from 'node:net'
 import path from 'node:path'
 import { pino, type Logger } from 'pino'
 import { createApi } from '../api/app.js'
-import { createPgExecutor, EmbeddedStore, QuestdbQuery, QuestdbSink } from '../bridges/index.js'
+import express from 'express'
+import { AmqpBridge, AmqpSink, createPgExecutor, EmbeddedStore, QuestdbQuery, QuestdbSink, rabbitAuthRouter } from '../bridges/index.js'
 import type { Config } from '../config/index.js'
 import {
   AccessState, type BreakerStatus, Broker, Catalog, Journal, listen, Management, Pipeline, type RecordQuery, Rejects, type Sink, SinkConsumer
@@ -14,7 +15,8 @@ import {
 
 export interface Streamgate {
   readonly config: Config
-  readonly addresses: { mqtt: net.AddressInfo, ws: net.AddressInfo, http: net.AddressInfo, mqtts: net.AddressInfo | null, wss: net.AddressInfo | null }
+  readonly addresses: { mqtt: net.AddressInfo, ws: net.AddressInfo, http: net.AddressInfo, mqtts: net.AddressInfo | null, wss: net.AddressInfo | null, rabbitmqAuth: net.AddressInfo | null }
+  readonly amqp: AmqpBridge | null
   /** The admin key generated at a first start without STREAMGATE_ADMIN_KEY, else null. */
   readonly generatedAdminKey: string | null
   readonly store: EmbeddedStore
@@ -88,13 +90,44 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     const consumer = new SinkConsumer(journal, sink, catalog, { maxEntries: 5000, maxRows: config.sink.batch, lingerMs: config.sink.lingerMs, log })
     await consumer.start()
     cleanups.push(() => consumer.close())
+    const consumers: SinkConsumer[] = [consumer]
 
     const pipeline = new Pipeline(catalog, access, journal, rejects, { maxPayload: config.limits.maxPayload })
+
+    // RabbitMQ: inbound consumer, outbound journal consumer, and the auth backend's listener.
+    let amqp: AmqpBridge | null = null
+    let authServer: http.Server | null = null
+    let authAddr: net.AddressInfo | null = null
+    if (config.amqp !== null) {
+      const a = config.amqp
+      const opts = { url: a.url, exchanges: { ingest: a.ingestExchange, records: a.recordsExchange }, ingestQueue: a.ingestQueue, prefetch: a.prefetch, publishTimeoutMs: a.publishTimeoutMs, log }
+      amqp = new AmqpBridge(opts, pipeline)
+      const bridge = amqp
+      cleanups.push(() => bridge.close())
+      const amqpConsumer = new SinkConsumer(journal, new AmqpSink(amqp, opts, store, () => journal.committedSeq), catalog, {
+        maxEntries: 2000, maxRows: config.sink.batch, lingerMs: 0, retryMinMs: 200, retryMaxMs: 5000, log
+      })
+      await amqpConsumer.start()
+      cleanups.push(() => amqpConsumer.close())
+      consumers.push(amqpConsumer)
+      const authApp = express()
+      authApp.disable('x-powered-by')
+      authApp.use(rabbitAuthRouter(access, opts.exchanges, (path, params) => log.warn({ rabbitmq: path, username: params.username, name: params.name, routingKey: params.routing_key }, 'rabbitmq access denied')))
+      authServer = http.createServer(authApp)
+      authAddr = await listen(authServer, 'rabbitmq-auth', a.authPort, a.authBind, config.explicitPorts.has('rabbitmqAuth'), log)
+      const srv = authServer
+      cleanups.push(async () => { srv.closeAllConnections(); await new Promise<void>((resolve) => srv.close(() => resolve())) })
+    }
     const broker = await Broker.create({ config, access, pipeline, management, log })
     cleanups.push(() => broker.close())
     const listeners = await broker.listen()
 
-    const api = createApi({ config, management, query, rejects, rejectStore: store, journal, consumers: [consumer], broker, pipeline, idempotency: store, log, ...(queryBreaker !== undefined ? { queryBreaker } : {}) })
+    const bridge = amqp
+    const api = createApi({
+      config, management, query, rejects, rejectStore: store, journal, consumers, broker, pipeline, idempotency: store, log,
+      ...(queryBreaker !== undefined ? { queryBreaker } : {}),
+      ...(bridge !== null ? { amqpStatus: () => bridge.status() } : {})
+    })
     // Idempotency-Key answers are kept for 24 hours.
     const expiry = setInterval(() => {
       store.expireResponses(new Date(Date.now() - 24 * 3600_000).toISOString()).catch((err: Error) => log.warn({ err: err.message }, 'idempotency expiry failed'))
@@ -108,7 +141,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       await new Promise<void>((resolve) => server.close(() => resolve()))
     })
 
-    const addresses = { ...listeners, http: httpAddr }
+    const addresses = { ...listeners, http: httpAddr, rabbitmqAuth: authAddr }
     log.info({ mqtt: listeners.mqtt.port, ws: listeners.ws.port, http: httpAddr.port, mqtts: listeners.mqtts?.port, wss: listeners.wss?.port, bind: config.bind, dataDir }, 'streamgate listening')
 
     let closing: Promise<void> | null = null
@@ -118,17 +151,23 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
         clearInterval(expiry)
         server.closeAllConnections()
         server.close()
+        await amqp?.stopConsuming()
         await broker.close()
         await journal.close()
-        await consumer.waitFor(journal.committedSeq, drainMs).catch((err: Error) => log.warn({ err: err.message }, 'sink not drained at shutdown; it resumes from its checkpoint'))
-        await consumer.close()
+        await Promise.all(consumers.map((c) => c.waitFor(journal.committedSeq, drainMs).catch((err: Error) => log.warn({ err: err.message }, 'sink not drained at shutdown; it resumes from its checkpoint'))))
+        for (const c of consumers) await c.close()
+        await amqp?.close()
+        if (authServer !== null) {
+          authServer.closeAllConnections()
+          authServer.close()
+        }
         for (const c of sinkClosers.reverse()) await c().catch((err: Error) => log.warn({ err: err.message }, 'closing a sink failed'))
         await rejects.close()
         await store.close()
       })()
       return closing
     }
-    return { config, addresses, generatedAdminKey: generatedKey, store, journal, consumers: [consumer], management, pipeline, broker, log, close }
+    return { config, addresses, generatedAdminKey: generatedKey, store, journal, consumers, management, pipeline, broker, amqp, log, close }
   } catch (err) {
     await undo()
     throw err

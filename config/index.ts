@@ -29,6 +29,14 @@ export const configSchema = z.object({
   STREAMGATE_QUESTDB_PG: z.string().url().default('postgres://admin:quest@127.0.0.1:8812/qdb'),
   STREAMGATE_QUESTDB_TIMEOUT_MS: positiveInt.default(15_000),
   STREAMGATE_QUESTDB_RESET_MS: positiveInt.default(5_000),
+  STREAMGATE_AMQP_URL: z.string().regex(/^amqps?:\/\//, 'an amqp:// or amqps:// URL').optional(),
+  STREAMGATE_AMQP_INGEST_EXCHANGE: z.string().min(1).max(255).default('streamgate.ingest'),
+  STREAMGATE_AMQP_RECORDS_EXCHANGE: z.string().min(1).max(255).default('streamgate.records'),
+  STREAMGATE_AMQP_INGEST_QUEUE: z.string().min(1).max(255).default('streamgate.ingest'),
+  STREAMGATE_AMQP_PREFETCH: positiveInt.max(65535).default(200),
+  STREAMGATE_AMQP_PUBLISH_TIMEOUT_MS: positiveInt.default(10_000),
+  STREAMGATE_RABBITMQ_AUTH_PORT: port.default(8089),
+  STREAMGATE_RABBITMQ_AUTH_BIND: z.string().min(1).default('127.0.0.1'),
   STREAMGATE_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   // Limits. Every one is documented in the README.
   STREAMGATE_MAX_PAYLOAD: positiveInt.default(256 * KiB),
@@ -51,15 +59,21 @@ export const configSchema = z.object({
 })
 
 type Raw = z.infer<typeof configSchema>
+export type PortName = 'mqtt' | 'ws' | 'http' | 'mqtts' | 'wss' | 'rabbitmqAuth'
 
 export interface Config {
   readonly bind: string
   readonly ports: { readonly mqtt: number, readonly ws: number, readonly http: number, readonly mqtts: number, readonly wss: number }
   /** Ports given explicitly (a taken explicit port fails the start; a taken default one falls back). */
-  readonly explicitPorts: ReadonlySet<'mqtt' | 'ws' | 'http' | 'mqtts' | 'wss'>
+  readonly explicitPorts: ReadonlySet<PortName>
   readonly tls: { readonly cert: string, readonly key: string, readonly ca?: string } | null
   readonly dataDir: string
   readonly adminKey: string | undefined
+  /** The RabbitMQ bridge, when STREAMGATE_AMQP_URL is set; its auth backend listens on `authPort`. */
+  readonly amqp: {
+    readonly url: string, readonly ingestExchange: string, readonly recordsExchange: string, readonly ingestQueue: string,
+    readonly prefetch: number, readonly publishTimeoutMs: number, readonly authPort: number, readonly authBind: string
+  } | null
   /** QuestDB replaces the embedded store for time series when set. */
   readonly questdb: { readonly ilp: string, readonly pg: string, readonly timeoutMs: number, readonly resetMs: number } | null
   readonly logLevel: Raw['STREAMGATE_LOG_LEVEL']
@@ -112,14 +126,14 @@ export function loadConfig (env: Env = process.env): Config {
     const issue = 'STREAMGATE_TLS_CERT and STREAMGATE_TLS_KEY: set both or neither'
     throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
   }
-  const explicit = new Set<'mqtt' | 'ws' | 'http' | 'mqtts' | 'wss'>()
-  for (const [k, name] of [['STREAMGATE_MQTT_PORT', 'mqtt'], ['STREAMGATE_WS_PORT', 'ws'], ['STREAMGATE_HTTP_PORT', 'http'], ['STREAMGATE_MQTTS_PORT', 'mqtts'], ['STREAMGATE_WSS_PORT', 'wss']] as const) {
+  const explicit = new Set<PortName>()
+  for (const [k, name] of [['STREAMGATE_MQTT_PORT', 'mqtt'], ['STREAMGATE_WS_PORT', 'ws'], ['STREAMGATE_HTTP_PORT', 'http'], ['STREAMGATE_MQTTS_PORT', 'mqtts'], ['STREAMGATE_WSS_PORT', 'wss'], ['STREAMGATE_RABBITMQ_AUTH_PORT', 'rabbitmqAuth']] as const) {
     if (merged[k] !== undefined) explicit.add(name)
   }
   return deepFreeze(toConfig(r, explicit))
 }
 
-function toConfig (r: Raw, explicitPorts: ReadonlySet<'mqtt' | 'ws' | 'http' | 'mqtts' | 'wss'>): Config {
+function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
   return {
     explicitPorts,
     bind: r.STREAMGATE_BIND,
@@ -135,6 +149,18 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<'mqtt' | 'ws' | 'http' | '
       : null,
     dataDir: r.STREAMGATE_DATA_DIR,
     adminKey: r.STREAMGATE_ADMIN_KEY,
+    amqp: r.STREAMGATE_AMQP_URL === undefined
+      ? null
+      : {
+          url: r.STREAMGATE_AMQP_URL,
+          ingestExchange: r.STREAMGATE_AMQP_INGEST_EXCHANGE,
+          recordsExchange: r.STREAMGATE_AMQP_RECORDS_EXCHANGE,
+          ingestQueue: r.STREAMGATE_AMQP_INGEST_QUEUE,
+          prefetch: r.STREAMGATE_AMQP_PREFETCH,
+          publishTimeoutMs: r.STREAMGATE_AMQP_PUBLISH_TIMEOUT_MS,
+          authPort: r.STREAMGATE_RABBITMQ_AUTH_PORT,
+          authBind: r.STREAMGATE_RABBITMQ_AUTH_BIND
+        },
     questdb: r.STREAMGATE_QUESTDB === undefined
       ? null
       : { ilp: r.STREAMGATE_QUESTDB, pg: r.STREAMGATE_QUESTDB_PG, timeoutMs: r.STREAMGATE_QUESTDB_TIMEOUT_MS, resetMs: r.STREAMGATE_QUESTDB_RESET_MS },

@@ -27,6 +27,7 @@ export class SinkConsumer extends EventEmitter {
   private running: Promise<void> | null = null
   private closed = false
   private wake: (() => void) | null = null
+  private onClose: (() => void) | null = null
   private readonly onCommit = (): void => { this.wake?.() }
   lastError: string | null = null
   failures = 0
@@ -124,7 +125,7 @@ export class SinkConsumer extends EventEmitter {
         continue
       }
       rows += decoded.length
-      out.push({ seq: e.seq, dataset: e.dataset, version: e.version, rows: decoded })
+      out.push({ seq: e.seq, dataset: e.dataset, version: e.version, device: e.device, payload: e.payload, rows: decoded })
     }
     return { entries: out, lastSeq, rows }
   }
@@ -135,11 +136,12 @@ export class SinkConsumer extends EventEmitter {
     this.opts.log?.warn({ sink: this.name, err: err.message }, 'sink write failed; will retry')
   }
 
+  /** Sleeps `ms` (retry backoff, linger). New commits do not cut it short; close does. */
   private sleep (ms: number): Promise<void> {
-    return new Promise((resolve) => {
+    return new Promise<void>((resolve) => {
       const t = setTimeout(resolve, ms)
-      this.wake = () => { clearTimeout(t); resolve() }
-    })
+      this.onClose = () => { clearTimeout(t); resolve() }
+    }).finally(() => { this.onClose = null })
   }
 
   /** Resolves once everything up to `seq` is stored (or rejects after `timeoutMs`). */
@@ -157,6 +159,7 @@ export class SinkConsumer extends EventEmitter {
     this.closed = true
     this.journal.off('commit', this.onCommit)
     this.wake?.()
+    this.onClose?.()
     await this.running
     await this.reader?.close()
     this.journal.unregister(this.name)

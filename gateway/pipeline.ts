@@ -93,6 +93,11 @@ export class Pipeline {
     this.fanout = fanout
   }
 
+  /** Delivers a durable message that came in outside MQTT (AMQP) to MQTT subscribers. */
+  fanoutAccepted (dataset: string, device: string, payload: Buffer): void {
+    this.fanout?.(dataset, device, payload)
+  }
+
   /**
    * Ingests a batch of records given one by one (HTTP): each is validated on its own; the accepted ones
    * are appended grouped by device, one journal entry per device. Resolves once they are durable.

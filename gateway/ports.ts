@@ -28,6 +28,9 @@ export interface SinkEntry {
   readonly seq: number
   readonly dataset: string
   readonly version: number
+  readonly device: string
+  /** The message as accepted (JSON: one record or an array). */
+  readonly payload: Buffer
   readonly rows: readonly Row[]
 }
 

@@ -192,8 +192,13 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
   }
 
   async getCheckpoint (consumer: string): Promise<number> {
+    return (await this.getCheckpointOrNull(consumer)) ?? 0
+  }
+
+  /** null when the consumer never stored a checkpoint. */
+  async getCheckpointOrNull (consumer: string): Promise<number | null> {
     const r = await (await this.reader.runAndReadAll('SELECT seq FROM sg_checkpoints WHERE consumer = $1', [consumer])).getRows()
-    return r.length === 0 ? 0 : toNumber(r[0]![0]!)
+    return r.length === 0 ? null : toNumber(r[0]![0]!)
   }
 
   setCheckpoint (consumer: string, seq: number): Promise<void> {

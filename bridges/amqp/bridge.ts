@@ -1,0 +1,249 @@
+// RabbitMQ (AMQP 0-9-1) in and out, through amqp-connection-manager (reconnects, re-declares the
+// topology on every connection). RabbitMQ being down, at start or later, never stops MQTT ingestion.
+//
+// Inbound: producers publish to the durable topic exchange `streamgate.ingest` with routing key
+// `<dataset>.<device>`, a JSON body (one record or an array), and the AMQP `user_id` property set to
+// their principal id (RabbitMQ checks it against the connection's user). Each message runs through the
+// same pipeline as MQTT and is acked only once it is in the journal. Bad data or a missing grant: acked
+// and written to the rejects log (never requeued in a loop). Journal full: nacked with requeue, and
+// consumption pauses until there is room.
+//
+// Outbound: a journal consumer publishes every accepted entry (whatever protocol brought it) to the
+// durable topic exchange `streamgate.records`, persistent, on a confirm channel; its checkpoint moves
+// only once RabbitMQ confirmed. `message_id` is the entry's journal position, stable across replays.
+import amqp, { type AmqpConnectionManager, type ChannelWrapper } from 'amqp-connection-manager'
+import type { Channel, ConsumeMessage } from 'amqplib'
+import CircuitBreaker from 'opossum'
+import type { BreakerStatus, CheckpointStore, Dataset, Pipeline, Sink, SinkEntry } from '../../gateway/index.js'
+import { JournalFullError, RejectReason } from '../../gateway/index.js'
+import type { Exchanges } from './auth.js'
+
+export interface AmqpOptions {
+  readonly url: string
+  readonly exchanges: Exchanges
+  readonly ingestQueue: string
+  readonly prefetch: number
+  /** How long a batch of publishes may wait for confirms. */
+  readonly publishTimeoutMs: number
+  readonly log?: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }
+}
+
+export interface AmqpStatus {
+  readonly state: 'connecting' | 'connected' | 'disconnected' | 'closed'
+  readonly lastError: string | null
+  readonly consuming: boolean
+  readonly paused: boolean
+  readonly received: number
+  readonly acked: number
+  readonly rejected: number
+  readonly requeued: number
+}
+
+const PAUSE_MS = 1000
+
+export class AmqpBridge {
+  readonly connection: AmqpConnectionManager
+  private readonly inbound: ChannelWrapper
+  readonly outbound: ChannelWrapper
+  private state: AmqpStatus['state'] = 'connecting'
+  private lastError: string | null = null
+  private consumerTag: string | null = null
+  private channel: Channel | null = null
+  private paused = false
+  private pauseTimer: NodeJS.Timeout | null = null
+  private closed = false
+  private readonly counts = { received: 0, acked: 0, rejected: 0, requeued: 0 }
+
+  constructor (private readonly opts: AmqpOptions, private readonly pipeline: Pipeline) {
+    const { exchanges } = opts
+    this.connection = amqp.connect([opts.url], { heartbeatIntervalInSeconds: 15, reconnectTimeInSeconds: 1 })
+    this.connection.on('connect', () => {
+      this.state = 'connected'
+      opts.log?.info({ amqp: 'connected' }, 'amqp connected')
+    })
+    this.connection.on('disconnect', ({ err }: { err?: Error }) => {
+      if (this.closed) return
+      this.state = 'disconnected'
+      this.lastError = err?.message ?? 'disconnected'
+      this.consumerTag = null
+      this.channel = null
+      opts.log?.warn({ amqp: 'disconnected', err: this.lastError }, 'amqp disconnected; reconnecting')
+    })
+    this.connection.on('connectFailed', ({ err }: { err?: Error }) => {
+      this.state = 'disconnected'
+      this.lastError = err?.message ?? 'connect failed'
+    })
+    const declare = async (ch: Channel): Promise<void> => {
+      await ch.assertExchange(exchanges.ingest, 'topic', { durable: true })
+      await ch.assertExchange(exchanges.records, 'topic', { durable: true })
+    }
+    this.outbound = this.connection.createChannel({ confirm: true, json: false, setup: declare })
+    this.inbound = this.connection.createChannel({
+      confirm: false,
+      json: false,
+      setup: async (ch: Channel) => {
+        await declare(ch)
+        await ch.assertQueue(opts.ingestQueue, { durable: true })
+        await ch.bindQueue(opts.ingestQueue, exchanges.ingest, '#')
+        await ch.prefetch(opts.prefetch)
+        this.channel = ch
+        if (!this.paused) await this.consume(ch)
+      }
+    })
+    this.inbound.on('error', (err: Error) => { this.lastError = err.message })
+    this.outbound.on('error', (err: Error) => { this.lastError = err.message })
+  }
+
+  private async consume (ch: Channel): Promise<void> {
+    const { consumerTag } = await ch.consume(this.opts.ingestQueue, (msg) => { if (msg !== null) this.onMessage(ch, msg) })
+    this.consumerTag = consumerTag
+  }
+
+  private onMessage (ch: Channel, msg: ConsumeMessage): void {
+    this.counts.received++
+    const key = msg.fields.routingKey
+    const dot = key.indexOf('.')
+    const dataset = dot < 0 ? key : key.slice(0, dot)
+    const device = dot < 0 ? '' : key.slice(dot + 1)
+    const principal = typeof msg.properties.userId === 'string' ? msg.properties.userId : null
+    const topic = `amqp:${this.opts.exchanges.ingest}/${key}`
+    if (principal === null) {
+      this.refuse(ch, msg, () => this.pipeline.refuse(null, null, device || null, topic, msg.content, RejectReason.NOT_AUTHORIZED, 'the AMQP user_id property (the producer\'s principal id) is required', undefined, true))
+      return
+    }
+    if (dot <= 0 || device === '') {
+      this.refuse(ch, msg, () => this.pipeline.refuse(principal, null, null, topic, msg.content, RejectReason.BAD_TOPIC, 'routing keys are <dataset>.<device>', undefined, true))
+      return
+    }
+    const refusal = this.pipeline.ingest(principal, dataset, device, msg.content, topic, (err) => {
+      if (err === null) {
+        this.ack(ch, msg)
+        this.pipeline.fanoutAccepted(dataset, device, msg.content)
+        return
+      }
+      // Transient (journal full, failed disk): give it back and stop taking more for a while.
+      this.counts.requeued++
+      try { ch.nack(msg, false, true) } catch { /* channel gone: RabbitMQ redelivers */ }
+      if (err instanceof JournalFullError) this.pause()
+    })
+    if (refusal !== null) this.refuse(ch, msg, () => undefined)
+  }
+
+  private ack (ch: Channel, msg: ConsumeMessage): void {
+    try {
+      ch.ack(msg)
+      this.counts.acked++
+    } catch {
+      // The channel closed under us: RabbitMQ redelivers the message (at least once).
+    }
+  }
+
+  private refuse (ch: Channel, msg: ConsumeMessage, record: () => void): void {
+    record()
+    this.counts.rejected++
+    this.ack(ch, msg)
+  }
+
+  private pause (): void {
+    if (this.paused) return
+    this.paused = true
+    const ch = this.channel
+    const tag = this.consumerTag
+    this.consumerTag = null
+    if (ch !== null && tag !== null) ch.cancel(tag).catch(() => undefined)
+    this.opts.log?.warn({ amqp: 'paused' }, 'journal full: AMQP consumption paused')
+    this.pauseTimer = setTimeout(() => {
+      this.paused = false
+      this.pauseTimer = null
+      if (this.channel !== null && !this.closed) this.consume(this.channel).catch((err: Error) => { this.lastError = err.message })
+    }, PAUSE_MS)
+  }
+
+  get connected (): boolean { return this.connection.isConnected() }
+
+  /** Stops taking new messages (shutdown); unacked ones are redelivered by RabbitMQ. */
+  async stopConsuming (): Promise<void> {
+    this.paused = true
+    const ch = this.channel
+    const tag = this.consumerTag
+    this.consumerTag = null
+    if (ch !== null && tag !== null) await ch.cancel(tag).catch(() => undefined)
+  }
+
+  status (): AmqpStatus {
+    return { state: this.closed ? 'closed' : this.state, lastError: this.lastError, consuming: this.consumerTag !== null, paused: this.paused, ...this.counts }
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.pauseTimer !== null) clearTimeout(this.pauseTimer)
+    await this.inbound.close().catch(() => undefined)
+    await this.outbound.close().catch(() => undefined)
+    await this.connection.close().catch(() => undefined)
+  }
+}
+
+/** The outbound journal consumer's sink: one persistent AMQP message per journal entry. */
+export class AmqpSink implements Sink {
+  readonly name = 'amqp'
+  private readonly breakerImpl: CircuitBreaker<[readonly SinkEntry[]], void>
+  private lastError: string | null = null
+
+  constructor (
+    private readonly bridge: AmqpBridge,
+    private readonly opts: AmqpOptions,
+    private readonly checkpoints: CheckpointStore & { getCheckpointOrNull: (c: string) => Promise<number | null> },
+    /** Where a sink that never ran starts: the journal's end (it delivers what is accepted from now on). */
+    private readonly startAt: () => number
+  ) {
+    this.breakerImpl = new CircuitBreaker((entries: readonly SinkEntry[]) => this.publish(entries), {
+      timeout: opts.publishTimeoutMs,
+      resetTimeout: 2000,
+      errorThresholdPercentage: 50,
+      volumeThreshold: 3
+    })
+  }
+
+  breaker (): BreakerStatus {
+    const b = this.breakerImpl
+    return { state: b.opened ? 'open' : b.halfOpen ? 'half-open' : 'closed', failures: b.stats.failures + b.stats.timeouts + b.stats.rejects, lastError: this.lastError }
+  }
+
+  async checkpoint (): Promise<number> {
+    const c = await this.checkpoints.getCheckpointOrNull(this.name)
+    if (c !== null) return c
+    const start = this.startAt()
+    await this.checkpoints.setCheckpoint(this.name, start)
+    return start
+  }
+
+  async prepareDataset (_ds: Dataset): Promise<void> {}
+  async dropDataset (_id: string): Promise<void> {}
+
+  private async publish (entries: readonly SinkEntry[]): Promise<void> {
+    // Publishing while disconnected would only queue in memory; fail fast and let the journal hold it.
+    if (!this.bridge.connected) throw new Error('RabbitMQ is not connected')
+    const ex = this.opts.exchanges.records
+    // One channel, in order: per device the order of the journal is kept.
+    await Promise.all(entries.map((e) => this.bridge.outbound.publish(ex, `${e.dataset}.${e.device}`, e.payload, {
+      persistent: true,
+      messageId: String(e.seq),
+      contentType: 'application/json',
+      timestamp: Math.floor(Date.now() / 1000),
+      headers: { dataset: e.dataset, schemaVersion: e.version, device: e.device }
+    })))
+  }
+
+  async write (entries: readonly SinkEntry[], lastSeq: number): Promise<void> {
+    try {
+      await this.breakerImpl.fire(entries)
+      this.lastError = null
+    } catch (err) {
+      this.lastError = (err as Error).message
+      throw err
+    }
+    await this.checkpoints.setCheckpoint(this.name, lastSeq)
+  }
+}
+

@@ -1,0 +1,199 @@
+// The RabbitMQ bridge against the machine's RabbitMQ (127.0.0.1:5672). Exchange and queue names are
+// unique per run; RabbitMQ users made for producers (so RabbitMQ itself vouches for `user_id`) are
+// deleted afterwards.
+import { execFileSync } from 'node:child_process'
+import amqplib from 'amqplib'
+import type { MqttClient } from 'mqtt'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, sleep, startTestGateway, type TestGateway, uniqueId, waitUntil
+} from '../helpers.js'
+
+const AMQP = process.env.STREAMGATE_TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672'
+const rabbitUsers: string[] = []
+
+function rabbitmqctl (...args: string[]): void {
+  execFileSync('rabbitmqctl', args, { stdio: 'ignore', timeout: 30_000 })
+}
+
+/** A RabbitMQ user named after a principal, allowed everything on `/` (streamgate decides what it may ingest). */
+function rabbitUser (name: string, password: string): void {
+  rabbitmqctl('add_user', name, password)
+  rabbitUsers.push(name)
+  rabbitmqctl('set_permissions', '-p', '/', name, '.*', '.*', '.*')
+}
+
+describe('RabbitMQ bridge', () => {
+  const run = uniqueId('sgtest')
+  const ex = { ingest: `${run}.ingest`, records: `${run}.records` }
+  let gw: TestGateway
+  let ds: string
+  const clients: MqttClient[] = []
+  const conns: amqplib.ChannelModel[] = []
+
+  beforeAll(async () => {
+    gw = await startTestGateway({
+      STREAMGATE_AMQP_URL: AMQP,
+      STREAMGATE_AMQP_INGEST_EXCHANGE: ex.ingest,
+      STREAMGATE_AMQP_RECORDS_EXCHANGE: ex.records,
+      STREAMGATE_AMQP_INGEST_QUEUE: `${run}.ingest`,
+      STREAMGATE_RABBITMQ_AUTH_PORT: '0'
+    })
+    ds = uniqueId('amqp')
+    await createDataset(gw, ds, { fields: { count: 'long', temp: 'double' } })
+    await waitUntil(() => gw.sg.amqp!.status().consuming, 20_000, 'the bridge to consume')
+  })
+
+  afterAll(async () => {
+    for (const c of clients) await c.endAsync(true).catch(() => undefined)
+    for (const c of conns) await c.close().catch(() => undefined)
+    const conn = await amqplib.connect(AMQP)
+    const ch = await conn.createChannel()
+    await ch.deleteQueue(`${run}.ingest`).catch(() => undefined)
+    await ch.deleteQueue(`${run}.out`).catch(() => undefined)
+    await ch.deleteExchange(ex.ingest).catch(() => undefined)
+    await ch.deleteExchange(ex.records).catch(() => undefined)
+    await conn.close()
+    await gw.stop()
+    for (const u of rabbitUsers) { try { rabbitmqctl('delete_user', u) } catch { /* already gone */ } }
+  })
+
+  async function producer (user: string, password: string): Promise<amqplib.ConfirmChannel> {
+    const url = new URL(AMQP)
+    url.username = user
+    url.password = password
+    const conn = await amqplib.connect(url.toString())
+    conns.push(conn)
+    return conn.createConfirmChannel()
+  }
+
+  it('ingests 10,000 records from a granted AMQP producer: stored and delivered to MQTT, each exactly once', async () => {
+    const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+    const sub = await createPrincipalWithKey(gw, uniqueId('sub'), 'service')
+    await setGrants(gw, ds, [{ principal: dev.id, actions: ['publish'] }, { principal: sub.id, actions: ['subscribe', 'query'] }])
+    rabbitUser(dev.id, 'pw-' + dev.id)
+    const s = await connect(gw.mqttUrl, sub.id, sub.key)
+    clients.push(s)
+    const seen = new Map<number, number>()
+    s.on('message', (_t, p) => { const c = JSON.parse(p.toString()).count as number; seen.set(c, (seen.get(c) ?? 0) + 1) })
+    await s.subscribeAsync(`datasets/${ds}/#`, { qos: 1 })
+
+    const ch = await producer(dev.id, 'pw-' + dev.id)
+    const before = gw.sg.journal.committedSeq
+    for (let i = 0; i < 10_000; i++) {
+      ch.publish(ex.ingest, `${ds}.${dev.id}`, Buffer.from(JSON.stringify({ count: i, temp: i / 10 })), { userId: dev.id, contentType: 'application/json' })
+    }
+    await ch.waitForConfirms()
+    await waitUntil(() => gw.sg.journal.committedSeq >= before + 10_000, 30_000, 'the bridge to journal 10,000 messages')
+    await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
+    await waitUntil(() => seen.size === 10_000, 30_000, 'the MQTT subscriber to see every record')
+    expect([...seen.values()].every((n) => n === 1)).toBe(true)
+    const stats = await api(gw.httpUrl, sub.key, 'GET', `/v1/datasets/${ds}/stats`)
+    expect(stats.body.stored).toBe(10_000)
+  })
+
+  it('refuses every record from a producer without a grant: none stored, all in rejects, none requeued', async () => {
+    const ds2 = uniqueId('amqpdeny')
+    await createDataset(gw, ds2, { fields: { count: 'long' } })
+    const stranger = await createPrincipalWithKey(gw, uniqueId('dev'))
+    rabbitUser(stranger.id, 'pw-' + stranger.id)
+    const ch = await producer(stranger.id, 'pw-' + stranger.id)
+    const before = gw.sg.amqp!.status().received
+    for (let i = 0; i < 1000; i++) ch.publish(ex.ingest, `${ds2}.${stranger.id}`, Buffer.from(JSON.stringify({ count: i })), { userId: stranger.id })
+    // and one without user_id, one with a bad routing key
+    ch.publish(ex.ingest, `${ds2}.${stranger.id}`, Buffer.from('{"count":1}'))
+    ch.publish(ex.ingest, `${ds2}`, Buffer.from('{"count":1}'), { userId: stranger.id })
+    await ch.waitForConfirms()
+    await waitUntil(() => gw.sg.amqp!.status().received >= before + 1002, 30_000, 'the bridge to see every message')
+    await sleep(200)
+    const stats = await api(gw.httpUrl, ADMIN_KEY, 'GET', `/v1/datasets/${ds2}/stats`)
+    expect(stats.body.stored).toBe(0)
+    expect(stats.body.rejected).toEqual({ not_authorized: 1000 })
+    const status = await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')
+    expect(status.body.amqp.requeued).toBe(0)
+    expect(status.body.rejected.not_authorized).toBeGreaterThanOrEqual(1)
+    expect(status.body.rejected.bad_topic).toBeGreaterThanOrEqual(1)
+  })
+
+  it('publishes every accepted record to the records exchange, with stable message ids, across a connection cut', async () => {
+    const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+    await setGrants(gw, ds, [{ principal: dev.id, actions: ['publish'] }])
+    const conn = await amqplib.connect(AMQP)
+    conns.push(conn)
+    const ch = await conn.createChannel()
+    const queue = `${run}.out`
+    await ch.assertQueue(queue, { durable: true })
+    await ch.bindQueue(queue, ex.records, `${ds}.#`)
+    await ch.close()
+
+    const m = await connect(gw.mqttUrl, dev.id, dev.key)
+    clients.push(m)
+    const N = 10_000
+    const cutAt = 4000
+    for (let i = 0; i < N; i++) {
+      if (i === cutAt) {
+        // Every connection RabbitMQ has (the bridge's, and this test's) is closed mid-stream.
+        rabbitmqctl('close_all_connections', 'streamgate test: cut')
+      }
+      await m.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ count: 100_000 + i }), { qos: 1 })
+    }
+    await waitUntil(() => gw.sg.consumers[1]!.lag === 0, 60_000, 'the AMQP outbound consumer to catch up')
+
+    const got = new Map<number, string>()
+    const reader = await amqplib.connect(AMQP)
+    conns.push(reader)
+    const rch = await reader.createChannel()
+    await rch.consume(queue, (msg) => {
+      if (msg === null) return
+      const count = JSON.parse(msg.content.toString()).count as number
+      const prior = got.get(count)
+      if (prior !== undefined) expect(prior).toBe(msg.properties.messageId) // a duplicate carries the same message_id
+      got.set(count, msg.properties.messageId as string)
+      expect(msg.properties.headers?.dataset).toBe(ds)
+      expect(msg.properties.deliveryMode).toBe(2)
+      rch.ack(msg)
+    })
+    await waitUntil(() => got.size === N, 60_000, `all ${N} records on the records exchange`)
+    const ids = [...got.values()].map(Number)
+    expect(new Set(ids).size).toBe(N)
+  })
+
+  it('serves the RabbitMQ HTTP auth backend from principals, keys and grants', async () => {
+    const addr = gw.sg.addresses.rabbitmqAuth!
+    const base = `http://127.0.0.1:${addr.port}`
+    const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+    const sub = await createPrincipalWithKey(gw, uniqueId('sub'), 'service')
+    const ds3 = uniqueId('authz')
+    await createDataset(gw, ds3, { fields: { count: 'long' } })
+    await setGrants(gw, ds3, [{ principal: dev.id, actions: ['publish'] }, { principal: sub.id, actions: ['subscribe'] }])
+    const ask = async (path: string, params: Record<string, string>): Promise<string> => {
+      const r = await fetch(`${base}/auth/${path}`, { method: 'POST', body: new URLSearchParams(params) })
+      return r.text()
+    }
+    expect(await ask('user', { username: dev.id, password: dev.key })).toBe('allow')
+    expect(await ask('user', { username: dev.id, password: 'wrong' })).toBe('deny')
+    expect(await ask('user', { username: 'admin', password: ADMIN_KEY })).toMatch(/^allow administrator/)
+    expect(await ask('vhost', { username: dev.id, vhost: '/', ip: '127.0.0.1' })).toBe('allow')
+    const topic = (u: string, name: string, permission: string, key: string): Promise<string> =>
+      ask('topic', { username: u, vhost: '/', resource: 'topic', name, permission, routing_key: key })
+    expect(await topic(dev.id, ex.ingest, 'write', `${ds3}.${dev.id}`)).toBe('allow')
+    expect(await topic(dev.id, ex.ingest, 'write', `${ds3}.someone-else`)).toBe('deny')
+    expect(await topic(dev.id, ex.ingest, 'write', `${ds}.${dev.id}`)).toBe('deny')
+    expect(await topic(sub.id, ex.records, 'read', `${ds3}.#`)).toBe('allow')
+    expect(await topic(sub.id, ex.records, 'read', `${ds3}.*`)).toBe('allow')
+    expect(await topic(sub.id, ex.records, 'read', '#')).toBe('deny')
+    expect(await topic(sub.id, ex.records, 'read', `*.${sub.id}`)).toBe('deny')
+    expect(await topic(sub.id, ex.records, 'read', `${ds}.#`)).toBe('deny')
+    expect(await topic(dev.id, ex.records, 'read', `${ds3}.#`)).toBe('deny')
+    const resource = (u: string, resourceType: string, name: string, permission: string): Promise<string> =>
+      ask('resource', { username: u, vhost: '/', resource: resourceType, name, permission })
+    expect(await resource(dev.id, 'exchange', ex.ingest, 'write')).toBe('allow')
+    expect(await resource(dev.id, 'exchange', ex.ingest, 'configure')).toBe('deny')
+    expect(await resource(sub.id, 'exchange', ex.records, 'read')).toBe('allow')
+    expect(await resource(sub.id, 'queue', `${sub.id}.mine`, 'configure')).toBe('allow')
+    expect(await resource(sub.id, 'queue', `${dev.id}.theirs`, 'read')).toBe('deny')
+    // a revoked grant takes effect on the next check
+    await setGrants(gw, ds3, [{ principal: dev.id, actions: ['publish'] }])
+    expect(await topic(sub.id, ex.records, 'read', `${ds3}.#`)).toBe('deny')
+  })
+})
