@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process'
 import amqplib from 'amqplib'
 import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { rabbitAvailable, type RabbitNode, startRabbitNode } from '../support/rabbit-node.js'
 import {
   ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, sleep, startTestGateway, type TestGateway, uniqueId, waitUntil
 } from '../helpers.js'
@@ -195,5 +196,44 @@ describe('RabbitMQ bridge', () => {
     // a revoked grant takes effect on the next check
     await setGrants(gw, ds3, [{ principal: dev.id, actions: ['publish'] }])
     expect(await topic(sub.id, ex.records, 'read', `${ds3}.#`)).toBe('deny')
+  })
+
+  describe.skipIf(!rabbitAvailable() && process.env.CI === undefined)('through a RabbitMQ node that asks streamgate (rabbitmq_auth_backend_http)', () => {
+    let node: RabbitNode
+    const nodeConns: amqplib.ChannelModel[] = []
+    const open = async (user: string, password: string): Promise<amqplib.ChannelModel> => {
+      const c = await amqplib.connect(node.url(user, password))
+      c.on('error', () => undefined)
+      nodeConns.push(c)
+      return c
+    }
+    beforeAll(async () => { node = await startRabbitNode(`http://127.0.0.1:${gw.sg.addresses.rabbitmqAuth!.port}`) }, 90_000)
+    afterAll(async () => {
+      for (const c of nodeConns) await Promise.race([c.close().catch(() => undefined), sleep(2000)])
+      await node?.stop()
+    }, 90_000)
+
+    it('refuses a consumer binding to a dataset it may not subscribe to, and lets it bind with the grant; logins are API keys', async () => {
+      const ds4 = uniqueId('viaauth')
+      await createDataset(gw, ds4, { fields: { count: 'long' } })
+      const sub = await createPrincipalWithKey(gw, uniqueId('sub'), 'service')
+      // The admin declares the records exchange on this node.
+      const admin = await open('admin', ADMIN_KEY)
+      const ach = await admin.createChannel()
+      await ach.assertExchange(ex.records, 'topic', { durable: true })
+      await expect(open(sub.id, 'not-the-key')).rejects.toThrow(/ACCESS_REFUSED|403|auth/i)
+
+      const bind = async (): Promise<void> => {
+        const conn = await open(sub.id, sub.key)
+        const ch = await conn.createChannel()
+        ch.on('error', () => undefined)
+        const { queue } = await ch.assertQueue('', { exclusive: true })
+        await ch.bindQueue(queue, ex.records, `${ds4}.#`)
+        await ch.close()
+      }
+      await expect(bind()).rejects.toThrow(/ACCESS_REFUSED|403/)
+      await setGrants(gw, ds4, [{ principal: sub.id, actions: ['subscribe'] }])
+      await expect(bind()).resolves.toBeUndefined()
+    })
   })
 })
