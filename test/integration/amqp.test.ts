@@ -6,6 +6,7 @@ import amqplib from 'amqplib'
 import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { rabbitAvailable, type RabbitNode, startRabbitNode } from '../support/rabbit-node.js'
+import { hostPort, TcpProxy } from '../support/tcp-proxy.js'
 import {
   ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, sleep, startTestGateway, type TestGateway, uniqueId, waitUntil
 } from '../helpers.js'
@@ -236,4 +237,73 @@ describe('RabbitMQ bridge', () => {
       await expect(bind()).resolves.toBeUndefined()
     })
   })
+})
+
+describe('RabbitMQ unreachable', () => {
+  it('keeps MQTT ingestion going when RabbitMQ is down at start, and catches up after a 20 s outage', async () => {
+    const run = uniqueId('sgout')
+    const ex = { ingest: `${run}.ingest`, records: `${run}.records` }
+    const proxy = new TcpProxy(hostPort(AMQP, 5672))
+    await proxy.up()
+    const port = proxy.port
+    await proxy.down() // RabbitMQ "down" at start
+    const url = new URL(AMQP)
+    url.hostname = '127.0.0.1'
+    url.port = String(port)
+    const gw = await startTestGateway({
+      STREAMGATE_AMQP_URL: url.toString(),
+      STREAMGATE_AMQP_INGEST_EXCHANGE: ex.ingest,
+      STREAMGATE_AMQP_RECORDS_EXCHANGE: ex.records,
+      STREAMGATE_AMQP_INGEST_QUEUE: `${run}.ingest`,
+      STREAMGATE_RABBITMQ_AUTH_PORT: '0'
+    })
+    const direct = await amqplib.connect(AMQP)
+    try {
+      const ds = uniqueId('outage')
+      await createDataset(gw, ds, { fields: { count: 'long' } })
+      const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+      await setGrants(gw, ds, [{ principal: dev.id, actions: ['publish'] }])
+      // A consumer on RabbitMQ directly, waiting for the records.
+      const ch = await direct.createChannel()
+      await ch.assertExchange(ex.records, 'topic', { durable: true })
+      const { queue } = await ch.assertQueue(`${run}.out`, { durable: true })
+      await ch.bindQueue(queue, ex.records, `${ds}.#`)
+      const got = new Set<number>()
+      await ch.consume(queue, (msg) => { if (msg !== null) { got.add(JSON.parse(msg.content.toString()).count as number); ch.ack(msg) } })
+
+      const m = await connect(gw.mqttUrl, dev.id, dev.key)
+      for (let i = 0; i < 500; i++) await m.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ count: i }), { qos: 1 })
+      // The store is not held up by RabbitMQ being down.
+      await waitUntil(async () => (await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body.consumers[0].lag === 0, 10_000, 'the store to catch up')
+      let status = (await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body
+      expect(status.amqp.state).not.toBe('connected')
+      expect(status.consumers[1].lag).toBe(500)
+      await proxy.up(port)
+      await waitUntil(() => got.size === 500, 30_000, 'records published before RabbitMQ came up')
+      // A 20 s outage while publishing goes on.
+      await proxy.down()
+      const outageEnds = Date.now() + 20_000
+      let i = 500
+      while (Date.now() < outageEnds) {
+        await m.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ count: i++ }), { qos: 1 })
+        if (i % 100 === 0) await sleep(50)
+      }
+      status = (await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body
+      expect(status.amqp.state).toBe('disconnected')
+      expect(status.amqp.lastError).not.toBeNull()
+      expect(status.consumers[1].lag).toBeGreaterThan(0)
+      await proxy.up(port)
+      await waitUntil(() => got.size === i, 60_000, `all ${i} records after the outage`)
+      await m.endAsync()
+      expect((await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body.amqp.state).toBe('connected')
+      await ch.deleteQueue(queue)
+      await ch.deleteExchange(ex.records)
+      await ch.deleteExchange(ex.ingest).catch(() => undefined)
+      await ch.deleteQueue(`${run}.ingest`).catch(() => undefined)
+    } finally {
+      await direct.close().catch(() => undefined)
+      await gw.stop()
+      await proxy.down()
+    }
+  }, 120_000)
 })
