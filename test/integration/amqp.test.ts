@@ -236,6 +236,63 @@ describe('RabbitMQ bridge', () => {
       await setGrants(gw, ds4, [{ principal: sub.id, actions: ['subscribe'] }])
       await expect(bind()).resolves.toBeUndefined()
     })
+
+    it('delivers 10,000 MQTT records to an AMQP consumer across a 20 s RabbitMQ stop', async () => {
+      const run2 = uniqueId('sgstop')
+      const ex2 = { ingest: `${run2}.ingest`, records: `${run2}.records` }
+      // A second gateway whose bridge uses this node (logging in as admin, checked by the first gateway).
+      const gw2 = await startTestGateway({
+        STREAMGATE_AMQP_URL: node.url('admin', ADMIN_KEY),
+        STREAMGATE_AMQP_INGEST_EXCHANGE: ex2.ingest,
+        STREAMGATE_AMQP_RECORDS_EXCHANGE: ex2.records,
+        STREAMGATE_AMQP_INGEST_QUEUE: `${run2}.ingest`,
+        STREAMGATE_RABBITMQ_AUTH_PORT: '0'
+      })
+      try {
+        await waitUntil(() => gw2.sg.amqp!.status().state === 'connected', 20_000, 'the bridge to connect')
+        const ds5 = uniqueId('stop')
+        await createDataset(gw2, ds5, { fields: { count: 'long' } })
+        const dev = await createPrincipalWithKey(gw2, uniqueId('dev'))
+        await setGrants(gw2, ds5, [{ principal: dev.id, actions: ['publish'] }])
+        const queue = `${run2}.out`
+        const setup = await open('admin', ADMIN_KEY)
+        const sch = await setup.createChannel()
+        await sch.assertExchange(ex2.records, 'topic', { durable: true })
+        await sch.assertQueue(queue, { durable: true })
+        await sch.bindQueue(queue, ex2.records, `${ds5}.#`)
+        await sch.close()
+
+        const m = await connect(gw2.mqttUrl, dev.id, dev.key)
+        const N = 10_000
+        for (let i = 0; i < 3000; i++) await m.publishAsync(`datasets/${ds5}/${dev.id}`, JSON.stringify({ count: i }), { qos: 1 })
+        await node.halt()
+        const stopped = Date.now()
+        for (let i = 3000; i < N; i++) {
+          await m.publishAsync(`datasets/${ds5}/${dev.id}`, JSON.stringify({ count: i }), { qos: 1 })
+          if (i % 350 === 0) await sleep(Math.max(0, 1000 - ((Date.now() - stopped) % 1000)))
+        }
+        if (Date.now() - stopped < 20_000) await sleep(20_000 - (Date.now() - stopped))
+        expect((await api(gw2.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body.amqp.state).toBe('disconnected')
+        await node.resume()
+        await waitUntil(() => gw2.sg.consumers[1]!.lag === 0, 60_000, 'the outbound consumer to catch up')
+        await m.endAsync()
+
+        const got = new Map<number, string>()
+        const reader = await open('admin', ADMIN_KEY)
+        const rch = await reader.createChannel()
+        await rch.consume(queue, (msg) => {
+          if (msg === null) return
+          const count = JSON.parse(msg.content.toString()).count as number
+          const prior = got.get(count)
+          if (prior !== undefined) expect(prior).toBe(msg.properties.messageId)
+          got.set(count, msg.properties.messageId as string)
+          rch.ack(msg)
+        })
+        await waitUntil(() => got.size === N, 60_000, `all ${N} records after the stop`)
+      } finally {
+        await gw2.stop()
+      }
+    }, 180_000)
   })
 })
 

@@ -25,7 +25,16 @@ function portOpen (port: number): Promise<boolean> {
   })
 }
 
-export interface RabbitNode { readonly port: number, readonly url: (user: string, password: string) => string, stop: () => Promise<void> }
+export interface RabbitNode {
+  readonly port: number
+  readonly url: (user: string, password: string) => string
+  /** Stops the node, keeping its data (durable exchanges and queues survive). */
+  halt: () => Promise<void>
+  /** Starts it again on the same ports and data. */
+  resume: () => Promise<void>
+  /** Stops it for good and removes its data. */
+  stop: () => Promise<void>
+}
 
 export function rabbitAvailable (): boolean {
   return fs.existsSync(SERVER)
@@ -47,36 +56,44 @@ export async function startRabbitNode (authBase: string): Promise<RabbitNode> {
     `auth_http.topic_path = ${authBase}/auth/topic`,
     'loopback_users = none'
   ].join('\n') + '\n')
-  const proc: ChildProcess = spawn(SERVER, [], {
-    env: {
-      ...process.env,
-      RABBITMQ_NODENAME: name,
-      RABBITMQ_NODE_PORT: String(port),
-      RABBITMQ_DIST_PORT: String(dist),
-      RABBITMQ_CONFIG_FILE: path.join(dir, 'rabbitmq.conf'),
-      RABBITMQ_MNESIA_BASE: path.join(dir, 'mnesia'),
-      RABBITMQ_LOG_BASE: path.join(dir, 'log'),
-      RABBITMQ_ENABLED_PLUGINS_FILE: path.join(dir, 'enabled_plugins'),
-      RABBITMQ_PLUGINS_EXPAND_DIR: path.join(dir, 'plugins-expand'),
-      RABBITMQ_PID_FILE: path.join(dir, 'pid')
-    },
-    stdio: 'ignore'
-  })
-  const stop = async (): Promise<void> => {
+  const env = {
+    ...process.env,
+    RABBITMQ_NODENAME: name,
+    RABBITMQ_NODE_PORT: String(port),
+    RABBITMQ_DIST_PORT: String(dist),
+    RABBITMQ_CONFIG_FILE: path.join(dir, 'rabbitmq.conf'),
+    RABBITMQ_MNESIA_BASE: path.join(dir, 'mnesia'),
+    RABBITMQ_LOG_BASE: path.join(dir, 'log'),
+    RABBITMQ_ENABLED_PLUGINS_FILE: path.join(dir, 'enabled_plugins'),
+    RABBITMQ_PLUGINS_EXPAND_DIR: path.join(dir, 'plugins-expand'),
+    RABBITMQ_PID_FILE: path.join(dir, 'pid')
+  }
+  let proc: ChildProcess | null = null
+  const launch = async (): Promise<void> => {
+    proc = spawn(SERVER, [], { env, stdio: 'ignore' })
+    await waitUntil(() => portOpen(port), 60_000, `RabbitMQ node ${name} to listen`)
+  }
+  const halt = async (): Promise<void> => {
     try { execFileSync('rabbitmqctl', ['-n', name, 'stop'], { stdio: 'ignore', timeout: 30_000 }) } catch { /* not up */ }
-    if (proc.exitCode === null && proc.signalCode === null) {
-      proc.kill('SIGKILL')
-      await new Promise((resolve) => proc.once('exit', resolve))
+    const p = proc
+    proc = null
+    if (p !== null && p.exitCode === null && p.signalCode === null) {
+      p.kill('SIGKILL')
+      await new Promise((resolve) => p.once('exit', resolve))
     }
     // The Erlang VM may outlive the wrapper script: stop it by the PID it wrote.
     try { process.kill(Number(fs.readFileSync(path.join(dir, 'pid'), 'utf8').trim()), 'SIGKILL') } catch { /* gone */ }
+    await waitUntil(async () => !(await portOpen(port)), 30_000, `RabbitMQ node ${name} to stop`)
+  }
+  const stop = async (): Promise<void> => {
+    await halt().catch(() => undefined)
     fs.rmSync(dir, { recursive: true, force: true })
   }
   try {
-    await waitUntil(() => portOpen(port), 60_000, `RabbitMQ node ${name} to listen`)
+    await launch()
   } catch (err) {
     await stop()
     throw err
   }
-  return { port, url: (u, p) => `amqp://${encodeURIComponent(u)}:${encodeURIComponent(p)}@127.0.0.1:${port}`, stop }
+  return { port, url: (u, p) => `amqp://${encodeURIComponent(u)}:${encodeURIComponent(p)}@127.0.0.1:${port}`, halt, resume: launch, stop }
 }
