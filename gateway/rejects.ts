@@ -2,19 +2,13 @@
 // Counts are exact and served from memory; details are written in batches through a bounded queue, so
 // a flood of bad input costs a counter increment once the queue is full, never unbounded memory.
 import { isUtf8 } from 'node:buffer'
-import type { RejectReason } from './errors.js'
 import type { RejectCount, RejectEntry, RejectStore } from './ports.js'
 
 const EXCERPT_BYTES = 512
 const GLOBAL = ''
 
-export interface RejectInput {
-  readonly dataset: string | null
-  readonly principal: string | null
-  readonly device: string | null
-  readonly topic: string | null
-  readonly reason: RejectReason
-  readonly detail: string
+/** A refusal as the data path reports it: the log entry without its time and excerpt, plus the payload. */
+export type RejectInput = Omit<RejectEntry, 'at' | 'excerpt' | 'field'> & {
   readonly field?: string | undefined
   readonly payload?: Buffer | undefined
 }
