@@ -118,7 +118,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       const srv = authServer
       cleanups.push(async () => { srv.closeAllConnections(); await new Promise<void>((resolve) => srv.close(() => resolve())) })
     }
-    const broker = await Broker.create({ config, access, pipeline, management, log })
+    const broker = await Broker.create({ config, access, pipeline, management, log, acks: journal })
     cleanups.push(() => broker.close())
     const listeners = await broker.listen()
 

@@ -39,6 +39,8 @@ export interface Listeners {
 
 export interface BrokerDeps {
   readonly config: Config
+  /** The journal's 'acking' event (just before a commit's acknowledgements) lets PUBACKs be batched. */
+  readonly acks?: { on: (event: 'acking', listener: () => void) => unknown }
   readonly access: AccessState
   readonly pipeline: Pipeline
   readonly management: Management
@@ -59,6 +61,9 @@ export class Broker {
   private readonly servers: (net.Server | http.Server)[] = []
   private readonly byPrincipal = new Map<string, Set<SessionClient>>()
   private closed = false
+  /** Sockets of clients waiting for a durable PUBACK, corked while a commit acknowledges them. */
+  private readonly awaitingAck = new Set<Client>()
+  private corked: net.Socket[] = []
   readonly stats = { connects: 0, authFailures: 0, protocolErrors: 0 }
 
   private constructor (aedes: Aedes, private readonly deps: BrokerDeps) {
@@ -82,6 +87,7 @@ export class Broker {
     const broker = new Broker(aedes, deps)
     holder.b = broker
     broker.wire()
+    deps.acks?.on('acking', broker.corkForAcks)
     deps.pipeline.setFanout((dataset, device, payload) => {
       aedes.publish({ cmd: 'publish', topic: `datasets/${dataset}/${device}`, payload, qos: 1, retain: false, dup: false }, () => undefined)
     })
@@ -100,7 +106,10 @@ export class Broker {
       const still = this.deps.access.getKey(s.keyId)
       if (still === undefined || still.revokedAt !== null) client.close()
     })
-    this.aedes.on('clientDisconnect', (client: Client) => this.forget(client as SessionClient))
+    this.aedes.on('clientDisconnect', (client: Client) => {
+      this.awaitingAck.delete(client)
+      this.forget(client as SessionClient)
+    })
     this.aedes.on('clientError', (client: Client, err: Error) => {
       this.stats.protocolErrors++
       const hit = PROTOCOL_REASONS.find(([needle]) => err.message.includes(needle))
@@ -180,7 +189,8 @@ export class Broker {
     const durable = packet.qos > 0
     const refusal = this.deps.pipeline.ingest(session.principal, addr.dataset, addr.device, payload, topic, durable ? done : this.onQos0Appended)
     if (refusal === null) {
-      if (!durable) done(null)
+      if (durable) this.awaitingAck.add(client!)
+      else done(null)
       return
     }
     if (refusal.denied) {
@@ -191,6 +201,30 @@ export class Broker {
     packet.topic = DROP_TOPIC
     packet.retain = false
     done(null)
+  }
+
+  /**
+   * A commit is about to acknowledge its appends: cork the sockets of the clients waiting, so a
+   * commit's PUBACKs to one client leave in one write instead of one syscall each; uncork on the next
+   * turn of the event loop.
+   */
+  private readonly corkForAcks = (): void => {
+    if (this.awaitingAck.size === 0) return
+    for (const c of this.awaitingAck) {
+      const conn = c.conn as net.Socket
+      if (typeof conn.cork === 'function' && !conn.destroyed) {
+        conn.cork()
+        this.corked.push(conn)
+      }
+    }
+    this.awaitingAck.clear()
+    setImmediate(this.uncork)
+  }
+
+  private readonly uncork = (): void => {
+    const socks = this.corked
+    this.corked = []
+    for (const s of socks) s.uncork()
   }
 
   private readonly onQos0Appended = (err: Error | null): void => {

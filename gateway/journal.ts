@@ -284,6 +284,8 @@ export class Journal extends EventEmitter {
         const e: JournalEntry = { seq: firstSeq + i, arrivalUs: r.arrivalUs, dataset: r.dataset, version: r.version, device: r.device, principal: r.principal, payload: r.payload, ...(r.rows !== undefined ? { rows: r.rows } : {}) }
         this.cachePush(e)
       }
+      // Listeners may cork sockets so the acknowledgements below leave in one write per client.
+      this.emit('acking')
       for (let i = 0; i < cbs.length; i++) (cbs[i] as AppendCallback)(null)
       this.emit('commit', this.lastCommitted)
       if (this.pending.length > 0) this.commit()
