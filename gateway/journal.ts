@@ -172,6 +172,7 @@ export class Journal extends EventEmitter {
     let nextSeq = Math.max(1, (opts.floorSeq ?? 0) + 1)
     let entries = 0
     let truncatedBytes = 0
+    let lastSeq = -1
     const last = segments.at(-1)
     if (last !== undefined) {
       // Only the last segment can hold a torn write: earlier ones were complete when the next was created.
@@ -193,9 +194,12 @@ export class Journal extends EventEmitter {
         last.size = off
       }
       nextSeq = Math.max(nextSeq, seq + 1)
+      lastSeq = seq
     }
     const journal = new Journal(opts, { segments, nextSeq })
-    if (last === undefined || last.firstSeq > nextSeq) journal.createSegment(nextSeq)
+    // Appends continue the last segment only when the sequence does; after a gap (consumers are ahead
+    // of what is on disk) a new segment starts, so every segment stays a contiguous run.
+    if (last === undefined || lastSeq + 1 !== nextSeq) journal.createSegment(nextSeq)
     else journal.fd = fs.openSync(last.file, 'r+')
     const recovery = { segments: journal.segments.length, entries, truncatedBytes, nextSeq }
     opts.log?.info(recovery, 'journal opened')
@@ -447,6 +451,13 @@ export class JournalReader {
         this.offset = 0
       }
       const { bytesRead } = await (this.handle as fsp.FileHandle).read(this.buf, 0, this.buf.length, this.offset)
+      if (bytesRead === 0) {
+        // The end of this segment: continue at the next one (sequence numbers may jump between them).
+        const after = this.journal.segmentsFrom(this.nextSeq).find((x) => x.firstSeq > this.nextSeq)
+        if (after === undefined) break
+        this.nextSeq = after.firstSeq
+        continue
+      }
       const view = this.buf.subarray(0, bytesRead)
       let off = 0
       let grow = false

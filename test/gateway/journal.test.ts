@@ -90,6 +90,26 @@ describe('journal', () => {
     await c.journal.close()
   })
 
+  it('starts a new segment when consumers are ahead of the journal on disk, and reads across the gap', async () => {
+    const dir = tmpDir()
+    const a = await Journal.open(opts(dir, { cacheBytes: 0 }))
+    await appendAll(a.journal, Array.from({ length: 5 }, (_, i) => rec(i)))
+    await a.journal.close()
+    // The store says it already has up to 50 (part of the journal was lost): new entries start at 51.
+    const b = await Journal.open(opts(dir, { floorSeq: 50, cacheBytes: 0 }))
+    expect(b.recovery.nextSeq).toBe(51)
+    await appendAll(b.journal, [rec(100), rec(101)])
+    await b.journal.close()
+    const c = await Journal.open(opts(dir, { cacheBytes: 0 }))
+    expect(c.recovery.nextSeq).toBe(53)
+    const reader = c.journal.reader(1)
+    const seqs: number[] = []
+    for (let i = 0; i < 5; i++) seqs.push(...(await reader.read(100)).map((e) => e.seq))
+    await reader.close()
+    expect(seqs).toEqual([1, 2, 3, 4, 5, 51, 52])
+    await c.journal.close()
+  })
+
   it('refuses appends beyond the quota and accepts again once consumers free segments', async () => {
     const dir = tmpDir()
     const { journal } = await Journal.open(opts(dir, { maxBytes: 64 * 1024, segmentBytes: 16 * 1024 }))
