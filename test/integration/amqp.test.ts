@@ -117,6 +117,52 @@ describe('RabbitMQ bridge', () => {
     expect(status.body.rejected.bad_topic).toBeGreaterThanOrEqual(1)
   })
 
+  it('requeues and pauses while the journal is full, then ingests everything once there is room', async () => {
+    const run3 = uniqueId('sgfull')
+    const small = await startTestGateway({
+      STREAMGATE_AMQP_URL: AMQP,
+      STREAMGATE_AMQP_INGEST_EXCHANGE: `${run3}.ingest`,
+      STREAMGATE_AMQP_RECORDS_EXCHANGE: `${run3}.records`,
+      STREAMGATE_AMQP_INGEST_QUEUE: `${run3}.ingest`,
+      STREAMGATE_RABBITMQ_AUTH_PORT: '0',
+      STREAMGATE_JOURNAL_MAX_BYTES: String(128 * 1024),
+      STREAMGATE_JOURNAL_SEGMENT_BYTES: String(64 * 1024)
+    })
+    try {
+      await waitUntil(() => small.sg.amqp!.status().consuming, 20_000, 'the bridge to consume')
+      const ds6 = uniqueId('full')
+      await createDataset(small, ds6, { fields: { count: 'long', note: 'string' } })
+      const dev = await createPrincipalWithKey(small, uniqueId('dev'))
+      await setGrants(small, ds6, [{ principal: dev.id, actions: ['publish'] }])
+      rabbitUser(dev.id, 'pw-' + dev.id)
+      // Nothing drains the journal for now: it fills up.
+      await small.sg.consumers[0]!.close()
+      const ch = await producer(dev.id, 'pw-' + dev.id)
+      const N = 1000
+      for (let i = 0; i < N; i++) ch.publish(`${run3}.ingest`, `${ds6}.${dev.id}`, Buffer.from(JSON.stringify({ count: i, note: 'x'.repeat(400) })), { userId: dev.id, persistent: true })
+      await ch.waitForConfirms()
+      await waitUntil(() => small.sg.amqp!.status().requeued > 0, 20_000, 'a requeue on a full journal')
+      const status = (await api(small.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body
+      expect(status.journal.bytes).toBeLessThanOrEqual(128 * 1024)
+      expect(status.amqp.rejected).toBe(0)
+      // Room again: a consumer drains the journal into the store.
+      const { SinkConsumer } = await import('../../gateway/index.js')
+      const drain = new SinkConsumer(small.sg.journal, small.sg.store, small.sg.management.catalog, { maxEntries: 500, maxRows: 5000 })
+      await drain.start()
+      try {
+        await waitUntil(async () => (await small.sg.store.count(ds6).catch(() => 0)) === N, 60_000, 'every message ingested and stored once')
+        expect(small.sg.amqp!.status().consuming).toBe(true)
+      } finally {
+        await drain.close()
+      }
+      await ch.deleteQueue(`${run3}.ingest`).catch(() => undefined)
+      await ch.deleteExchange(`${run3}.ingest`).catch(() => undefined)
+      await ch.deleteExchange(`${run3}.records`).catch(() => undefined)
+    } finally {
+      await small.stop()
+    }
+  }, 120_000)
+
   it('publishes every accepted record to the records exchange, with stable message ids, across a connection cut', async () => {
     const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
     await setGrants(gw, ds, [{ principal: dev.id, actions: ['publish'] }])
