@@ -243,7 +243,9 @@ async function pubRun (sut: Sut, w: PubWorkload): Promise<RunResult> {
   let sub: ChildProcess | null = null
   if (w.subscriber) {
     sub = forkLoad()
-    sub.send({ kind: 'subscribe', port: sut.port, ...plan.sub, filter: plan.filter, qos: w.qos, expect: total, timeoutMs: 180_000, sampleEvery: w.sampleEvery } satisfies LoadCommand)
+    // The subscriber waits as long as the publishing can take (a fixed-rate run: its duration) plus slack.
+    const timeoutMs = 180_000 + (w.ratePerSecond !== undefined ? total / w.ratePerSecond * 1000 : 0)
+    sub.send({ kind: 'subscribe', port: sut.port, ...plan.sub, filter: plan.filter, qos: w.qos, expect: total, timeoutMs, sampleEvery: w.sampleEvery } satisfies LoadCommand)
     await next(sub, 'subscribed')
   }
   const gens: ChildProcess[] = []
