@@ -2,7 +2,7 @@
 import express, { type Request, type Response, type Router } from 'express'
 import type { Config } from '../config/index.js'
 import {
-  type ApiKey, type BreakerStatus, type Broker, type Dataset, type IdempotencyStore, type Journal, isoFromUs, type Pipeline, type Management, parseTimestampUs, planQuery, type RecordQuery,
+  type ApiKey, type BreakerStatus, type Broker, type Dataset, type IdempotencyStore, type Journal, isoFromUs, type Pipeline, type Management, parseTimestampUs, planQuery, type RecordQuery, schemaColumns,
   type Rejects, type RejectStore, type Row, type SinkConsumer, StreamgateError
 } from '../gateway/index.js'
 import { createAuthenticator, requireAdmin, requireGrant, userOf } from './auth.js'
@@ -55,10 +55,9 @@ function intParam (req: Request, name: string, dflt: number, max: number): numbe
 
 function outRow (ds: Dataset, row: Row): Record<string, unknown> {
   const out: Record<string, unknown> = { ...row, ts: isoFromUs(row.ts) }
-  for (const [name, spec] of Object.entries(ds.schema.fields)) {
-    const type = typeof spec === 'string' ? spec : spec.type
-    const v = row[name]
-    if (type === 'timestamp' && typeof v === 'number') out[name] = isoFromUs(v)
+  for (const c of schemaColumns(ds.schema)) {
+    const v = row[c.name]
+    if (c.kind === 'timestamp' && typeof v === 'number') out[c.name] = isoFromUs(v)
   }
   return out
 }

@@ -13,7 +13,7 @@ export type FieldType = typeof fieldTypes[number]
 
 const columnName = z.string().regex(COLUMN_NAME, 'must match ^[a-z_][a-z0-9_]{0,62}$')
 const fieldType = z.enum(fieldTypes)
-const fieldSpec = z.union([
+const fieldSpecSchema = z.union([
   fieldType,
   z.strictObject({ type: fieldType, required: z.boolean().default(false) })
 ])
@@ -21,7 +21,7 @@ const fieldSpec = z.union([
 export const datasetSchemaSchema = z.strictObject({
   timestamp: columnName.optional().describe('payload field holding the reading time (epoch ms or ISO 8601); absent: arrival time'),
   tags: z.array(columnName).max(32).default([]),
-  fields: z.record(columnName, fieldSpec)
+  fields: z.record(columnName, fieldSpecSchema)
 }).superRefine((s, ctx) => {
   const seen = new Set<string>()
   const names = [...s.tags.map((t) => ['tags', t] as const), ...Object.keys(s.fields).map((f) => ['fields', f] as const)]
@@ -92,6 +92,21 @@ export interface SchemaLimits { readonly maxBatch: number, readonly maxString: n
  * A schema version compiled for the hot path: one Map lookup per payload key, no closures or regexes
  * created per message.
  */
+/** A field's spec in its long form: `"double"` is `{ type: "double", required: false }`. */
+export function fieldSpec (spec: DatasetSchema['fields'][string]): { readonly type: FieldType, readonly required: boolean } {
+  return typeof spec === 'string' ? { type: spec, required: false } : spec
+}
+
+/** A schema's columns other than `ts` and `device`: tags first, then fields, in declaration order. */
+export function schemaColumns (schema: DatasetSchema): Column[] {
+  const cols: Column[] = schema.tags.map((t) => ({ name: t, kind: 'tag' as const, required: false }))
+  for (const [name, spec] of Object.entries(schema.fields)) {
+    const f = fieldSpec(spec)
+    cols.push({ name, kind: f.type, required: f.required })
+  }
+  return cols
+}
+
 export class CompiledSchema {
   readonly columns: readonly Column[]
   private readonly byKey: Map<string, Column>
@@ -102,11 +117,7 @@ export class CompiledSchema {
   get maxBatch (): number { return this.limits.maxBatch }
 
   constructor (readonly dataset: string, readonly version: number, schema: DatasetSchema, private readonly limits: SchemaLimits) {
-    const cols: Column[] = []
-    for (const t of schema.tags) cols.push({ name: t, kind: 'tag', required: false })
-    for (const [name, spec] of Object.entries(schema.fields)) {
-      cols.push(typeof spec === 'string' ? { name, kind: spec, required: false } : { name, kind: spec.type, required: spec.required })
-    }
+    const cols = schemaColumns(schema)
     this.columns = cols
     this.byKey = new Map(cols.map((c) => [c.name, c]))
     this.required = cols.filter((c) => c.required)

@@ -6,7 +6,7 @@ import {
   AccessState, actions, generateKeyId, generateSecret, hashKey, principalKinds,
   type ApiKey, type Grant, type Principal
 } from './access.js'
-import { type Catalog, type Dataset, type DatasetSchema, datasetInputSchema, datasetSchemaSchema } from './datasets.js'
+import { type Catalog, type Dataset, type DatasetSchema, datasetInputSchema, datasetSchemaSchema, fieldSpec as kind } from './datasets.js'
 import { StreamgateError } from './errors.js'
 import type { MetadataStore, Sink } from './ports.js'
 import type { Rejects } from './rejects.js'
@@ -43,7 +43,6 @@ export function incompatibilities (prev: DatasetSchema, next: DatasetSchema): st
   const out: string[] = []
   if (prev.timestamp !== next.timestamp) out.push(`the timestamp field changes from ${prev.timestamp ?? '(arrival time)'} to ${next.timestamp ?? '(arrival time)'}`)
   for (const t of prev.tags) if (!next.tags.includes(t)) out.push(`tag ${t} is removed`)
-  const kind = (spec: DatasetSchema['fields'][string]): { type: string, required: boolean } => typeof spec === 'string' ? { type: spec, required: false } : spec
   for (const [name, spec] of Object.entries(prev.fields)) {
     const after = next.fields[name]
     if (after === undefined) { out.push(`field ${name} is removed`); continue }

@@ -3,7 +3,7 @@
 // identifiers in a plan come only from the schema, never from the request.
 import { z } from 'zod'
 import type { Dataset, FieldType } from './datasets.js'
-import { parseTimestampUs } from './datasets.js'
+import { parseTimestampUs, schemaColumns } from './datasets.js'
 import { StreamgateError } from './errors.js'
 
 export const aggregateFns = ['avg', 'min', 'max', 'sum', 'count', 'first', 'last'] as const
@@ -75,11 +75,10 @@ export const queryInputSchema = z.strictObject({
 
 export type QueryInput = z.input<typeof queryInputSchema>
 
-function columnsOf (ds: Dataset): Map<string, PlanColumn> {
-  const m = new Map<string, PlanColumn>([['ts', { name: 'ts', type: 'timestamp' }], ['device', { name: 'device', type: 'symbol' }]])
-  for (const t of ds.schema.tags) m.set(t, { name: t, type: 'symbol' })
-  for (const [name, spec] of Object.entries(ds.schema.fields)) m.set(name, { name, type: typeof spec === 'string' ? spec : spec.type })
-  return m
+/** Every column a query can name, in table order: ts, device, tags (symbols), fields. */
+export function queryColumns (ds: Dataset): PlanColumn[] {
+  return [{ name: 'ts', type: 'timestamp' }, { name: 'device', type: 'symbol' },
+    ...schemaColumns(ds.schema).map((c) => ({ name: c.name, type: c.kind === 'tag' ? 'symbol' as const : c.kind }))]
 }
 
 function bad (detail: string, field: string): never {
@@ -117,7 +116,7 @@ export function planQuery (ds: Dataset, input: unknown, limits: { maxRows: numbe
     bad(`${i.path.map(String).join('/') || '(body)'}: ${i.message}`, i.path.map(String).join('/'))
   }
   const q = parsed.data
-  const cols = columnsOf(ds)
+  const cols = new Map(queryColumns(ds).map((c) => [c.name, c]))
   const col = (name: string, field: string): PlanColumn => cols.get(name) ?? bad(`${name}: not a column of ${ds.id}`, field)
 
   const fromUs = q.from === undefined ? null : parseTimestampUs(q.from)

@@ -10,19 +10,11 @@ import type {
   ApiKey, CheckpointStore, Dataset, FieldType, Grant, IdempotencyStore, IdempotentResponse, MetadataSnapshot, QueryPlan, QueryResult, MetadataStore, Principal, RecordQuery,
   RejectCount, RejectEntry, RejectStore, Row, Sink, SinkEntry
 } from '../../gateway/index.js'
-import { StreamgateError } from '../../gateway/index.js'
+import { schemaColumns, StreamgateError } from '../../gateway/index.js'
 import { compileQuery, latestPlan, shapeRows, toStoredRows } from '../sql/compile.js'
 
 const SQL_TYPE: Record<FieldType | 'tag', string> = {
   double: 'DOUBLE', long: 'BIGINT', boolean: 'BOOLEAN', string: 'VARCHAR', timestamp: 'TIMESTAMP', tag: 'VARCHAR'
-}
-
-interface ColumnDef { readonly name: string, readonly kind: FieldType | 'tag' }
-
-function columnsOf (ds: Dataset): ColumnDef[] {
-  const cols: ColumnDef[] = ds.schema.tags.map((t) => ({ name: t, kind: 'tag' as const }))
-  for (const [name, spec] of Object.entries(ds.schema.fields)) cols.push({ name, kind: typeof spec === 'string' ? spec : spec.type })
-  return cols
 }
 
 /** Identifiers come only from validated dataset and column names (^[a-z_][a-z0-9_]*$); quoted regardless. */
@@ -207,12 +199,12 @@ export class EmbeddedStore implements MetadataStore, Sink, RecordQuery, RejectSt
 
   prepareDataset (ds: Dataset): Promise<void> {
     return this.serial(async () => {
-      const cols = columnsOf(ds).map((c) => `${ident(c.name)} ${SQL_TYPE[c.kind]}`)
+      const cols = schemaColumns(ds.schema).map((c) => `${ident(c.name)} ${SQL_TYPE[c.kind]}`)
       await this.writer.run(`CREATE TABLE IF NOT EXISTS ${table(ds.id)} (_seq BIGINT NOT NULL, _idx INTEGER NOT NULL, ts TIMESTAMP NOT NULL, device VARCHAR NOT NULL${cols.map((c) => ', ' + c).join('')})`)
       // A compatible schema change adds optional columns; add any the table lacks.
       const existing = new Set((await (await this.writer.runAndReadAll(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'data' AND table_name = $1", [ds.id])).getRows()).map((r) => r[0] as string))
-      for (const c of columnsOf(ds)) {
+      for (const c of schemaColumns(ds.schema)) {
         if (!existing.has(c.name)) await this.writer.run(`ALTER TABLE ${table(ds.id)} ADD COLUMN ${ident(c.name)} ${SQL_TYPE[c.kind]}`)
       }
       this.tableColumns.delete(ds.id)

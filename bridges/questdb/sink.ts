@@ -16,7 +16,7 @@ import CircuitBreaker from 'opossum'
 import type {
   BreakerStatus, CheckpointStore, Dataset, FieldType, RejectReason, Row, Sink, SinkEntry
 } from '../../gateway/index.js'
-import { RejectReason as Reasons } from '../../gateway/index.js'
+import { RejectReason as Reasons, schemaColumns } from '../../gateway/index.js'
 import { q } from '../sql/compile.js'
 
 export interface SqlExecutor {
@@ -148,9 +148,7 @@ export class QuestdbSink implements Sink {
    * nor creating a dataset): the table is then created before the dataset's first write.
    */
   async prepareDataset (ds: Dataset): Promise<void> {
-    const cols: { name: string, kind: Kind }[] = ds.schema.tags.map((t) => ({ name: t, kind: 'tag' as const }))
-    for (const [name, spec] of Object.entries(ds.schema.fields)) cols.push({ name, kind: typeof spec === 'string' ? spec : spec.type })
-    this.columns.set(ds.id, cols)
+    this.columns.set(ds.id, schemaColumns(ds.schema))
     this.pendingDdl.add(ds.id)
     try {
       await this.ensureTable(ds.id)

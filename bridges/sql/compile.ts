@@ -6,7 +6,7 @@
 //   - first/last are the values of the earliest/latest row of the group by ts.
 // The SQL stays inside what PostgreSQL's grammar accepts (no SAMPLE BY), so tests parse it.
 import type { Dataset, PlanColumn, PlanFilter, QueryPlan, QueryResult, Row } from '../../gateway/index.js'
-import { encodeCursor, isoFromUs, StreamgateError } from '../../gateway/index.js'
+import { encodeCursor, isoFromUs, queryColumns, StreamgateError } from '../../gateway/index.js'
 
 export type Dialect = 'duckdb' | 'questdb'
 
@@ -155,10 +155,7 @@ type Cell = string | number | boolean | null
 
 /** The plan behind GET /v1/datasets/:id/records: every column, newest first. */
 export function latestPlan (ds: Dataset, range: { from: number | null, to: number | null, limit: number }): QueryPlan {
-  const columns: PlanColumn[] = [{ name: 'ts', type: 'timestamp' }, { name: 'device', type: 'symbol' },
-    ...ds.schema.tags.map((t) => ({ name: t, type: 'symbol' as const })),
-    ...Object.entries(ds.schema.fields).map(([name, spec]) => ({ name, type: typeof spec === 'string' ? spec : spec.type }))]
-  return { dataset: ds, fromUs: range.from, toUs: range.to, mode: 'raw', columns, where: [], bucketUs: null, aggregates: [], groupBy: [], order: 'desc', limit: range.limit, after: null }
+  return { dataset: ds, fromUs: range.from, toUs: range.to, mode: 'raw', columns: queryColumns(ds), where: [], bucketUs: null, aggregates: [], groupBy: [], order: 'desc', limit: range.limit, after: null }
 }
 
 /** Raw rows as stored rows (epoch µs timestamps, absent values left out). */
