@@ -144,56 +144,65 @@ export class CompiledSchema {
   }
 
   private decodeOne (value: unknown, device: string, arrivalUs: number, out: Row[], index: number): RecordRejection | null {
-    const at = index < 0 ? '' : `/${index}`
     if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-      return new RecordRejection(RejectReason.NOT_AN_OBJECT, `record${at} is not a JSON object`, at || '/')
+      return new RecordRejection(RejectReason.NOT_AN_OBJECT, `record${at(index)} is not a JSON object`, at(index) || '/')
     }
     const obj = value as Record<string, unknown>
     const row = { ts: arrivalUs, device } as Row
-    for (const key of Object.keys(obj)) {
+    // for-in over a JSON.parse result sees only its own keys, without allocating a key array.
+    for (const key in obj) {
       const v = obj[key]
       if (key === this.tsKey) {
         if (v === null) continue
         const us = parseTimestampUs(v)
-        if (Number.isNaN(us)) return new RecordRejection(RejectReason.BAD_TIMESTAMP, `${key}: expected epoch milliseconds or an ISO 8601 date-time between 1970 and 2261`, `${at}/${key}`)
+        if (Number.isNaN(us)) return new RecordRejection(RejectReason.BAD_TIMESTAMP, `${key}: expected epoch milliseconds or an ISO 8601 date-time between 1970 and 2261`, `${at(index)}/${key}`)
         row.ts = us
         continue
       }
       const col = this.byKey.get(key)
-      if (col === undefined) return new RecordRejection(RejectReason.UNKNOWN_FIELD, `${key}: not in the schema of ${this.dataset} v${this.version}`, `${at}/${key}`)
+      if (col === undefined) return new RecordRejection(RejectReason.UNKNOWN_FIELD, `${key}: not in the schema of ${this.dataset} v${this.version}`, `${at(index)}/${key}`)
       if (v === null) continue
-      const r = this.checkValue(col, v, `${at}/${key}`)
+      const r = this.checkValue(col, v, index)
       if (r !== null) return r
       row[key] = col.kind === 'timestamp' ? parseTimestampUs(v) : v as string | number | boolean
     }
     for (const c of this.required) {
-      if (row[c.name] === undefined) return new RecordRejection(RejectReason.MISSING_FIELD, `${c.name}: required`, `${at}/${c.name}`)
+      if (row[c.name] === undefined) return new RecordRejection(RejectReason.MISSING_FIELD, `${c.name}: required`, `${at(index)}/${c.name}`)
     }
     out.push(row)
     return null
   }
 
-  private checkValue (col: Column, v: unknown, path: string): RecordRejection | null {
+  private checkValue (col: Column, v: unknown, index: number): RecordRejection | null {
     switch (col.kind) {
       case 'double':
-        if (typeof v !== 'number') return wrongType(col, v, path)
-        if (!Number.isFinite(v)) return new RecordRejection(RejectReason.OUT_OF_RANGE, `${col.name}: not a finite number`, path)
+        if (typeof v !== 'number') return wrongType(col, v, fieldPath(index, col.name))
+        if (!Number.isFinite(v)) return new RecordRejection(RejectReason.OUT_OF_RANGE, `${col.name}: not a finite number`, fieldPath(index, col.name))
         return null
       case 'long':
-        if (typeof v !== 'number' || !Number.isInteger(v)) return wrongType(col, v, path)
-        if (!Number.isSafeInteger(v)) return new RecordRejection(RejectReason.OUT_OF_RANGE, `${col.name}: integer beyond ±2^53-1 loses precision in JSON`, path)
+        if (typeof v !== 'number' || !Number.isInteger(v)) return wrongType(col, v, fieldPath(index, col.name))
+        if (!Number.isSafeInteger(v)) return new RecordRejection(RejectReason.OUT_OF_RANGE, `${col.name}: integer beyond ±2^53-1 loses precision in JSON`, fieldPath(index, col.name))
         return null
       case 'boolean':
-        return typeof v === 'boolean' ? null : wrongType(col, v, path)
+        return typeof v === 'boolean' ? null : wrongType(col, v, fieldPath(index, col.name))
       case 'tag':
       case 'string':
-        if (typeof v !== 'string') return wrongType(col, v, path)
-        if (v.length > this.limits.maxString) return new RecordRejection(RejectReason.STRING_TOO_LONG, `${col.name}: longer than STREAMGATE_MAX_STRING=${this.limits.maxString}`, path)
+        if (typeof v !== 'string') return wrongType(col, v, fieldPath(index, col.name))
+        if (v.length > this.limits.maxString) return new RecordRejection(RejectReason.STRING_TOO_LONG, `${col.name}: longer than STREAMGATE_MAX_STRING=${this.limits.maxString}`, fieldPath(index, col.name))
         return null
       case 'timestamp':
-        return Number.isNaN(parseTimestampUs(v)) ? new RecordRejection(RejectReason.BAD_TIMESTAMP, `${col.name}: expected epoch milliseconds or an ISO 8601 date-time`, path) : null
+        return Number.isNaN(parseTimestampUs(v)) ? new RecordRejection(RejectReason.BAD_TIMESTAMP, `${col.name}: expected epoch milliseconds or an ISO 8601 date-time`, fieldPath(index, col.name)) : null
     }
   }
+}
+
+/** `/3` for the fourth record of a batch, '' for a lone record: built only when refusing. */
+function at (index: number): string {
+  return index < 0 ? '' : `/${index}`
+}
+
+function fieldPath (index: number, name: string): string {
+  return `${at(index)}/${name}`
 }
 
 function wrongType (col: Column, v: unknown, path: string): RecordRejection {

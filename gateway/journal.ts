@@ -212,7 +212,8 @@ export class Journal extends EventEmitter {
   get healthy (): boolean { return this.failure === null && !this.closed }
 
   /**
-   * Appends a record; `cb` fires once it is durable, with an error when it was refused (quota, failed
+   * Appends a record, taking ownership of the object (it becomes the cached entry; do not reuse it);
+   * `cb` fires once it is durable, with an error when it was refused (quota, failed
    * disk, closed). Records appended in the same event-loop turn share one write and one fdatasync.
    */
   append (record: JournalRecord, cb: AppendCallback): void {
@@ -283,9 +284,10 @@ export class Journal extends EventEmitter {
       this.stats.commits++
       this.stats.appended += batch.length
       this.lastCommitted = firstSeq + batch.length - 1
+      // The journal owns appended records: each becomes its entry in place (no copy per message).
       for (let i = 0; i < batch.length; i++) {
-        const r = batch[i] as JournalRecord
-        const e: JournalEntry = { seq: firstSeq + i, arrivalUs: r.arrivalUs, dataset: r.dataset, version: r.version, device: r.device, principal: r.principal, payload: r.payload, ...(r.rows !== undefined ? { rows: r.rows } : {}) }
+        const e = batch[i] as JournalRecord & { seq: number }
+        e.seq = firstSeq + i
         this.cachePush(e)
       }
       // Listeners may cork sockets so the acknowledgements below leave in one write per client.

@@ -14,6 +14,7 @@
 import amqp, { type AmqpConnectionManager, type ChannelWrapper } from 'amqp-connection-manager'
 import type { Channel, ConsumeMessage } from 'amqplib'
 import CircuitBreaker from 'opossum'
+import { breakerStatus } from '../breaker.js'
 import type { BreakerStatus, CheckpointStore, Dataset, Pipeline, Sink, SinkEntry } from '../../gateway/index.js'
 import { JournalFullError, RejectReason } from '../../gateway/index.js'
 import type { Exchanges } from './auth.js'
@@ -206,8 +207,7 @@ export class AmqpSink implements Sink {
   }
 
   breaker (): BreakerStatus {
-    const b = this.breakerImpl
-    return { state: b.opened ? 'open' : b.halfOpen ? 'half-open' : 'closed', failures: b.stats.failures + b.stats.timeouts + b.stats.rejects, lastError: this.lastError }
+    return breakerStatus(this.breakerImpl, this.lastError)
   }
 
   async checkpoint (): Promise<number> {

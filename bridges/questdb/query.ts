@@ -2,6 +2,7 @@
 // queries fail fast with 503 and Retry-After instead of piling up on a database that is down.
 import pg from 'pg'
 import CircuitBreaker from 'opossum'
+import { breakerStatus } from '../breaker.js'
 import type { BreakerStatus, Dataset, QueryPlan, QueryResult, RecordQuery, Row } from '../../gateway/index.js'
 import { StreamgateError } from '../../gateway/index.js'
 import { compileQuery, latestPlan, q, shapeRows, toStoredRows } from '../sql/compile.js'
@@ -50,8 +51,7 @@ export class QuestdbQuery implements RecordQuery {
   }
 
   breaker (): BreakerStatus {
-    const b = this.breakerImpl
-    return { state: b.opened ? 'open' : b.halfOpen ? 'half-open' : 'closed', failures: b.stats.failures + b.stats.timeouts + b.stats.rejects, lastError: this.lastError }
+    return breakerStatus(this.breakerImpl, this.lastError)
   }
 
   private async run (text: string, params: unknown[]): Promise<Record<string, unknown>[]> {

@@ -13,6 +13,7 @@
 // and retries with backoff while the breaker is open.
 import { Sender } from '@questdb/nodejs-client'
 import CircuitBreaker from 'opossum'
+import { breakerStatus } from '../breaker.js'
 import type {
   BreakerStatus, CheckpointStore, Dataset, FieldType, RejectReason, Row, Sink, SinkEntry
 } from '../../gateway/index.js'
@@ -132,8 +133,7 @@ export class QuestdbSink implements Sink {
   }
 
   breaker (): BreakerStatus {
-    const b = this.breakerImpl
-    return { state: b.opened ? 'open' : b.halfOpen ? 'half-open' : 'closed', failures: b.stats.failures + b.stats.timeouts + b.stats.rejects, lastError: this.lastError }
+    return breakerStatus(this.breakerImpl, this.lastError)
   }
 
   get isOpen (): boolean { return this.breakerImpl.opened }
