@@ -111,6 +111,12 @@ export type Env = Readonly<Record<string, string | undefined>>
  */
 export function loadConfig (env: Env = process.env): Config {
   const fromFile = env.STREAMGATE_CONFIG ? readConfigFile(env.STREAMGATE_CONFIG) : {}
+  // A misspelt key in the file would otherwise be ignored silently.
+  const unknown = Object.keys(fromFile).filter((k) => !Object.hasOwn(configSchema.shape, k))
+  if (unknown.length > 0) {
+    const issues = unknown.map((k) => `${k}: not a streamgate setting (in ${env.STREAMGATE_CONFIG})`)
+    throw new ConfigError(`invalid configuration:\n  ${issues.join('\n  ')}`, issues)
+  }
   const merged: Record<string, unknown> = { ...fromFile }
   for (const key of Object.keys(configSchema.shape)) {
     const value = env[key]

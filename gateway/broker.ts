@@ -95,7 +95,7 @@ export class Broker {
   }
 
   private wire (): void {
-    const { management, log } = this.deps
+    const { management } = this.deps
     this.aedes.on('client', (client: Client) => {
       const s = sessionOf(client)
       if (s === undefined) return
@@ -122,11 +122,6 @@ export class Broker {
     management.on('keyRevoked', (key: ApiKey) => {
       for (const c of this.byPrincipal.get(key.principal) ?? []) if (sessionOf(c)?.keyId === key.id) c.close()
     })
-    management.on('principalChanged', (principal: string) => {
-      const p = this.deps.access.getPrincipal(principal)
-      if (p === undefined || p.disabled) for (const c of this.byPrincipal.get(principal) ?? []) c.close()
-    })
-    void log
   }
 
   private forget (client: SessionClient): void {

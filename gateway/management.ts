@@ -62,7 +62,6 @@ export type GrantsInput = z.input<typeof grantsInputSchema>
 
 export interface ManagementEvents {
   keyRevoked: [key: ApiKey]
-  principalChanged: [principal: string]
   grantsChanged: [dataset: string]
   datasetDeleted: [dataset: string]
 }

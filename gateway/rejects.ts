@@ -95,6 +95,7 @@ export class Rejects {
   async close (): Promise<void> {
     if (this.timer !== null) clearInterval(this.timer)
     this.timer = null
+    // The first call may only join a write already in flight; the second writes what came after it.
     await this.flush()
     await this.flush()
   }

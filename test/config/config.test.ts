@@ -39,5 +39,7 @@ describe('config', () => {
     expect(c.ports.mqtt).toBe(1999)
     expect(c.ports.http).toBe(0)
     expect(() => loadConfig({ STREAMGATE_CONFIG: file + '.missing' })).toThrow(/STREAMGATE_CONFIG/)
+    fs.writeFileSync(file, JSON.stringify({ STREAMGATE_MQTT_PROT: 1999 }))
+    expect(() => loadConfig({ STREAMGATE_CONFIG: file })).toThrow(/STREAMGATE_MQTT_PROT: not a streamgate setting/)
   })
 })

@@ -188,6 +188,8 @@ describe('RabbitMQ bridge', () => {
     await waitUntil(() => gw.sg.consumers[1]!.lag === 0, 60_000, 'the AMQP outbound consumer to catch up')
 
     const got = new Map<number, string>()
+    // An expect() thrown inside amqplib's callback would not fail the test: collect, assert after.
+    const wrong: string[] = []
     const reader = await amqplib.connect(AMQP)
     conns.push(reader)
     const rch = await reader.createChannel()
@@ -195,13 +197,15 @@ describe('RabbitMQ bridge', () => {
       if (msg === null) return
       const count = JSON.parse(msg.content.toString()).count as number
       const prior = got.get(count)
-      if (prior !== undefined) expect(prior).toBe(msg.properties.messageId) // a duplicate carries the same message_id
+      // a duplicate carries the same message_id
+      if (prior !== undefined && prior !== msg.properties.messageId) wrong.push(`record ${count}: message_id ${String(msg.properties.messageId)} after ${prior}`)
+      if (msg.properties.headers?.dataset !== ds) wrong.push(`record ${count}: dataset header ${String(msg.properties.headers?.dataset)}`)
+      if (msg.properties.deliveryMode !== 2) wrong.push(`record ${count}: not persistent`)
       got.set(count, msg.properties.messageId as string)
-      expect(msg.properties.headers?.dataset).toBe(ds)
-      expect(msg.properties.deliveryMode).toBe(2)
       rch.ack(msg)
     })
     await waitUntil(() => got.size === N, 60_000, `all ${N} records on the records exchange`)
+    expect(wrong).toEqual([])
     const ids = [...got.values()].map(Number)
     expect(new Set(ids).size).toBe(N)
   })
@@ -324,17 +328,19 @@ describe('RabbitMQ bridge', () => {
         await m.endAsync()
 
         const got = new Map<number, string>()
+        const wrong: string[] = []
         const reader = await open('admin', ADMIN_KEY)
         const rch = await reader.createChannel()
         await rch.consume(queue, (msg) => {
           if (msg === null) return
           const count = JSON.parse(msg.content.toString()).count as number
           const prior = got.get(count)
-          if (prior !== undefined) expect(prior).toBe(msg.properties.messageId)
+          if (prior !== undefined && prior !== msg.properties.messageId) wrong.push(`record ${count}: message_id ${String(msg.properties.messageId)} after ${prior}`)
           got.set(count, msg.properties.messageId as string)
           rch.ack(msg)
         })
         await waitUntil(() => got.size === N, 60_000, `all ${N} records after the stop`)
+        expect(wrong).toEqual([])
       } finally {
         await gw2.stop()
       }
