@@ -3,7 +3,7 @@ import express, { type Request, type Response, type Router } from 'express'
 import type { Config } from '../config/index.js'
 import {
   type ApiKey, type BreakerStatus, type Broker, type Dataset, type IdempotencyStore, type Journal, isoFromUs, type Pipeline, type Management, parseTimestampUs, planQuery, type RecordQuery, schemaColumns,
-  type Rejects, type RejectStore, type Row, type SinkConsumer, StreamgateError
+  type JournalConsumer, type Rejects, type RejectStore, type Row, StreamgateError
 } from '../gateway/index.js'
 import { createAuthenticator, requireAdmin, requireGrant, userOf } from './auth.js'
 import { notFound, problemHandler, requireJson } from './problem.js'
@@ -16,7 +16,7 @@ export interface ApiDeps {
   readonly rejects: Rejects
   readonly rejectStore: RejectStore
   readonly journal: Journal
-  readonly consumers: readonly SinkConsumer[]
+  readonly consumers: readonly JournalConsumer[]
   readonly broker: Broker
   readonly pipeline: Pipeline
   readonly idempotency: IdempotencyStore
@@ -187,10 +187,7 @@ export function createApi (deps: ApiDeps): express.Express {
     requireAdmin(req)
     res.json({
       journal: { committedSeq: deps.journal.committedSeq, bytes: deps.journal.bytes, healthy: deps.journal.healthy, ...deps.journal.stats },
-      consumers: deps.consumers.map((c) => ({
-        name: c.name, checkpoint: c.checkpoint, lag: c.lag, lagSeconds: c.lagSeconds, lastError: c.lastError, failures: c.failures, skipped: c.skipped,
-        breaker: c.sink.breaker?.() ?? null
-      })),
+      consumers: deps.consumers.map((c) => c.status()),
       ...(deps.queryBreaker !== undefined ? { query: { breaker: deps.queryBreaker() } } : {}),
       ...(deps.amqpStatus !== undefined ? { amqp: deps.amqpStatus() } : {}),
       mqtt: { sessions: deps.broker.sessions().length, ...deps.broker.stats },

@@ -103,11 +103,12 @@ async function http<T = any> (base: string, method: string, url: string, body?: 
 
 const CONN_PRINCIPALS = 100
 
+/** BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the Node.js systems under test (streamgate, bare Aedes). */
+const nodeArgs = (): string[] => (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '')
+
 async function startStreamgate (): Promise<Sut> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-bench-'))
-  // BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the gateway under load.
-  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '')
-  const proc = track(spawn(process.execPath, [...nodeArgs, path.join(root, 'dist/bin/streamgate.js')], {
+  const proc = track(spawn(process.execPath, [...nodeArgs(), path.join(root, 'dist/bin/streamgate.js')], {
     env: {
       ...process.env, STREAMGATE_BIND: '127.0.0.1', STREAMGATE_MQTT_PORT: '0', STREAMGATE_WS_PORT: '0', STREAMGATE_HTTP_PORT: '0',
       STREAMGATE_DATA_DIR: dataDir, STREAMGATE_ADMIN_KEY: ADMIN_KEY, STREAMGATE_LOG_LEVEL: 'warn'
@@ -170,7 +171,7 @@ function anonymous (name: 'aedes' | 'mosquitto', proc: ChildProcess, port: numbe
 }
 
 async function startAedes (): Promise<Sut> {
-  const proc = track(spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bench/aedes-server.ts')], { stdio: ['ignore', 'pipe', 'pipe'] }))
+  const proc = track(spawn(process.execPath, [...nodeArgs(), '--import', 'tsx', path.join(root, 'bench/aedes-server.ts')], { stdio: ['ignore', 'pipe', 'pipe'] }))
   const m = await waitForLine(proc, /READY (\d+)/, 'aedes')
   return anonymous('aedes', proc, Number(m[1]))
 }

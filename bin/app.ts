@@ -7,11 +7,12 @@ import path from 'node:path'
 import { pino, type Logger } from 'pino'
 import { createApi } from '../api/app.js'
 import express from 'express'
-import { AmqpBridge, AmqpSink, createPgExecutor, EmbeddedStore, QuestdbQuery, QuestdbSink, rabbitAuthRouter } from '../bridges/index.js'
+import { AmqpBridge, AmqpSink, createPgExecutor, EmbeddedStore, QuestdbQuery, rabbitAuthRouter } from '../bridges/index.js'
 import type { Config } from '../config/index.js'
 import {
-  AccessState, type BreakerStatus, Broker, Catalog, Journal, listen, Management, Pipeline, type RecordQuery, Rejects, type Sink, SinkConsumer
+  AccessState, type BreakerStatus, Broker, Catalog, Journal, type JournalConsumer, listen, Management, Pipeline, type RecordQuery, Rejects, SinkConsumer
 } from '../gateway/index.js'
+import { SinkThread } from './sink-thread.js'
 
 export interface Streamgate {
   readonly config: Config
@@ -20,8 +21,11 @@ export interface Streamgate {
   /** The admin key generated at a first start without STREAMGATE_ADMIN_KEY, else null. */
   readonly generatedAdminKey: string | null
   readonly store: EmbeddedStore
+  /** Stored records: the embedded store (through the sink thread) or QuestDB. */
+  readonly records: RecordQuery
   readonly journal: Journal
-  readonly consumers: readonly SinkConsumer[]
+  /** The journal's consumers: the records sink first, then RabbitMQ's outbound when configured. */
+  readonly consumers: readonly JournalConsumer[]
   readonly management: Management
   readonly pipeline: Pipeline
   readonly broker: Broker
@@ -44,37 +48,35 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     const rejects = new Rejects(store, { maxPending: 10_000, flushMs: 250, onError: (err) => log.warn({ err: err.message }, 'rejects log write failed') })
     await rejects.init()
     cleanups.push(() => rejects.close())
-    // The time-series sink and query: QuestDB when configured, else the embedded store.
-    let sink: Sink = store
-    let query: RecordQuery = store
-    let queryBreaker: (() => BreakerStatus) | undefined
-    const sinkClosers: (() => Promise<void>)[] = []
-    if (config.questdb !== null) {
-      const qdb = config.questdb
-      const sql = createPgExecutor(qdb.pg, qdb.timeoutMs)
-      cleanups.push(() => sql.close())
-      sinkClosers.push(() => sql.close())
-      const qsink = new QuestdbSink({
-        ilp: qdb.ilp,
-        sql,
-        checkpoints: store,
-        timeoutMs: qdb.timeoutMs,
-        resetMs: qdb.resetMs,
-        log,
-        onRefused: (refusals) => {
-          for (const r of refusals) {
-            rejects.record({ dataset: r.dataset, principal: null, device: r.device, topic: null, reason: r.reason, detail: r.detail, field: `/_seq/${r.seq}/${r.idx}`, payload: Buffer.from(JSON.stringify(r.row)) })
-          }
+    // Records are stored by the sink thread: in QuestDB when configured, else in the embedded store.
+    const sinkThread = await SinkThread.start({
+      journalDir: path.join(dataDir, 'journal'),
+      sink: config.questdb !== null
+        ? { kind: 'questdb', ilp: config.questdb.ilp, pg: config.questdb.pg, timeoutMs: config.questdb.timeoutMs, resetMs: config.questdb.resetMs }
+        : { kind: 'embedded', dataDir, memoryLimit: config.storeMemory },
+      consumer: { maxEntries: 5000, maxRows: config.sink.batch, lingerMs: config.sink.lingerMs },
+      limits: { maxBatch: config.limits.maxBatch, maxString: config.limits.maxString },
+      log,
+      checkpoints: store,
+      onRefused: (refusals) => {
+        for (const r of refusals) {
+          rejects.record({ dataset: r.dataset, principal: null, device: r.device, topic: null, reason: r.reason, detail: r.detail, field: `/_seq/${r.seq}/${r.idx}`, payload: Buffer.from(JSON.stringify(r.row)) })
         }
-      })
-      cleanups.push(() => qsink.close())
-      sinkClosers.push(() => qsink.close())
-      const qquery = new QuestdbQuery(sql, { timeoutMs: qdb.timeoutMs, resetMs: qdb.resetMs })
-      sink = qsink
+      }
+    })
+    cleanups.push(() => sinkThread.close())
+    let query: RecordQuery = sinkThread.records()
+    let queryBreaker: (() => BreakerStatus) | undefined
+    let querySql: { close: () => Promise<void> } | null = null
+    if (config.questdb !== null) {
+      const sql = createPgExecutor(config.questdb.pg, config.questdb.timeoutMs)
+      querySql = sql
+      cleanups.push(() => sql.close())
+      const qquery = new QuestdbQuery(sql, { timeoutMs: config.questdb.timeoutMs, resetMs: config.questdb.resetMs })
       query = qquery
       queryBreaker = () => qquery.breaker()
     }
-    const management = new Management(store, access, catalog, [sink], rejects)
+    const management = new Management(store, access, catalog, [sinkThread], rejects)
     await management.load()
     const { generatedKey } = await management.bootstrapAdmin(config.adminKey)
 
@@ -82,15 +84,12 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       dir: path.join(dataDir, 'journal'),
       maxBytes: config.journal.maxBytes,
       segmentBytes: config.journal.segmentBytes,
-      cacheBytes: config.journal.cacheBytes,
-      floorSeq: await sink.checkpoint(),
+      floorSeq: await sinkThread.checkpoint(),
       log
     })
     cleanups.push(() => journal.close())
-    const consumer = new SinkConsumer(journal, sink, catalog, { maxEntries: 5000, maxRows: config.sink.batch, lingerMs: config.sink.lingerMs, log })
-    await consumer.start()
-    cleanups.push(() => consumer.close())
-    const consumers: SinkConsumer[] = [consumer]
+    await sinkThread.follow(journal)
+    const consumers: JournalConsumer[] = [sinkThread]
 
     const pipeline = new Pipeline(catalog, access, journal, rejects, { maxPayload: config.limits.maxPayload })
 
@@ -161,13 +160,13 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
           authServer.closeAllConnections()
           authServer.close()
         }
-        for (const c of sinkClosers.reverse()) await c().catch((err: Error) => log.warn({ err: err.message }, 'closing a sink failed'))
+        await querySql?.close().catch((err: Error) => log.warn({ err: err.message }, 'closing the QuestDB query pool failed'))
         await rejects.close()
         await store.close()
       })()
       return closing
     }
-    return { config, addresses, generatedAdminKey: generatedKey, store, journal, consumers, management, pipeline, broker, amqp, log, close }
+    return { config, addresses, generatedAdminKey: generatedKey, store, records: query, journal, consumers, management, pipeline, broker, amqp, log, close }
   } catch (err) {
     await undo()
     throw err

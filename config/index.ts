@@ -47,7 +47,6 @@ export const configSchema = z.object({
   STREAMGATE_CONNECT_TIMEOUT_MS: positiveInt.default(30_000),
   STREAMGATE_JOURNAL_MAX_BYTES: positiveInt.default(2 * GiB),
   STREAMGATE_JOURNAL_SEGMENT_BYTES: positiveInt.min(64 * KiB).default(64 * MiB),
-  STREAMGATE_JOURNAL_CACHE_BYTES: nonNegativeInt.default(32 * MiB),
   STREAMGATE_SINK_BATCH: positiveInt.default(20_000),
   STREAMGATE_SINK_LINGER_MS: nonNegativeInt.max(10_000).default(200),
   STREAMGATE_STORE_MEMORY: z.string().regex(/^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$/i, 'a size like 512MB or 1GiB').default('512MB'),
@@ -89,7 +88,7 @@ export interface Config {
     readonly queryMaxRows: number
     readonly queryTimeoutMs: number
   }
-  readonly journal: { readonly maxBytes: number, readonly segmentBytes: number, readonly cacheBytes: number }
+  readonly journal: { readonly maxBytes: number, readonly segmentBytes: number }
   readonly sink: { readonly batch: number, readonly lingerMs: number }
   /** DuckDB's memory limit for the embedded store. */
   readonly storeMemory: string
@@ -185,8 +184,7 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
     },
     journal: {
       maxBytes: r.STREAMGATE_JOURNAL_MAX_BYTES,
-      segmentBytes: r.STREAMGATE_JOURNAL_SEGMENT_BYTES,
-      cacheBytes: r.STREAMGATE_JOURNAL_CACHE_BYTES
+      segmentBytes: r.STREAMGATE_JOURNAL_SEGMENT_BYTES
     },
     sink: { batch: r.STREAMGATE_SINK_BATCH, lingerMs: r.STREAMGATE_SINK_LINGER_MS },
     storeMemory: r.STREAMGATE_STORE_MEMORY,

@@ -3,8 +3,20 @@
 // the data meanwhile, so ingestion never waits for a sink.
 import { EventEmitter } from 'node:events'
 import type { Catalog, Row } from './datasets.js'
-import type { Journal, JournalEntry, JournalReader } from './journal.js'
-import type { Sink, SinkEntry } from './ports.js'
+import type { JournalEntry, JournalReader, JournalSource } from './journal.js'
+import type { ConsumerStatus, JournalConsumer, Sink, SinkEntry } from './ports.js'
+
+/** The journal as a consumer sees it: the gateway's own, or one followed from another thread. */
+export interface ConsumerJournal extends JournalSource {
+  reader (fromSeq: number): JournalReader
+  on (event: 'commit', listener: () => void): unknown
+  off (event: 'commit', listener: () => void): unknown
+  /** Retention: segments are kept until every registered consumer has acknowledged them. */
+  register (consumer: string, checkpoint: number): void
+  ack (consumer: string, seq: number): void
+  unregister (consumer: string): void
+  arrivalOf? (seq: number): number | null
+}
 
 export interface ConsumerOptions {
   /** Most entries read per batch. */
@@ -21,7 +33,9 @@ export interface ConsumerOptions {
   readonly log?: { warn: (obj: object, msg: string) => void }
 }
 
-export class SinkConsumer extends EventEmitter {
+const NO_ROWS: Row[] = []
+
+export class SinkConsumer extends EventEmitter implements JournalConsumer {
   private reader: JournalReader | null = null
   private position = 0
   private running: Promise<void> | null = null
@@ -29,11 +43,13 @@ export class SinkConsumer extends EventEmitter {
   private wake: (() => void) | null = null
   private onClose: (() => void) | null = null
   private readonly onCommit = (): void => { this.wake?.() }
+  private gate: { readonly promise: Promise<void>, readonly open: () => void } | null = null
+  private parked: (() => void) | null = null
   lastError: string | null = null
   failures = 0
   skipped = 0
 
-  constructor (private readonly journal: Journal, readonly sink: Sink, private readonly catalog: Catalog, private readonly opts: ConsumerOptions) {
+  constructor (private readonly journal: ConsumerJournal, readonly sink: Sink, private readonly catalog: Catalog, private readonly opts: ConsumerOptions) {
     super()
   }
 
@@ -44,8 +60,15 @@ export class SinkConsumer extends EventEmitter {
   /** Age of the oldest entry not yet stored, in seconds (null when none, or when it is no longer in memory). */
   get lagSeconds (): number | null {
     if (this.lag === 0) return 0
-    const at = this.journal.arrivalOf(this.position + 1)
+    const at = this.journal.arrivalOf?.(this.position + 1) ?? null
     return at === null ? null : Math.max(0, (Date.now() * 1000 - at) / 1e6)
+  }
+
+  status (): ConsumerStatus {
+    return {
+      name: this.name, checkpoint: this.position, lag: this.lag, lagSeconds: this.lagSeconds,
+      lastError: this.lastError, failures: this.failures, skipped: this.skipped, breaker: this.sink.breaker?.() ?? null
+    }
   }
 
   async start (): Promise<void> {
@@ -60,6 +83,12 @@ export class SinkConsumer extends EventEmitter {
     const reader = this.reader as JournalReader
     let delay = this.opts.retryMinMs ?? 100
     while (!this.closed) {
+      if (this.gate !== null) {
+        this.parked?.()
+        this.parked = null
+        await this.gate.promise
+        continue
+      }
       let entries: JournalEntry[]
       try {
         entries = await reader.read(this.opts.maxEntries)
@@ -100,31 +129,33 @@ export class SinkConsumer extends EventEmitter {
     }
   }
 
+  /**
+   * Turns journal entries into sink entries: rows decoded with the schema version each entry was
+   * accepted under (payload-only sinks get none). Entries of deleted datasets are skipped.
+   */
   private decode (entries: JournalEntry[]): { entries: SinkEntry[], lastSeq: number, rows: number } {
     const out: SinkEntry[] = []
+    const payloadOnly = this.sink.payloadOnly === true
     let rows = 0
     let lastSeq = this.position
     for (const e of entries) {
       if (rows >= this.opts.maxRows && out.length > 0) break
       lastSeq = e.seq
-      let decoded = e.rows
-      if (decoded === undefined) {
-        // Read back from disk after a restart: decode again with the schema version it was accepted under.
-        const compiled = this.catalog.version(e.dataset, e.version)
-        if (compiled === undefined) { this.skipped++; continue }
-        const fresh: Row[] = []
-        const bad = compiled.decode(JSON.parse(e.payload.toString('utf8')), e.device, e.arrivalUs, fresh)
+      const compiled = this.catalog.version(e.dataset, e.version)
+      if (compiled === undefined) { this.skipped++; continue }
+      let decoded: Row[] = NO_ROWS
+      if (payloadOnly) {
+        rows++
+      } else {
+        decoded = []
+        const bad = compiled.decode(JSON.parse(e.payload.toString('utf8')), e.device, e.arrivalUs, decoded)
         if (bad !== null) {
           this.skipped++
           this.opts.log?.warn({ seq: e.seq, dataset: e.dataset, reason: bad.detail }, 'journal entry no longer decodes; skipped')
           continue
         }
-        decoded = fresh
-      } else if (this.catalog.get(e.dataset) === undefined) {
-        this.skipped++
-        continue
+        rows += decoded.length
       }
-      rows += decoded.length
       out.push({ seq: e.seq, dataset: e.dataset, version: e.version, device: e.device, payload: e.payload, rows: decoded })
     }
     return { entries: out, lastSeq, rows }
@@ -133,6 +164,7 @@ export class SinkConsumer extends EventEmitter {
   private noteFailure (err: Error): void {
     this.failures++
     this.lastError = err.message
+    this.emit('failure', err)
     this.opts.log?.warn({ sink: this.name, err: err.message }, 'sink write failed; will retry')
   }
 
@@ -142,6 +174,24 @@ export class SinkConsumer extends EventEmitter {
       const t = setTimeout(resolve, ms)
       this.onClose = () => { clearTimeout(t); resolve() }
     }).finally(() => { this.onClose = null })
+  }
+
+  /** Stops reading after the batch in progress (resolves then) until resume(); the journal keeps what arrives. */
+  async pause (): Promise<void> {
+    if (this.gate !== null || this.closed || this.running === null) return
+    let open: () => void = () => undefined
+    const promise = new Promise<void>((resolve) => { open = resolve })
+    this.gate = { promise, open }
+    await new Promise<void>((resolve) => {
+      this.parked = resolve
+      this.wake?.()
+    })
+  }
+
+  resume (): void {
+    const g = this.gate
+    this.gate = null
+    g?.open()
   }
 
   /** Resolves once everything up to `seq` is stored (or rejects after `timeoutMs`). */
@@ -157,6 +207,8 @@ export class SinkConsumer extends EventEmitter {
   /** Stops after the batch in progress. Idempotent. */
   async close (): Promise<void> {
     this.closed = true
+    this.resume()
+    this.parked?.()
     this.journal.off('commit', this.onCommit)
     this.wake?.()
     this.onClose?.()

@@ -29,6 +29,8 @@ export const datasetSchemaSchema = z.strictObject({
   if (Object.keys(s.fields).length > 256) ctx.addIssue({ code: 'custom', path: ['fields'], message: 'at most 256 fields' })
   for (const [where, name] of names) {
     if (RESERVED_COLUMNS.has(name)) ctx.addIssue({ code: 'custom', path: [where, name], message: `${name} is reserved` })
+    // Names an object inherits (__proto__, constructor, ...) would read through to Object.prototype.
+    if (name in Object.prototype) ctx.addIssue({ code: 'custom', path: [where, name], message: `${name} is reserved (an Object.prototype property)` })
     if (name === s.timestamp) ctx.addIssue({ code: 'custom', path: [where, name], message: `${name} is the timestamp field` })
     if (seen.has(name)) ctx.addIssue({ code: 'custom', path: [where, name], message: `${name} is declared twice` })
     seen.add(name)
@@ -125,10 +127,11 @@ export class CompiledSchema {
   }
 
   /**
-   * Validates a parsed payload (one object or an array of them) and appends its rows to `out`.
+   * Validates a parsed payload (one object or an array of them) and appends its rows to `out` (with
+   * `out` null it only validates: the gateway's hot path, which journals the payload as received).
    * All or nothing: on the first bad record it returns the rejection and `out` must be discarded.
    */
-  decode (value: unknown, device: string, arrivalUs: number, out: Row[]): RecordRejection | null {
+  decode (value: unknown, device: string, arrivalUs: number, out: Row[] | null): RecordRejection | null {
     if (Array.isArray(value)) {
       if (value.length === 0) return new RecordRejection(RejectReason.EMPTY_BATCH, 'empty array')
       if (value.length > this.limits.maxBatch) {
@@ -143,12 +146,12 @@ export class CompiledSchema {
     return this.decodeOne(value, device, arrivalUs, out, -1)
   }
 
-  private decodeOne (value: unknown, device: string, arrivalUs: number, out: Row[], index: number): RecordRejection | null {
+  private decodeOne (value: unknown, device: string, arrivalUs: number, out: Row[] | null, index: number): RecordRejection | null {
     if (value === null || typeof value !== 'object' || Array.isArray(value)) {
       return new RecordRejection(RejectReason.NOT_AN_OBJECT, `record${at(index)} is not a JSON object`, at(index) || '/')
     }
     const obj = value as Record<string, unknown>
-    const row = { ts: arrivalUs, device } as Row
+    const row = out === null ? null : { ts: arrivalUs, device } as Row
     // for-in over a JSON.parse result sees only its own keys, without allocating a key array.
     for (const key in obj) {
       const v = obj[key]
@@ -156,7 +159,7 @@ export class CompiledSchema {
         if (v === null) continue
         const us = parseTimestampUs(v)
         if (Number.isNaN(us)) return new RecordRejection(RejectReason.BAD_TIMESTAMP, `${key}: expected epoch milliseconds or an ISO 8601 date-time between 1970 and 2261`, `${at(index)}/${key}`)
-        row.ts = us
+        if (row !== null) row.ts = us
         continue
       }
       const col = this.byKey.get(key)
@@ -164,12 +167,13 @@ export class CompiledSchema {
       if (v === null) continue
       const r = this.checkValue(col, v, index)
       if (r !== null) return r
-      row[key] = col.kind === 'timestamp' ? parseTimestampUs(v) : v as string | number | boolean
+      if (row !== null) row[key] = col.kind === 'timestamp' ? parseTimestampUs(v) : v as string | number | boolean
     }
     for (const c of this.required) {
-      if (row[c.name] === undefined) return new RecordRejection(RejectReason.MISSING_FIELD, `${c.name}: required`, `${at(index)}/${c.name}`)
+      // null counts as absent
+      if (!Object.hasOwn(obj, c.name) || obj[c.name] === null) return new RecordRejection(RejectReason.MISSING_FIELD, `${c.name}: required`, `${at(index)}/${c.name}`)
     }
-    out.push(row)
+    if (row !== null) out!.push(row)
     return null
   }
 

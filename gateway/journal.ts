@@ -13,7 +13,6 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { crc32 } from 'node:zlib'
-import type { Row } from './datasets.js'
 import { StreamgateError } from './errors.js'
 
 export interface JournalRecord {
@@ -22,9 +21,8 @@ export interface JournalRecord {
   readonly version: number
   readonly device: string
   readonly principal: string
+  /** The message as received (JSON: one record or an array of them). */
   readonly payload: Buffer
-  /** Rows decoded at ingest; kept in memory for consumers at the tail, never written. */
-  readonly rows?: readonly Row[]
 }
 
 export interface JournalEntry extends JournalRecord {
@@ -37,8 +35,6 @@ export interface JournalOptions {
   readonly dir: string
   readonly maxBytes: number
   readonly segmentBytes: number
-  /** Budget (estimated bytes) of committed entries kept in memory for consumers at the tail. */
-  readonly cacheBytes: number
   /** Sequence numbers at or below this were already consumed (e.g. the journal directory was lost). */
   readonly floorSeq?: number
   readonly log?: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }
@@ -51,39 +47,93 @@ export interface RecoveryReport {
   readonly nextSeq: number
 }
 
-interface Segment { readonly firstSeq: number, readonly file: string, size: number }
+/** A segment file: named by the sequence number of its first entry. */
+export interface SegmentRef { readonly firstSeq: number, readonly file: string }
+interface Segment extends SegmentRef { size: number }
+
+/** What a reader needs of a journal: how far it is durable, and where its segments are. */
+export interface JournalSource {
+  readonly committedSeq: number
+  /** The segments that may hold `seq` onwards, oldest first. */
+  segmentsFrom (seq: number): readonly SegmentRef[]
+}
 
 const HEAD = 8
 const FIXED = 24
 const FORMAT = 1
 const READ_CHUNK = 1 << 20
 const SEG_SUFFIX = '.seg'
+const SEG_NAME = /^\d{16}\.seg$/
 
 function segmentName (firstSeq: number): string {
   return String(firstSeq).padStart(16, '0') + SEG_SUFFIX
+}
+
+/** The segment files in `dir`, oldest first. */
+export async function listSegments (dir: string): Promise<Segment[]> {
+  const names = (await fsp.readdir(dir)).filter((n) => SEG_NAME.test(n)).sort()
+  const out: Segment[] = []
+  for (const n of names) {
+    const st = await fsp.stat(path.join(dir, n)).catch(() => null)
+    if (st !== null) out.push({ firstSeq: Number(n.slice(0, 16)), file: path.join(dir, n), size: st.size })
+  }
+  return out
+}
+
+function segmentsFrom (segments: readonly SegmentRef[], seq: number): readonly SegmentRef[] {
+  let i = segments.length - 1
+  while (i > 0 && (segments[i] as SegmentRef).firstSeq > seq) i--
+  return segments.slice(i)
 }
 
 function entrySize (r: JournalRecord): number {
   return HEAD + FIXED + r.dataset.length + r.device.length + r.principal.length + r.payload.length
 }
 
+// CRC-32 (IEEE) of the few header bytes in JS, so the payload's CRC can continue from it in zlib's
+// without slicing a Buffer per entry.
+const CRC_TABLE = new Int32Array(256)
+for (let n = 0; n < 256; n++) {
+  let c = n
+  for (let k = 0; k < 8; k++) c = (c & 1) !== 0 ? 0xEDB88320 ^ (c >>> 1) : c >>> 1
+  CRC_TABLE[n] = c
+}
+function crcBytes (buf: Buffer, from: number, to: number): number {
+  let c = -1
+  for (let i = from; i < to; i++) c = (CRC_TABLE[(c ^ (buf[i] as number)) & 0xff] as number) ^ (c >>> 8)
+  return ~c >>> 0
+}
+
+/** Ids are ASCII (validated before they reach the journal): one byte a character. */
+function writeAscii (buf: Buffer, at: number, s: string): number {
+  for (let i = 0; i < s.length; i++) buf[at + i] = s.charCodeAt(i)
+  return s.length
+}
+
+const f64 = new Float64Array(1)
+const f64Bytes = new Uint8Array(f64.buffer)
+
+/** Encodes one entry at `off` (layout in the header comment); returns the offset after it. */
 function encodeInto (buf: Buffer, off: number, seq: number, r: JournalRecord): number {
-  const bodyStart = off + HEAD
-  buf.writeUInt8(FORMAT, bodyStart)
-  buf.writeUInt8(r.dataset.length, bodyStart + 1)
-  buf.writeUInt8(r.device.length, bodyStart + 2)
-  buf.writeUInt8(r.principal.length, bodyStart + 3)
-  buf.writeUInt32LE(r.version, bodyStart + 4)
-  buf.writeDoubleLE(seq, bodyStart + 8)
-  buf.writeDoubleLE(r.arrivalUs, bodyStart + 16)
-  let p = bodyStart + FIXED
-  p += buf.write(r.dataset, p, 'latin1')
-  p += buf.write(r.device, p, 'latin1')
-  p += buf.write(r.principal, p, 'latin1')
-  p += r.payload.copy(buf, p)
-  const bodyLen = p - bodyStart
-  buf.writeUInt32LE(bodyLen, off)
-  buf.writeUInt32LE(crc32(buf.subarray(bodyStart, p)), off + 4)
+  const b = off + HEAD
+  buf[b] = FORMAT
+  buf[b + 1] = r.dataset.length
+  buf[b + 2] = r.device.length
+  buf[b + 3] = r.principal.length
+  buf.writeUInt32LE(r.version, b + 4)
+  f64[0] = seq
+  buf.set(f64Bytes, b + 8)
+  f64[0] = r.arrivalUs
+  buf.set(f64Bytes, b + 16)
+  let p = b + FIXED
+  p += writeAscii(buf, p, r.dataset)
+  p += writeAscii(buf, p, r.device)
+  p += writeAscii(buf, p, r.principal)
+  const headCrc = crcBytes(buf, b, p)
+  buf.set(r.payload, p)
+  p += r.payload.length
+  buf.writeUInt32LE(p - b, off)
+  buf.writeUInt32LE(crc32(r.payload, headCrc), off + 4)
   return p
 }
 
@@ -121,10 +171,8 @@ function decodeAt (buf: Buffer, off: number): Decoded {
   return { entry, next: end }
 }
 
-/** Rough heap cost of a cached entry: the entry, its payload Buffer, and its decoded rows. */
-function estimate (e: JournalEntry): number {
-  return 512 + e.payload.length * 4
-}
+/** How many recent commits remember the arrival time of their first entry (for consumers' lag in seconds). */
+const ARRIVALS = 4096
 
 export class JournalFullError extends StreamgateError {
   constructor (maxBytes: number) {
@@ -145,9 +193,10 @@ export class Journal extends EventEmitter {
   private inFlight = false
   private failure: Error | null = null
   private closed = false
-  private readonly cache: JournalEntry[] = []
-  private cacheHead = 0
-  private cacheBytes = 0
+  /** Per recent commit: its last sequence number and the arrival time of its first entry (ring buffers). */
+  private readonly arrivalSeq = new Float64Array(ARRIVALS)
+  private readonly arrivalUs = new Float64Array(ARRIVALS)
+  private arrivalCount = 0
   private readonly acks = new Map<string, number>()
   private readonly commitNow = (): void => { this.scheduled = false; this.commit() }
   readonly stats = { appended: 0, commits: 0, refusedFull: 0 }
@@ -163,12 +212,7 @@ export class Journal extends EventEmitter {
   /** Opens (creating if needed) and recovers the journal in `opts.dir`. */
   static async open (opts: JournalOptions): Promise<{ journal: Journal, recovery: RecoveryReport }> {
     await fsp.mkdir(opts.dir, { recursive: true })
-    const names = (await fsp.readdir(opts.dir)).filter((n) => /^\d{16}\.seg$/.test(n)).sort()
-    const segments: Segment[] = []
-    for (const n of names) {
-      const st = await fsp.stat(path.join(opts.dir, n))
-      segments.push({ firstSeq: Number(n.slice(0, 16)), file: path.join(opts.dir, n), size: st.size })
-    }
+    const segments = await listSegments(opts.dir)
     let nextSeq = Math.max(1, (opts.floorSeq ?? 0) + 1)
     let entries = 0
     let truncatedBytes = 0
@@ -212,8 +256,7 @@ export class Journal extends EventEmitter {
   get healthy (): boolean { return this.failure === null && !this.closed }
 
   /**
-   * Appends a record, taking ownership of the object (it becomes the cached entry; do not reuse it);
-   * `cb` fires once it is durable, with an error when it was refused (quota, failed
+   * Appends a record; `cb` fires once it is durable, with an error when it was refused (quota, failed
    * disk, closed). Records appended in the same event-loop turn share one write and one fdatasync.
    */
   append (record: JournalRecord, cb: AppendCallback): void {
@@ -284,12 +327,9 @@ export class Journal extends EventEmitter {
       this.stats.commits++
       this.stats.appended += batch.length
       this.lastCommitted = firstSeq + batch.length - 1
-      // The journal owns appended records: each becomes its entry in place (no copy per message).
-      for (let i = 0; i < batch.length; i++) {
-        const e = batch[i] as JournalRecord & { seq: number }
-        e.seq = firstSeq + i
-        this.cachePush(e)
-      }
+      const slot = this.arrivalCount++ % ARRIVALS
+      this.arrivalSeq[slot] = this.lastCommitted
+      this.arrivalUs[slot] = (batch[0] as JournalRecord).arrivalUs
       // Listeners may cork sockets so the acknowledgements below leave in one write per client.
       this.emit('acking')
       for (let i = 0; i < cbs.length; i++) (cbs[i] as AppendCallback)(null)
@@ -327,34 +367,21 @@ export class Journal extends EventEmitter {
     this.segments.push({ firstSeq, file, size: 0 })
   }
 
-  private cachePush (e: JournalEntry): void {
-    if (this.opts.cacheBytes <= 0) return
-    this.cache.push(e)
-    this.cacheBytes += estimate(e)
-    while (this.cacheBytes > this.opts.cacheBytes && this.cacheHead < this.cache.length) {
-      this.cacheBytes -= estimate(this.cache[this.cacheHead] as JournalEntry)
-      this.cache[this.cacheHead++] = undefined as unknown as JournalEntry
-    }
-    if (this.cacheHead > 4096 && this.cacheHead * 2 > this.cache.length) {
-      this.cache.splice(0, this.cacheHead)
-      this.cacheHead = 0
-    }
-  }
-
-  /** Committed entries from `fromSeq` still held in memory, or null when `fromSeq` is older than the cache. */
-  fromCache (fromSeq: number, max: number): JournalEntry[] | null {
-    if (fromSeq > this.lastCommitted) return []
-    const first = this.cache[this.cacheHead]
-    if (first === undefined || fromSeq < first.seq) return null
-    const start = this.cacheHead + (fromSeq - first.seq)
-    return this.cache.slice(start, Math.min(this.cache.length, start + max))
-  }
-
-  /** Arrival time (epoch µs) of a committed entry still in memory, else null. */
+  /**
+   * Arrival time (epoch µs) of the first entry of the commit holding `seq` (so at most a commit's
+   * duration early), while that commit is among the last ${ARRIVALS}; else null.
+   */
   arrivalOf (seq: number): number | null {
-    const first = this.cache[this.cacheHead]
-    if (first === undefined || seq < first.seq || seq > this.lastCommitted) return null
-    return this.cache[this.cacheHead + (seq - first.seq)]?.arrivalUs ?? null
+    if (seq > this.lastCommitted) return null
+    const n = Math.min(this.arrivalCount, ARRIVALS)
+    // Newest first: the oldest remembered commit whose last sequence number is >= seq.
+    let found: number | null = null
+    for (let k = 1; k <= n; k++) {
+      const slot = (this.arrivalCount - k) % ARRIVALS
+      if ((this.arrivalSeq[slot] as number) < seq) break
+      found = this.arrivalUs[slot] as number
+    }
+    return found
   }
 
   /** A cursor over committed entries from `fromSeq`, served from memory at the tail and from disk behind it. */
@@ -363,10 +390,8 @@ export class Journal extends EventEmitter {
   }
 
   /** The segments that may hold `seq` onwards (for readers). */
-  segmentsFrom (seq: number): readonly Segment[] {
-    let i = this.segments.length - 1
-    while (i > 0 && (this.segments[i] as Segment).firstSeq > seq) i--
-    return this.segments.slice(i)
+  segmentsFrom (seq: number): readonly SegmentRef[] {
+    return segmentsFrom(this.segments, seq)
   }
 
   /**
@@ -409,13 +434,33 @@ export class Journal extends EventEmitter {
   }
 }
 
+/**
+ * A read-only view of a journal written by another thread (the sink thread follows the gateway's
+ * journal this way): the committed sequence number comes from the writer, the segments from the
+ * directory, listed again when a reader needs one it has not seen.
+ */
+export class JournalFollower implements JournalSource {
+  private segments: SegmentRef[] = []
+  committedSeq = 0
+
+  constructor (private readonly dir: string) {}
+
+  async refresh (): Promise<void> {
+    this.segments = await listSegments(this.dir)
+  }
+
+  segmentsFrom (seq: number): readonly SegmentRef[] {
+    return segmentsFrom(this.segments, seq)
+  }
+}
+
 export class JournalReader {
   private handle: fsp.FileHandle | null = null
   private handleFile = ''
   private offset = 0
   private buf = Buffer.allocUnsafe(READ_CHUNK)
 
-  constructor (private readonly journal: Journal, private nextSeq: number) {}
+  constructor (private readonly source: JournalSource & { refresh?: () => Promise<void> }, private nextSeq: number) {}
 
   get position (): number { return this.nextSeq }
 
@@ -430,32 +475,46 @@ export class JournalReader {
 
   /** Up to `max` committed entries from the current position; [] when there is nothing new. */
   async read (max: number): Promise<JournalEntry[]> {
-    const cached = this.journal.fromCache(this.nextSeq, max)
-    if (cached !== null) {
-      if (cached.length > 0) this.nextSeq = (cached.at(-1) as JournalEntry).seq + 1
-      return cached
-    }
-    return this.readDisk(max)
-  }
-
-  private async readDisk (max: number): Promise<JournalEntry[]> {
-    const committed = this.journal.committedSeq
+    const committed = this.source.committedSeq
     const out: JournalEntry[] = []
+    let refreshed = false
     while (out.length < max && this.nextSeq <= committed) {
       // The segment holding nextSeq: once one is read to its end, nextSeq is the next one's first.
-      const seg = this.journal.segmentsFrom(this.nextSeq)[0]
+      let seg = this.source.segmentsFrom(this.nextSeq)[0]
+      if ((seg === undefined || seg.firstSeq > this.nextSeq) && !refreshed && this.source.refresh !== undefined) {
+        refreshed = true
+        await this.source.refresh()
+        seg = this.source.segmentsFrom(this.nextSeq)[0]
+      }
       if (seg === undefined) break
       if (this.handleFile !== seg.file) {
         // Opening a segment starts at its beginning; entries before nextSeq are skipped below.
         await this.handle?.close()
-        this.handle = await fsp.open(seg.file, 'r')
+        this.handle = null
+        this.handleFile = ''
+        try {
+          this.handle = await fsp.open(seg.file, 'r')
+        } catch (err) {
+          // A followed journal's listing can name a segment deleted since: list again.
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || refreshed || this.source.refresh === undefined) throw err
+          refreshed = true
+          await this.source.refresh()
+          continue
+        }
         this.handleFile = seg.file
         this.offset = 0
       }
       const { bytesRead } = await (this.handle as fsp.FileHandle).read(this.buf, 0, this.buf.length, this.offset)
       if (bytesRead === 0) {
-        // The end of this segment: continue at the next one (sequence numbers may jump between them).
-        const after = this.journal.segmentsFrom(this.nextSeq).find((x) => x.firstSeq > this.nextSeq)
+        // A followed journal's listing may be stale: the segment holding nextSeq may be a newer one.
+        if (!refreshed && this.source.refresh !== undefined) {
+          refreshed = true
+          await this.source.refresh()
+          if (this.source.segmentsFrom(this.nextSeq)[0]?.file !== seg.file) continue
+        }
+        // The end of the segment holding nextSeq: continue at the next one (sequence numbers may jump
+        // between segments after a lost journal directory).
+        const after = this.source.segmentsFrom(this.nextSeq).find((x) => x.firstSeq > this.nextSeq)
         if (after === undefined) break
         this.nextSeq = after.firstSeq
         continue

@@ -8,7 +8,7 @@ import {
 } from './access.js'
 import { type Catalog, type Dataset, type DatasetSchema, datasetInputSchema, datasetSchemaSchema, fieldSpec as kind } from './datasets.js'
 import { StreamgateError } from './errors.js'
-import type { MetadataStore, Sink } from './ports.js'
+import type { DatasetTables, MetadataStore } from './ports.js'
 import type { Rejects } from './rejects.js'
 import { PRINCIPAL_ID } from './topics.js'
 
@@ -71,7 +71,7 @@ export class Management extends EventEmitter<ManagementEvents> {
     private readonly store: MetadataStore,
     readonly access: AccessState,
     readonly catalog: Catalog,
-    private readonly sinks: readonly Sink[],
+    private readonly sinks: readonly DatasetTables[],
     private readonly rejects: Rejects
   ) {
     super()

@@ -3,7 +3,7 @@
 // ack) happens in the journal callback, after fdatasync.
 import { isUtf8 } from 'node:buffer'
 import type { AccessState } from './access.js'
-import type { Catalog, Row } from './datasets.js'
+import type { Catalog } from './datasets.js'
 import { RejectReason, StreamgateError } from './errors.js'
 import type { AppendCallback, Journal } from './journal.js'
 import type { Rejects } from './rejects.js'
@@ -80,12 +80,12 @@ export class Pipeline {
       return this.refuse(principal, dataset, device, topic, payload, RejectReason.INVALID_JSON, (err as Error).message)
     }
     const arrivalUs = this.clock.now()
-    const rows: Row[] = []
-    const bad = compiled.decode(value, device, arrivalUs, rows)
+    // Validation only: the journal keeps the payload as received, and sinks decode it into rows.
+    const bad = compiled.decode(value, device, arrivalUs, null)
     if (bad !== null) return this.refuse(principal, dataset, device, topic, payload, bad.reason, bad.detail, bad.field)
     this.stats.accepted++
-    this.stats.records += rows.length
-    this.journal.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload, rows }, cb)
+    this.stats.records += Array.isArray(value) ? value.length : 1
+    this.journal.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload }, cb)
     return null
   }
 
@@ -107,7 +107,7 @@ export class Pipeline {
     const compiled = this.catalog.current(dataset)
     if (compiled === undefined) throw new StreamgateError('SG_ERR_NOT_FOUND', `dataset ${dataset} does not exist`)
     const rejected: RecordRefusal[] = []
-    const byDevice = new Map<string, { records: unknown[], rows: Row[] }>()
+    const byDevice = new Map<string, unknown[]>()
     // One arrival time for the request: a replay decodes each entry's payload with its entry's arrival
     // time, so live and replayed rows must agree. Rows stay distinct by (_seq, _idx).
     const arrivalUs = this.clock.now()
@@ -132,28 +132,24 @@ export class Pipeline {
         rejected.push(this.recordRefusal(i, principal, dataset, device, NOT_AUTHORIZED, `${principal} may not publish to ${dataset} as device ${device}`, '/device', rec))
         continue
       }
-      let group = byDevice.get(device)
-      if (group === undefined) byDevice.set(device, group = { records: [], rows: [] })
-      const before = group.rows.length
-      const bad = compiled.decode(body, device, arrivalUs, group.rows)
+      const bad = compiled.decode(body, device, arrivalUs, null)
       if (bad !== null) {
-        group.rows.length = before
         rejected.push(this.recordRefusal(i, principal, dataset, device, bad.reason, bad.detail, bad.field, rec))
         continue
       }
-      group.records.push(body)
+      let group = byDevice.get(device)
+      if (group === undefined) byDevice.set(device, group = [])
+      group.push(body)
     }
     const appends: Promise<void>[] = []
     let accepted = 0
     for (const [device, group] of byDevice) {
-      if (group.rows.length === 0) continue
-      accepted += group.rows.length
-      // Entries of at most maxBatch records: a replay decodes each entry's payload as one message.
-      for (let from = 0; from < group.records.length; from += compiled.maxBatch) {
-        const payload = Buffer.from(JSON.stringify(group.records.slice(from, from + compiled.maxBatch)))
-        const rows = group.rows.slice(from, from + compiled.maxBatch)
+      accepted += group.length
+      // Entries of at most maxBatch records: a sink decodes each entry's payload as one message.
+      for (let from = 0; from < group.length; from += compiled.maxBatch) {
+        const payload = Buffer.from(JSON.stringify(group.slice(from, from + compiled.maxBatch)))
         appends.push(new Promise<void>((resolve, reject) => {
-          this.journal.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload, rows }, (err) => {
+          this.journal.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload }, (err) => {
             if (err !== null) return reject(err)
             // Like MQTT QoS 1: subscribers see it once it is durable.
             this.fanout?.(dataset, device, payload)

@@ -31,20 +31,27 @@ export interface SinkEntry {
   readonly device: string
   /** The message as accepted (JSON: one record or an array). */
   readonly payload: Buffer
+  /** The rows it holds, decoded with its schema version (none for payload-only sinks). */
   readonly rows: readonly Row[]
+}
+
+/** What the management side asks of every store of records when datasets come and go. */
+export interface DatasetTables {
+  prepareDataset (dataset: Dataset): Promise<void>
+  dropDataset (id: string): Promise<void>
 }
 
 /**
  * A journal consumer's destination. `write` stores the rows and advances the checkpoint to `lastSeq`
  * atomically, or does neither (so a replay after a crash never writes a row twice).
  */
-export interface Sink {
+export interface Sink extends DatasetTables {
   readonly name: string
+  /** Publishes payloads as received (AMQP): the consumer need not decode rows for it. */
+  readonly payloadOnly?: boolean
   /** The breaker in front of the store, if it has one. */
   breaker? (): BreakerStatus
   checkpoint (): Promise<number>
-  prepareDataset (dataset: Dataset): Promise<void>
-  dropDataset (id: string): Promise<void>
   write (entries: readonly SinkEntry[], lastSeq: number): Promise<void>
 }
 
@@ -101,3 +108,30 @@ export interface CheckpointStore {
 
 /** A circuit breaker's state as operators see it. */
 export interface BreakerStatus { readonly state: 'closed' | 'open' | 'half-open', readonly failures: number, readonly lastError: string | null }
+
+/** A journal consumer as operators see it (GET /v1/status). */
+export interface ConsumerStatus {
+  readonly name: string
+  /** Last sequence number stored. */
+  readonly checkpoint: number
+  readonly lag: number
+  /** Age of the oldest entry not yet stored, in seconds (null when no longer known). */
+  readonly lagSeconds: number | null
+  readonly lastError: string | null
+  readonly failures: number
+  readonly skipped: number
+  readonly breaker: BreakerStatus | null
+}
+
+/** A running journal consumer, in this thread or in the sink thread. */
+export interface JournalConsumer {
+  readonly name: string
+  readonly lag: number
+  status (): ConsumerStatus
+  /** Resolves once everything up to `seq` is stored (or rejects after `timeoutMs`). */
+  waitFor (seq: number, timeoutMs?: number): Promise<void>
+  /** Stops reading after the batch in progress until resume(); the journal holds what arrives meanwhile. */
+  pause (): Promise<void>
+  resume (): void
+  close (): Promise<void>
+}

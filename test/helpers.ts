@@ -71,6 +71,11 @@ export async function api<T = any> (base: string, key: string | null, method: st
   return { status: res.status, headers: res.headers, body: parsed as T }
 }
 
+/** Rows stored for a dataset (the embedded store through the sink thread, or QuestDB). */
+export async function storedCount (sg: Streamgate, dataset: string): Promise<number> {
+  return (await sg.records.stats(sg.management.getDataset(dataset))).stored
+}
+
 export const WEATHER_SCHEMA = {
   timestamp: 'ts',
   tags: ['site'],

@@ -188,6 +188,7 @@ export class AmqpBridge {
 /** The outbound journal consumer's sink: one persistent AMQP message per journal entry. */
 export class AmqpSink implements Sink {
   readonly name = 'amqp'
+  readonly payloadOnly = true
   private readonly breakerImpl: CircuitBreaker<[readonly SinkEntry[]], void>
   private lastError: string | null = null
 

@@ -52,7 +52,7 @@ async function rig (opts: { timeoutMs?: number, resetMs?: number, sqlFailing?: b
   const sink = new QuestdbSink({ ilp: server.ilp, sql, checkpoints: store, onRefused: (r) => refused.push(...r), timeoutMs: opts.timeoutMs ?? 1000, resetMs: opts.resetMs ?? 200 })
   await sink.prepareDataset(ds)
   const catalog = catalogWith(ds)
-  const { journal } = await Journal.open({ dir: path.join(dir, 'journal'), maxBytes: 1 << 30, segmentBytes: 1 << 20, cacheBytes: 1 << 20 })
+  const { journal } = await Journal.open({ dir: path.join(dir, 'journal'), maxBytes: 1 << 30, segmentBytes: 1 << 20 })
   const consumer = new SinkConsumer(journal, sink, catalog, { maxEntries: 50, maxRows: 100, retryMinMs: 20, retryMaxMs: 100 })
   await consumer.start()
   let n = 0
@@ -66,7 +66,7 @@ async function rig (opts: { timeoutMs?: number, resetMs?: number, sqlFailing?: b
           { ts: 1_700_000_000_000_000 + i * 1000, device: `d${i % 3}`, temp: -i }
         ]
         const payload = Buffer.from(JSON.stringify([{ ts: rows[0]!.ts / 1000, site: 's1', temp: i / 2, count: i, ok: i % 2 === 0, note: note(i), at: (rows[0]!.at as number) / 1000 }, { ts: rows[1]!.ts / 1000, temp: -i }]))
-        return new Promise<void>((resolve, reject) => journal.append({ arrivalUs: 1, dataset: ds.id, version: 1, device: `d${i % 3}`, principal: 'p', payload, rows }, (err) => err === null ? resolve() : reject(err)))
+        return new Promise<void>((resolve, reject) => journal.append({ arrivalUs: 1, dataset: ds.id, version: 1, device: `d${i % 3}`, principal: 'p', payload }, (err) => err === null ? resolve() : reject(err)))
       }))
     },
     async close () {

@@ -2,7 +2,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { Journal, JournalFullError, type JournalRecord } from '../../gateway/journal.js'
+import { Journal, JournalFollower, JournalFullError, JournalReader, type JournalRecord } from '../../gateway/journal.js'
 
 const dirs: string[] = []
 function tmpDir (): string {
@@ -21,7 +21,7 @@ function appendAll (j: Journal, records: JournalRecord[]): Promise<(Error | null
   return Promise.all(records.map((r) => new Promise<Error | null>((resolve) => j.append(r, resolve))))
 }
 
-const opts = (dir: string, extra: Partial<Parameters<typeof Journal.open>[0]> = {}) => ({ dir, maxBytes: 1 << 30, segmentBytes: 1 << 20, cacheBytes: 1 << 20, ...extra })
+const opts = (dir: string, extra: Partial<Parameters<typeof Journal.open>[0]> = {}) => ({ dir, maxBytes: 1 << 30, segmentBytes: 1 << 20, ...extra })
 
 describe('journal', () => {
   it('acknowledges appends after a shared fsync, in order, and reads them back', async () => {
@@ -43,10 +43,10 @@ describe('journal', () => {
 
   it('recovers after reopen, reads from disk across segments and continues the sequence', async () => {
     const dir = tmpDir()
-    const a = await Journal.open(opts(dir, { segmentBytes: 64 * 1024, cacheBytes: 0 }))
+    const a = await Journal.open(opts(dir, { segmentBytes: 64 * 1024 }))
     for (let batch = 0; batch < 20; batch++) await appendAll(a.journal, Array.from({ length: 100 }, (_, i) => rec(batch * 100 + i, 200)))
     await a.journal.close()
-    const b = await Journal.open(opts(dir, { segmentBytes: 64 * 1024, cacheBytes: 0 }))
+    const b = await Journal.open(opts(dir, { segmentBytes: 64 * 1024 }))
     expect(b.recovery.nextSeq).toBe(2001)
     expect(b.recovery.segments).toBeGreaterThan(3)
     const reader = b.journal.reader(150)
@@ -92,15 +92,15 @@ describe('journal', () => {
 
   it('starts a new segment when consumers are ahead of the journal on disk, and reads across the gap', async () => {
     const dir = tmpDir()
-    const a = await Journal.open(opts(dir, { cacheBytes: 0 }))
+    const a = await Journal.open(opts(dir, { }))
     await appendAll(a.journal, Array.from({ length: 5 }, (_, i) => rec(i)))
     await a.journal.close()
     // The store says it already has up to 50 (part of the journal was lost): new entries start at 51.
-    const b = await Journal.open(opts(dir, { floorSeq: 50, cacheBytes: 0 }))
+    const b = await Journal.open(opts(dir, { floorSeq: 50 }))
     expect(b.recovery.nextSeq).toBe(51)
     await appendAll(b.journal, [rec(100), rec(101)])
     await b.journal.close()
-    const c = await Journal.open(opts(dir, { cacheBytes: 0 }))
+    const c = await Journal.open(opts(dir, { }))
     expect(c.recovery.nextSeq).toBe(53)
     const reader = c.journal.reader(1)
     const seqs: number[] = []
@@ -124,6 +124,40 @@ describe('journal', () => {
     journal.ack('sink', journal.committedSeq)
     const [err] = await appendAll(journal, [rec(1000, 200)])
     expect(err).toBeNull()
+    await journal.close()
+  })
+})
+
+describe('journal followed from another reader (the sink thread)', () => {
+  it('reads every entry exactly once while segments rotate and consumed ones are deleted', async () => {
+    const dir = tmpDir()
+    const { journal } = await Journal.open(opts(dir, { segmentBytes: 16 * 1024 }))
+    journal.register('follower', 0)
+    const follower = new JournalFollower(dir)
+    const source = { get committedSeq () { return journal.committedSeq }, segmentsFrom: (s: number) => follower.segmentsFrom(s), refresh: () => follower.refresh() }
+    await follower.refresh()
+    const reader = new JournalReader(source, 1)
+    const seen: number[] = []
+    // Write in bursts while reading slowly, acknowledging as we go, so the follower's listing is
+    // repeatedly stale: segments it listed are deleted and new ones appear between its reads.
+    for (let burst = 0; burst < 40; burst++) {
+      await appendAll(journal, Array.from({ length: 25 }, (_, i) => rec(burst * 25 + i, 300)))
+      if (burst % 3 !== 0) continue
+      for (;;) {
+        const got = await reader.read(17)
+        if (got.length === 0) break
+        for (const e of got) seen.push(e.seq)
+        journal.ack('follower', seen.at(-1)!)
+      }
+    }
+    for (;;) {
+      const got = await reader.read(100)
+      if (got.length === 0) break
+      for (const e of got) seen.push(e.seq)
+    }
+    await reader.close()
+    expect(seen).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1))
+    expect(fs.readdirSync(dir).length).toBeLessThan(20)
     await journal.close()
   })
 })

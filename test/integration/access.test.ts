@@ -2,8 +2,7 @@ import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   ADMIN_KEY, api, closed, connect, connectRefused, createDataset, createPrincipalWithKey, setGrants, sleep,
-  startTestGateway, subackCodes, type TestGateway, uniqueId, waitUntil
-} from '../helpers.js'
+  startTestGateway, subackCodes, type TestGateway, uniqueId, waitUntil, storedCount } from '../helpers.js'
 
 describe('authentication and per-dataset ACL over MQTT', () => {
   let gw: TestGateway
@@ -64,8 +63,8 @@ describe('authentication and per-dataset ACL over MQTT', () => {
     const ok = track(await connect(gw.mqttUrl, dev.id, dev.key))
     await ok.publishAsync(`datasets/${mine}/${dev.id}`, record, { qos: 1 })
     await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
-    expect(await gw.sg.store.count(theirs)).toBe(0)
-    expect(await gw.sg.store.count(mine)).toBe(1)
+    expect(await storedCount(gw.sg, theirs)).toBe(0)
+    expect(await storedCount(gw.sg, mine)).toBe(1)
     const stats = await api(gw.httpUrl, ADMIN_KEY, 'GET', `/v1/datasets/${mine}/stats`)
     expect(stats.body.rejected.not_authorized).toBe(1)
   })
@@ -83,7 +82,7 @@ describe('authentication and per-dataset ACL over MQTT', () => {
     l.publish(`datasets/${ds}/d3`, JSON.stringify({ temp: 3 }), { qos: 1 })
     await closed(l)
     await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
-    expect(await gw.sg.store.count(ds)).toBe(4)
+    expect(await storedCount(gw.sg, ds)).toBe(4)
   })
 
   it('gives SUBACK 0x80 to filters outside the grants and delivers nothing from them', async () => {

@@ -8,8 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { rabbitAvailable, type RabbitNode, startRabbitNode } from '../support/rabbit-node.js'
 import { hostPort, TcpProxy } from '../support/tcp-proxy.js'
 import {
-  ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, sleep, startTestGateway, type TestGateway, uniqueId, waitUntil
-} from '../helpers.js'
+  ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, sleep, startTestGateway, type TestGateway, uniqueId, waitUntil, storedCount } from '../helpers.js'
 
 const AMQP = process.env.STREAMGATE_TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672'
 const rabbitUsers: string[] = []
@@ -136,7 +135,7 @@ describe('RabbitMQ bridge', () => {
       await setGrants(small, ds6, [{ principal: dev.id, actions: ['publish'] }])
       rabbitUser(dev.id, 'pw-' + dev.id)
       // Nothing drains the journal for now: it fills up.
-      await small.sg.consumers[0]!.close()
+      await small.sg.consumers[0]!.pause()
       const ch = await producer(dev.id, 'pw-' + dev.id)
       const N = 1000
       for (let i = 0; i < N; i++) ch.publish(`${run3}.ingest`, `${ds6}.${dev.id}`, Buffer.from(JSON.stringify({ count: i, note: 'x'.repeat(400) })), { userId: dev.id, persistent: true })
@@ -145,16 +144,10 @@ describe('RabbitMQ bridge', () => {
       const status = (await api(small.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body
       expect(status.journal.bytes).toBeLessThanOrEqual(128 * 1024)
       expect(status.amqp.rejected).toBe(0)
-      // Room again: a consumer drains the journal into the store.
-      const { SinkConsumer } = await import('../../gateway/index.js')
-      const drain = new SinkConsumer(small.sg.journal, small.sg.store, small.sg.management.catalog, { maxEntries: 500, maxRows: 5000 })
-      await drain.start()
-      try {
-        await waitUntil(async () => (await small.sg.store.count(ds6).catch(() => 0)) === N, 60_000, 'every message ingested and stored once')
-        expect(small.sg.amqp!.status().consuming).toBe(true)
-      } finally {
-        await drain.close()
-      }
+      // Room again: the sink drains the journal into the store.
+      small.sg.consumers[0]!.resume()
+      await waitUntil(async () => (await storedCount(small.sg, ds6).catch(() => 0)) === N, 60_000, 'every message ingested and stored once')
+      expect(small.sg.amqp!.status().consuming).toBe(true)
       await ch.deleteQueue(`${run3}.ingest`).catch(() => undefined)
       await ch.deleteExchange(`${run3}.ingest`).catch(() => undefined)
       await ch.deleteExchange(`${run3}.records`).catch(() => undefined)

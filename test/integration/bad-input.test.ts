@@ -2,8 +2,7 @@ import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   ADMIN_KEY, api, closed, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, type TestGateway,
-  uniqueId, waitUntil
-} from '../helpers.js'
+  uniqueId, waitUntil, storedCount } from '../helpers.js'
 
 describe('bad input over MQTT: refused with a counted reason, nothing accepted lost', () => {
   let gw: TestGateway
@@ -58,7 +57,7 @@ describe('bad input over MQTT: refused with a counted reason, nothing accepted l
     await d.publishAsync(topic, JSON.stringify({ level: 3, note: 'after' }), { qos: 1 })
 
     await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
-    expect(await gw.sg.store.count(ds)).toBe(bad.length + 1)
+    expect(await storedCount(gw.sg, ds)).toBe(bad.length + 1)
     await waitUntil(() => delivered.length === bad.length + 1)
     expect(delivered.every((p) => p.includes('"level"'))).toBe(true)
 
@@ -94,7 +93,7 @@ describe('bad input over MQTT: refused with a counted reason, nothing accepted l
     const c = track(await connect(gw.mqttUrl, dev.id, dev.key))
     await c.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ temp: 1 }), { qos: 1 })
     await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
-    expect(await gw.sg.store.count(ds)).toBe(1)
+    expect(await storedCount(gw.sg, ds)).toBe(1)
   })
 
   it('refuses the connection when the journal quota is reached, without acknowledging', async () => {
@@ -105,7 +104,7 @@ describe('bad input over MQTT: refused with a counted reason, nothing accepted l
       const dev = await createPrincipalWithKey(small, uniqueId('dev'))
       await setGrants(small, ds, [{ principal: dev.id, actions: ['publish'] }])
       // Stop the sink so nothing is freed: the quota is reached.
-      await small.sg.consumers[0]!.close()
+      await small.sg.consumers[0]!.pause()
       const c = await connect(small.mqttUrl, dev.id, dev.key)
       let acked = 0
       const payload = JSON.stringify({ note: 'x'.repeat(900) })

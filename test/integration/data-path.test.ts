@@ -2,8 +2,7 @@ import { createRequire } from 'node:module'
 import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
-  ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, type TestGateway, uniqueId, waitUntil
-} from '../helpers.js'
+  ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, type TestGateway, uniqueId, waitUntil, storedCount } from '../helpers.js'
 
 describe('data path: MQTT in, MQTT and MQTT-over-WebSocket out, stored once', () => {
   let gw: TestGateway
@@ -49,7 +48,7 @@ describe('data path: MQTT in, MQTT and MQTT-over-WebSocket out, stored once', ()
     const stats = await api(gw.httpUrl, sub.key, 'GET', `/v1/datasets/${ds}/stats`)
     expect(stats.status).toBe(200)
     expect(stats.body.stored).toBe(N)
-    expect(await gw.sg.store.count(ds)).toBe(N)
+    expect(await storedCount(gw.sg, ds)).toBe(N)
     expect(stats.body.lastRecordAt).toBe(new Date(1_700_000_000_000 + N - 1).toISOString().replace('Z', '000Z'))
 
     const recent = await api(gw.httpUrl, sub.key, 'GET', `/v1/datasets/${ds}/records?limit=3`)
@@ -73,7 +72,7 @@ describe('data path: MQTT in, MQTT and MQTT-over-WebSocket out, stored once', ()
     await pub.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify(batch), { qos: 1 })
     await pub.publishAsync(`datasets/${ds}/${dev.id}/extra/levels`, JSON.stringify({ temp: 1000, ts: '2024-05-01T12:00:00.123456Z' }), { qos: 1 })
     await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
-    expect(await gw.sg.store.count(ds)).toBe(101)
+    expect(await storedCount(gw.sg, ds)).toBe(101)
     const r = await api(gw.httpUrl, dev.key, 'GET', `/v1/datasets/${ds}/records?limit=200`)
     const iso = r.body.records.find((x: { temp: number }) => x.temp === 1000)
     expect(iso.ts).toBe('2024-05-01T12:00:00.123456Z')

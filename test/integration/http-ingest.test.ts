@@ -1,7 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
-  api, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, type TestGateway, uniqueId, waitUntil
-} from '../helpers.js'
+  api, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, type TestGateway, uniqueId, waitUntil, storedCount } from '../helpers.js'
 
 describe('batch ingest over HTTP', () => {
   let gw: TestGateway
@@ -40,7 +39,7 @@ describe('batch ingest over HTTP', () => {
     expect(r.body.accepted).toBe(3)
     expect(r.body.rejected.map((x: { index: number, reason: string }) => [x.index, x.reason])).toEqual([[2, 'wrong_type'], [3, 'wrong_type'], [4, 'unknown_field'], [5, 'not_an_object']])
     await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
-    expect(await gw.sg.store.count(ds)).toBe(3)
+    expect(await storedCount(gw.sg, ds)).toBe(3)
     const recs = await api(gw.httpUrl, svc.key, 'GET', `/v1/datasets/${ds}/records?limit=10`)
     expect(recs.body.records.map((x: { device: string, temp: number }) => `${x.device}:${x.temp}`).sort()).toEqual(['d1:1', 'd1:5', 'd2:2'])
     await waitUntil(() => got.length === 2)
@@ -60,7 +59,7 @@ describe('batch ingest over HTTP', () => {
     expect(bad.status).toBe(400)
     expect(bad.body.field).toBe('body/line/2')
     await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
-    expect(await gw.sg.store.count(ds)).toBe(1000)
+    expect(await storedCount(gw.sg, ds)).toBe(1000)
   })
 
   it('journals large batches as entries a replay can decode (at most STREAMGATE_MAX_BATCH records each)', async () => {
@@ -101,7 +100,7 @@ describe('batch ingest over HTTP', () => {
     expect(other.status).toBe(409)
     expect(other.body.type).toBe('https://streamgate.dev/problems/idempotency-mismatch')
     await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
-    expect(await gw.sg.store.count(ds)).toBe(2)
+    expect(await storedCount(gw.sg, ds)).toBe(2)
   })
 
   it('refuses without a publish grant, when nothing is valid, and on wrong content types or sizes', async () => {

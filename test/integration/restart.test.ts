@@ -3,7 +3,7 @@ import { pino } from 'pino'
 import { describe, expect, it } from 'vitest'
 import { startStreamgate } from '../../bin/app.js'
 import { loadConfig } from '../../config/index.js'
-import { api, connect, testEnv, tmpDataDir, uniqueId } from '../helpers.js'
+import { api, connect, testEnv, tmpDataDir, uniqueId, storedCount } from '../helpers.js'
 
 describe('restart', () => {
   it('generates the admin key once, and keeps datasets, principals, keys, grants and records across restarts', async () => {
@@ -38,7 +38,7 @@ describe('restart', () => {
         await c2.publishAsync(`datasets/${ds}/${dev}`, JSON.stringify({ temp: 99 }), { qos: 1 })
         await c2.endAsync()
         await b.consumers[0]!.waitFor(b.journal.committedSeq)
-        expect(await b.store.count(ds)).toBe(11)
+        expect(await storedCount(b, ds)).toBe(11)
       } finally {
         await b.close()
       }

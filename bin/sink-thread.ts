@@ -1,0 +1,196 @@
+// The gateway's handle on its sink thread (bin/sink-worker.ts): starts it, tells it about datasets,
+// wakes it on every journal commit through shared memory, acknowledges journal retention as it
+// reports progress, and forwards queries to the embedded store it owns.
+import { Worker } from 'node:worker_threads'
+import type {
+  CheckpointStore, ConsumerStatus, Dataset, DatasetTables, Journal, JournalConsumer, QueryPlan, QueryResult, RecordQuery, Row
+} from '../gateway/index.js'
+import type { StoreRefusal } from '../bridges/index.js'
+import { Rpc } from './sink-rpc.js'
+
+export type SinkSpec =
+  | { readonly kind: 'embedded', readonly dataDir: string, readonly memoryLimit: string }
+  | { readonly kind: 'questdb', readonly ilp: string, readonly pg: string, readonly timeoutMs: number, readonly resetMs: number }
+
+/** What the worker is started with (structured-cloned). */
+export interface SinkWorkerInit {
+  readonly journalDir: string
+  /** i32 generation counter at 0, i64 committed sequence number at 8. */
+  readonly shared: SharedArrayBuffer
+  readonly sink: SinkSpec
+  readonly consumer: { readonly maxEntries: number, readonly maxRows: number, readonly lingerMs: number }
+  readonly limits: { readonly maxBatch: number, readonly maxString: number }
+}
+
+export interface SinkThreadOptions extends Omit<SinkWorkerInit, 'shared'> {
+  readonly log: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void, error: (obj: object, msg: string) => void }
+  /** Where a sink that cannot keep its checkpoint with its data (QuestDB) keeps it. */
+  readonly checkpoints: CheckpointStore
+  readonly onRefused: (refusals: readonly StoreRefusal[]) => void
+}
+
+/** Runs the worker from dist/ as JavaScript, or from source (tests) through tsx's loader. */
+const BOOT = `
+const { workerData } = require('node:worker_threads')
+;(async () => {
+  if (workerData.tsx !== null) (await import(workerData.tsx)).register()
+  await import(workerData.entry)
+})()
+`
+
+export class SinkThread implements JournalConsumer, DatasetTables {
+  readonly name: string
+  private readonly gen: Int32Array
+  private readonly seq: BigInt64Array
+  private journal: Journal | null = null
+  private last: ConsumerStatus
+  private dead: Error | null = null
+  private closing: Promise<void> | null = null
+  private readonly waiters = new Set<() => void>()
+
+  private constructor (private readonly worker: Worker, private readonly rpc: Rpc, private readonly opts: SinkThreadOptions, shared: SharedArrayBuffer) {
+    this.name = opts.sink.kind
+    this.gen = new Int32Array(shared, 0, 1)
+    this.seq = new BigInt64Array(shared, 8, 1)
+    this.last = { name: this.name, checkpoint: 0, lag: 0, lagSeconds: 0, lastError: null, failures: 0, skipped: 0, breaker: null }
+  }
+
+  /** Starts the thread and opens its store; resolves when it is ready. */
+  static async start (opts: SinkThreadOptions): Promise<SinkThread> {
+    const self = import.meta.url
+    const fromSource = self.endsWith('.ts')
+    const entry = new URL(fromSource ? './sink-worker.ts' : './sink-worker.js', self).href
+    const tsx = fromSource ? import.meta.resolve('tsx/esm/api') : null
+    const { log, checkpoints, onRefused, ...init } = opts
+    const shared = new SharedArrayBuffer(16)
+    const worker = new Worker(BOOT, { eval: true, workerData: { ...init, shared, entry, tsx } })
+    const rpc = new Rpc(worker)
+    const thread = new SinkThread(worker, rpc, opts, shared)
+    rpc.handle('getCheckpoint', (c: string) => checkpoints.getCheckpoint(c))
+    rpc.handle('setCheckpoint', (c: string, s: number) => checkpoints.setCheckpoint(c, s))
+    rpc.on('refused', onRefused)
+    rpc.on<{ level: 'info' | 'warn', obj: object, msg: string }>('log', (l) => log[l.level]({ sink: thread.name, ...l.obj }, l.msg))
+    rpc.on('status', (s: ConsumerStatus) => thread.onStatus(s))
+    await new Promise<void>((resolve, reject) => {
+      rpc.on('ready', () => resolve())
+      worker.once('error', reject)
+      worker.once('exit', (code) => reject(new Error(`sink thread exited with ${code} while starting`)))
+    })
+    worker.removeAllListeners('error')
+    worker.removeAllListeners('exit')
+    worker.on('error', (err) => thread.onDeath(err))
+    worker.on('exit', (code) => { if (thread.closing === null) thread.onDeath(new Error(`sink thread exited with ${code}`)) })
+    return thread
+  }
+
+  /** The sink's checkpoint (the journal opens past it when its own files are behind). */
+  checkpoint (): Promise<number> {
+    return this.rpc.call<number>('checkpoint')
+  }
+
+  /** Starts consuming `journal` from the sink's checkpoint. */
+  async follow (journal: Journal): Promise<void> {
+    this.journal = journal
+    const checkpoint = await this.checkpoint()
+    this.last = { ...this.last, checkpoint }
+    journal.register(this.name, checkpoint)
+    this.onCommit(journal.committedSeq)
+    journal.on('commit', this.onCommit)
+    await this.rpc.call('start')
+  }
+
+  private readonly onCommit = (seq: number): void => {
+    Atomics.store(this.seq, 0, BigInt(seq))
+    Atomics.add(this.gen, 0, 1)
+    Atomics.notify(this.gen, 0)
+  }
+
+  private onStatus (s: ConsumerStatus): void {
+    this.last = s
+    this.journal?.ack(this.name, s.checkpoint)
+    for (const w of this.waiters) w()
+  }
+
+  private onDeath (err: Error): void {
+    this.dead = err
+    this.opts.log.error({ sink: this.name, err: err.message }, 'sink thread died; the journal keeps every record until the gateway restarts')
+    this.last = { ...this.last, lastError: `sink thread died: ${err.message}` }
+    this.rpc.fail(err)
+    for (const w of this.waiters) w()
+  }
+
+  /** False once the thread died (the gateway then needs a restart to store again). */
+  get alive (): boolean { return this.dead === null }
+
+  get lag (): number {
+    return Math.max(0, (this.journal?.committedSeq ?? 0) - this.last.checkpoint)
+  }
+
+  status (): ConsumerStatus {
+    const lag = this.lag
+    let lagSeconds: number | null = 0
+    if (lag > 0) {
+      const at = this.journal?.arrivalOf(this.last.checkpoint + 1) ?? null
+      lagSeconds = at === null ? null : Math.max(0, (Date.now() * 1000 - at) / 1e6)
+    }
+    return { ...this.last, lag, lagSeconds }
+  }
+
+  prepareDataset (dataset: Dataset): Promise<void> {
+    return this.rpc.call('prepareDataset', dataset)
+  }
+
+  dropDataset (id: string): Promise<void> {
+    return this.rpc.call('dropDataset', id)
+  }
+
+  /** Queries served by the embedded store this thread owns. */
+  records (): RecordQuery {
+    return {
+      query: (plan: QueryPlan, timeoutMs: number) => this.rpc.call<QueryResult>('query', plan, timeoutMs),
+      latest: (ds: Dataset, range: { from: number | null, to: number | null, limit: number }) => this.rpc.call<Row[]>('latest', ds, range),
+      stats: (ds: Dataset) => this.rpc.call<{ stored: number, lastRecordUs: number | null }>('stats', ds)
+    }
+  }
+
+  async waitFor (seq: number, timeoutMs = 30_000): Promise<void> {
+    if (this.last.checkpoint >= seq) return
+    await new Promise<void>((resolve, reject) => {
+      const check = (): void => {
+        if (this.last.checkpoint >= seq) done(null)
+        else if (this.dead !== null) done(this.dead)
+        else if (this.closing !== null) done(new Error(`${this.name}: closed at checkpoint ${this.last.checkpoint}`))
+      }
+      const timer = setTimeout(() => done(new Error(`${this.name}: checkpoint ${this.last.checkpoint} did not reach ${seq} in ${timeoutMs} ms`)), timeoutMs)
+      const done = (err: Error | null): void => {
+        clearTimeout(timer)
+        this.waiters.delete(check)
+        if (err === null) resolve()
+        else reject(err)
+      }
+      this.waiters.add(check)
+      check()
+    })
+  }
+
+  pause (): Promise<void> {
+    return this.rpc.call('pause')
+  }
+
+  resume (): void {
+    this.rpc.call('resume').catch((err: Error) => this.opts.log.warn({ sink: this.name, err: err.message }, 'resuming the sink thread failed'))
+  }
+
+  /** Stops after the batch in progress, closes the store and ends the thread. Idempotent. */
+  close (): Promise<void> {
+    this.closing ??= (async () => {
+      this.journal?.off('commit', this.onCommit)
+      if (this.dead === null) await this.rpc.call('close').catch((err: Error) => this.opts.log.warn({ sink: this.name, err: err.message }, 'closing the sink thread failed'))
+      for (const w of this.waiters) w()
+      this.journal?.unregister(this.name)
+      this.rpc.close()
+      await this.worker.terminate()
+    })()
+    return this.closing
+  }
+}

@@ -1,0 +1,142 @@
+// The sink thread: follows the gateway's journal from disk and stores what it reads (the embedded
+// DuckDB store or QuestDB), so decoding, building batches and the store's client never cost the
+// event loop that serves MQTT. Started by bin/sink-thread.ts; talks to it through bin/sink-rpc.ts.
+import { EventEmitter } from 'node:events'
+import { parentPort, workerData } from 'node:worker_threads'
+import { createPgExecutor, QuestdbSink, RecordStore, type SqlExecutor, type StoreRefusal } from '../bridges/index.js'
+import {
+  Catalog, type ConsumerJournal, type Dataset, JournalFollower, JournalReader, type QueryPlan, type RecordQuery, type Sink, SinkConsumer
+} from '../gateway/index.js'
+import type { SinkWorkerInit } from './sink-thread.js'
+import { Rpc } from './sink-rpc.js'
+
+/**
+ * The gateway's journal seen from this thread: segments from the directory, the committed sequence
+ * number and commit notifications through shared memory (no message per commit).
+ */
+class FollowedJournal extends EventEmitter implements ConsumerJournal {
+  private readonly follower: JournalFollower
+  private readonly gen: Int32Array
+  private readonly seq: BigInt64Array
+  private closed = false
+
+  constructor (dir: string, shared: SharedArrayBuffer) {
+    super()
+    this.follower = new JournalFollower(dir)
+    this.gen = new Int32Array(shared, 0, 1)
+    this.seq = new BigInt64Array(shared, 8, 1)
+  }
+
+  get committedSeq (): number { return Number(Atomics.load(this.seq, 0)) }
+  segmentsFrom (seq: number): ReturnType<JournalFollower['segmentsFrom']> { return this.follower.segmentsFrom(seq) }
+  refresh (): Promise<void> { return this.follower.refresh() }
+  reader (fromSeq: number): JournalReader { return new JournalReader(this, fromSeq) }
+  // Retention is the gateway's: it acknowledges on the consumer's progress events.
+  register (): void {}
+  ack (): void {}
+  unregister (): void {}
+
+  /** Emits 'commit' each time the gateway bumps the generation counter. */
+  async watch (): Promise<void> {
+    let seen = Atomics.load(this.gen, 0)
+    while (!this.closed) {
+      const w = Atomics.waitAsync(this.gen, 0, seen, 1000)
+      if (w.async) await w.value
+      const now = Atomics.load(this.gen, 0)
+      if (now !== seen) {
+        seen = now
+        this.emit('commit')
+      }
+    }
+  }
+
+  close (): void { this.closed = true }
+}
+
+async function main (): Promise<void> {
+  const init = workerData as SinkWorkerInit
+  const rpc = new Rpc(parentPort!)
+  const log = {
+    info: (obj: object, msg: string) => rpc.emit('log', { level: 'info', obj, msg }),
+    warn: (obj: object, msg: string) => rpc.emit('log', { level: 'warn', obj, msg })
+  }
+  const catalog = new Catalog(init.limits)
+  const journal = new FollowedJournal(init.journalDir, init.shared)
+  let sink: Sink & { close: () => Promise<void> }
+  let records: RecordQuery | null = null
+  let sql: SqlExecutor | null = null
+  if (init.sink.kind === 'embedded') {
+    const store = await RecordStore.open({ dataDir: init.sink.dataDir, memoryLimit: init.sink.memoryLimit })
+    sink = store
+    records = store
+  } else {
+    const q = init.sink
+    sql = createPgExecutor(q.pg, q.timeoutMs)
+    sink = new QuestdbSink({
+      ilp: q.ilp,
+      sql,
+      checkpoints: {
+        getCheckpoint: (c) => rpc.call<number>('getCheckpoint', c),
+        setCheckpoint: (c, s) => rpc.call<void>('setCheckpoint', c, s)
+      },
+      onRefused: (refusals: readonly StoreRefusal[]) => rpc.emit('refused', refusals),
+      timeoutMs: q.timeoutMs,
+      resetMs: q.resetMs,
+      log
+    })
+  }
+  const consumer = new SinkConsumer(journal, sink, catalog, { ...init.consumer, log })
+
+  // Status goes to the gateway on every stored batch, and every 250 ms when it changed otherwise
+  // (failures, breaker transitions).
+  let lastSent = ''
+  const sendStatus = (): void => {
+    const s = consumer.status()
+    const text = JSON.stringify(s)
+    if (text === lastSent) return
+    lastSent = text
+    rpc.emit('status', s)
+  }
+  consumer.on('progress', sendStatus)
+  consumer.on('failure', sendStatus)
+  const ticker = setInterval(sendStatus, 250)
+
+  const needRecords = (): RecordQuery => {
+    if (records === null) throw new Error('this sink thread does not serve queries')
+    return records
+  }
+  rpc.handle('checkpoint', () => sink.checkpoint())
+  rpc.handle('prepareDataset', async (d: Dataset) => {
+    await sink.prepareDataset(d)
+    catalog.put(d)
+  })
+  rpc.handle('dropDataset', async (id: string) => {
+    catalog.delete(id)
+    await sink.dropDataset(id)
+  })
+  rpc.handle('start', async () => {
+    await journal.refresh()
+    await consumer.start()
+    void journal.watch()
+    sendStatus()
+  })
+  rpc.handle('pause', () => consumer.pause())
+  rpc.handle('resume', () => consumer.resume())
+  rpc.handle('query', (plan: QueryPlan, timeoutMs: number) => needRecords().query(plan, timeoutMs))
+  rpc.handle('latest', (ds: Dataset, range: Parameters<RecordQuery['latest']>[1]) => needRecords().latest(ds, range))
+  rpc.handle('stats', (ds: Dataset) => needRecords().stats(ds))
+  rpc.handle('close', async () => {
+    clearInterval(ticker)
+    await consumer.close()
+    sendStatus()
+    journal.close()
+    await sink.close()
+    await sql?.close()
+  })
+  rpc.emit('ready', null)
+}
+
+main().catch((err: unknown) => {
+  // Surfaces as the Worker's 'error' event in the gateway.
+  throw err
+})
