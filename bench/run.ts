@@ -394,6 +394,13 @@ async function soakRun (sut: Sut, seconds: number): Promise<RunResult> {
 
 interface Summary { median: number, min: number, max: number, runs: RunResult[] }
 
+/** The median of run-by-run ratios (runs alternate between systems), or of medians when counts differ. */
+function pairedRatio (a: Summary, b: Summary): number {
+  if (a.runs.length !== b.runs.length) return a.median / b.median
+  const r = a.runs.map((x, i) => x.rate / b.runs[i]!.rate).sort((x, y) => x - y)
+  return r[Math.floor(r.length / 2)]!
+}
+
 function summarize (runs: RunResult[]): Summary {
   const rates = runs.map((r) => r.rate).sort((a, b) => a - b)
   return { median: rates[Math.floor(rates.length / 2)]!, min: rates[0]!, max: rates.at(-1)!, runs }
@@ -406,18 +413,30 @@ async function main (): Promise<void> {
   execFileSync('npm', ['run', 'build', '--silent'], { cwd: root, stdio: 'inherit' })
   const starters: [SystemName, () => Promise<Sut | null>][] = [['aedes', startAedes], ['streamgate', startStreamgate], ['mosquitto', startMosquitto]]
   const results: Record<string, Record<string, Summary>> = {}
-  for (const [name, start] of starters) {
-    if (only.size > 0 && !only.has(name)) continue
-    const sut = await start()
-    if (sut === null) continue
-    try {
-      for (const w of workloads) {
-        if (w.systems !== undefined && !w.systems.includes(name)) continue
-        const runs: RunResult[] = []
-        for (let i = 0; i < w.runs; i++) {
+  // Every system runs for the whole benchmark and runs alternate between them (aedes, streamgate,
+  // mosquitto, aedes, ...), so a machine whose speed drifts (shared VMs do) biases no system, and the
+  // ratios can pair each run with its neighbours.
+  const suts: Sut[] = []
+  try {
+    for (const [name, start] of starters) {
+      if (only.size > 0 && !only.has(name)) continue
+      const sut = await start()
+      if (sut === null) continue
+      suts.push(sut)
+      // Warm-up (not measured): the JIT compiles the hot paths before the first measured run.
+      await pubRun(sut, { qos: 1, perPublisher: 2000, subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 100 })
+    }
+    for (const w of workloads) {
+      const runs = new Map<SystemName, RunResult[]>()
+      for (let i = 0; i < w.runs; i++) {
+        for (const sut of suts) {
+          const name = sut.name
+          if (w.systems !== undefined && !w.systems.includes(name)) continue
           const r = await w.run(sut)
-          if (r === null) break
-          runs.push(r)
+          if (r === null) continue
+          let list = runs.get(name)
+          if (list === undefined) runs.set(name, list = [])
+          list.push(r)
           process.stdout.write(`${name.padEnd(10)} ${w.name.padEnd(15)} run ${i + 1}: ${r.rate} ${r.unit}` +
             (r.received > 0 ? `, received ${r.received}` : '') + `, acked ${r.acked}/${r.sent}` +
             (r.stored !== null ? `, stored ${r.stored} (${r.storedRate}/s)` : '') +
@@ -429,25 +448,28 @@ async function main (): Promise<void> {
             failures.push(`${w.name} run ${i + 1}: stored ${r.stored} != acknowledged ${r.acked * perMsg}`)
           }
         }
-        if (runs.length > 0) (results[w.name] ??= {})[name] = summarize(runs)
       }
-    } finally {
-      await sut.stop()
+      for (const [name, list] of runs) (results[w.name] ??= {})[name] = summarize(list)
     }
+  } finally {
+    for (const sut of suts) await sut.stop()
   }
 
   const lines: string[] = []
   const date = new Date().toISOString()
   const command = `npm run bench${argv.length > 0 ? ' -- ' + argv.join(' ') : ''}`
   lines.push(`Command: \`${command}\` on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${date}.`)
-  lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per throughput workload. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
+  lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per throughput workload, alternating between systems after an unmeasured warm-up; ratios are medians of run-by-run ratios. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
   lines.push('')
   lines.push('| workload | system | rate median (min–max) | stored/s | publish→subscriber ms p50 / p99 / p99.9 | publish→PUBACK ms p50 / p99 / p99.9 | broker CPU % | broker RSS MiB | generators CPU % | vs Aedes | vs Mosquitto |')
   lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
   for (const [w, bySys] of Object.entries(results)) {
     for (const [sys, s] of Object.entries(bySys)) {
       const mid = s.runs.find((r) => r.rate === s.median) ?? s.runs[0]!
-      const ratio = (other: string): string => bySys[other] !== undefined && sys !== other ? (s.median / bySys[other].median).toFixed(2) + '×' : '–'
+      const ratio = (other: string): string => {
+        const o = bySys[other]
+        return o !== undefined && sys !== other ? pairedRatio(s, o).toFixed(2) + '×' : '–'
+      }
       lines.push(`| ${w} | ${sys} | ${s.median} ${mid.unit} (${s.min}–${s.max}) | ${mid.storedRate ?? '–'} | ${fmt(mid.latencyMs)} | ${fmt(mid.ackLatencyMs)} | ${mid.brokerCpuPct} | ${mid.brokerRssMiB} | ${mid.generatorCpuPct} | ${ratio('aedes')} | ${ratio('mosquitto')} |`)
     }
   }

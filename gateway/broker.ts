@@ -1,5 +1,6 @@
 // The MQTT side: an Aedes broker whose hooks call the ACL and the pipeline, and its listeners
 // (TCP, WebSocket, and TLS variants). Aedes speaks MQTT 3.1 and 3.1.1.
+import './quiet-debug.js'
 import { readFileSync } from 'node:fs'
 import http from 'node:http'
 import https from 'node:https'
