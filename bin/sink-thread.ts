@@ -15,7 +15,7 @@ export type SinkSpec =
 /** What the worker is started with (structured-cloned). */
 export interface SinkWorkerInit {
   readonly journalDir: string
-  /** i32 generation counter at 0, i64 committed sequence number at 8. */
+  /** i32 generation counter at 0, i32 `waiting` flag at 4 (the worker is idle), i64 committed sequence number at 8. */
   readonly shared: SharedArrayBuffer
   readonly sink: SinkSpec
   readonly consumer: { readonly maxEntries: number, readonly maxRows: number, readonly lingerMs: number }
@@ -41,6 +41,7 @@ const { workerData } = require('node:worker_threads')
 export class SinkThread implements JournalConsumer, DatasetTables {
   readonly name: string
   private readonly gen: Int32Array
+  private readonly waiting: Int32Array
   private readonly seq: BigInt64Array
   private journal: Journal | null = null
   private last: ConsumerStatus
@@ -51,6 +52,7 @@ export class SinkThread implements JournalConsumer, DatasetTables {
   private constructor (private readonly worker: Worker, private readonly rpc: Rpc, private readonly opts: SinkThreadOptions, shared: SharedArrayBuffer) {
     this.name = opts.sink.kind
     this.gen = new Int32Array(shared, 0, 1)
+    this.waiting = new Int32Array(shared, 4, 1)
     this.seq = new BigInt64Array(shared, 8, 1)
     this.last = { name: this.name, checkpoint: 0, lag: 0, lagSeconds: 0, lastError: null, failures: 0, skipped: 0, breaker: null }
   }
@@ -102,7 +104,8 @@ export class SinkThread implements JournalConsumer, DatasetTables {
   private readonly onCommit = (seq: number): void => {
     Atomics.store(this.seq, 0, BigInt(seq))
     Atomics.add(this.gen, 0, 1)
-    Atomics.notify(this.gen, 0)
+    // Waking a thread costs a futex call and a task on its loop: only when it waits for commits.
+    if (Atomics.load(this.waiting, 0) === 1) Atomics.notify(this.gen, 0)
   }
 
   private onStatus (s: ConsumerStatus): void {

@@ -12,19 +12,30 @@ import { Rpc } from './sink-rpc.js'
 
 /**
  * The gateway's journal seen from this thread: segments from the directory, the committed sequence
- * number and commit notifications through shared memory (no message per commit).
+ * number and commit notifications through shared memory (no message per commit). The gateway wakes
+ * this thread only while a consumer listens for commits (it is idle): the `waiting` flag says so.
  */
 class FollowedJournal extends EventEmitter implements ConsumerJournal {
   private readonly follower: JournalFollower
   private readonly gen: Int32Array
+  private readonly waiting: Int32Array
   private readonly seq: BigInt64Array
+  private watching = false
   private closed = false
 
   constructor (dir: string, shared: SharedArrayBuffer) {
     super()
     this.follower = new JournalFollower(dir)
     this.gen = new Int32Array(shared, 0, 1)
+    this.waiting = new Int32Array(shared, 4, 1)
     this.seq = new BigInt64Array(shared, 8, 1)
+    this.on('newListener', (event: string) => {
+      if (event !== 'commit' || this.closed) return
+      // Set before the listener checks committedSeq: either the gateway sees the flag and wakes us,
+      // or the listener sees the new sequence number (both sides use sequentially consistent atomics).
+      Atomics.store(this.waiting, 0, 1)
+      if (!this.watching) void this.watch(Atomics.load(this.gen, 0))
+    })
   }
 
   get committedSeq (): number { return Number(Atomics.load(this.seq, 0)) }
@@ -36,10 +47,11 @@ class FollowedJournal extends EventEmitter implements ConsumerJournal {
   ack (): void {}
   unregister (): void {}
 
-  /** Emits 'commit' each time the gateway bumps the generation counter. */
-  async watch (): Promise<void> {
-    let seen = Atomics.load(this.gen, 0)
-    while (!this.closed) {
+  /** Emits 'commit' each time the gateway bumps the generation counter, while anyone listens. */
+  private async watch (seen: number): Promise<void> {
+    this.watching = true
+    // Started from 'newListener', which fires before the listener is added: wait at least once.
+    do {
       const w = Atomics.waitAsync(this.gen, 0, seen, 1000)
       if (w.async) await w.value
       const now = Atomics.load(this.gen, 0)
@@ -47,7 +59,9 @@ class FollowedJournal extends EventEmitter implements ConsumerJournal {
         seen = now
         this.emit('commit')
       }
-    }
+    } while (!this.closed && this.listenerCount('commit') > 0)
+    Atomics.store(this.waiting, 0, 0)
+    this.watching = false
   }
 
   close (): void { this.closed = true }
@@ -117,7 +131,6 @@ async function main (): Promise<void> {
   rpc.handle('start', async () => {
     await journal.refresh()
     await consumer.start()
-    void journal.watch()
     sendStatus()
   })
   rpc.handle('pause', () => consumer.pause())

@@ -47,7 +47,7 @@ export const configSchema = z.object({
   STREAMGATE_CONNECT_TIMEOUT_MS: positiveInt.default(30_000),
   STREAMGATE_JOURNAL_MAX_BYTES: positiveInt.default(2 * GiB),
   STREAMGATE_JOURNAL_SEGMENT_BYTES: positiveInt.min(64 * KiB).default(64 * MiB),
-  STREAMGATE_SINK_BATCH: positiveInt.default(20_000),
+  STREAMGATE_SINK_BATCH: positiveInt.default(100_000),
   STREAMGATE_SINK_LINGER_MS: nonNegativeInt.max(10_000).default(200),
   STREAMGATE_STORE_MEMORY: z.string().regex(/^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$/i, 'a size like 512MB or 1GiB').default('512MB'),
   STREAMGATE_REJECTS_KEEP: positiveInt.default(10_000),

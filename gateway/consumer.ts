@@ -75,7 +75,6 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
     this.position = await this.sink.checkpoint()
     this.journal.register(this.name, this.position)
     this.reader = this.journal.reader(this.position + 1)
-    this.journal.on('commit', this.onCommit)
     this.running = this.loop()
   }
 
@@ -98,10 +97,14 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
         continue
       }
       if (entries.length === 0) {
+        // Listen for commits only while idle: a journal followed from another thread is then woken
+        // only when this consumer waits for it.
         await new Promise<void>((resolve) => {
           this.wake = resolve
+          this.journal.on('commit', this.onCommit)
           if (this.journal.committedSeq > this.position || this.closed) resolve()
         })
+        this.journal.off('commit', this.onCommit)
         this.wake = null
         continue
       }
