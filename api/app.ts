@@ -22,6 +22,8 @@ export interface ApiDeps {
   readonly idempotency: IdempotencyStore
   readonly queryBreaker?: () => BreakerStatus
   readonly amqpStatus?: () => unknown
+  /** Memory of the parts that are not this thread's heap (the sink thread, its store). */
+  readonly memory?: () => Record<string, unknown>
   readonly log: { error: (obj: object, msg: string) => void }
 }
 
@@ -191,6 +193,7 @@ export function createApi (deps: ApiDeps): express.Express {
       ...(deps.queryBreaker !== undefined ? { query: { breaker: deps.queryBreaker() } } : {}),
       ...(deps.amqpStatus !== undefined ? { amqp: deps.amqpStatus() } : {}),
       mqtt: { sessions: deps.broker.sessions().length, ...deps.broker.stats },
+      memory: { ...process.memoryUsage(), ...deps.memory?.() },
       rejected: deps.rejects.counts(null)
     })
   })

@@ -125,7 +125,8 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     const api = createApi({
       config, management, query, rejects, rejectStore: store, journal, consumers, broker, pipeline, idempotency: store, log,
       ...(queryBreaker !== undefined ? { queryBreaker } : {}),
-      ...(bridge !== null ? { amqpStatus: () => bridge.status() } : {})
+      ...(bridge !== null ? { amqpStatus: () => bridge.status() } : {}),
+      memory: () => ({ sinkThread: sinkThread.memory })
     })
     // Idempotency-Key answers are kept for 24 hours.
     const expiry = setInterval(() => {

@@ -38,8 +38,12 @@ const { workerData } = require('node:worker_threads')
 })()
 `
 
+/** The sink thread's heap and its store's memory (bytes), sampled every 5 s. */
+export interface SinkThreadMemory { readonly heapUsed: number, readonly heapTotal: number, readonly store: number | null }
+
 export class SinkThread implements JournalConsumer, DatasetTables {
   readonly name: string
+  memory: SinkThreadMemory | null = null
   private readonly gen: Int32Array
   private readonly waiting: Int32Array
   private readonly seq: BigInt64Array
@@ -73,6 +77,7 @@ export class SinkThread implements JournalConsumer, DatasetTables {
     rpc.on('refused', onRefused)
     rpc.on<{ level: 'info' | 'warn', obj: object, msg: string }>('log', (l) => log[l.level]({ sink: thread.name, ...l.obj }, l.msg))
     rpc.on('status', (s: ConsumerStatus) => thread.onStatus(s))
+    rpc.on('memory', (m: SinkThreadMemory) => { thread.memory = m })
     await new Promise<void>((resolve, reject) => {
       rpc.on('ready', () => resolve())
       worker.once('error', reject)

@@ -2,6 +2,7 @@
 // DuckDB store or QuestDB), so decoding, building batches and the store's client never cost the
 // event loop that serves MQTT. Started by bin/sink-thread.ts; talks to it through bin/sink-rpc.ts.
 import { EventEmitter } from 'node:events'
+import { getHeapStatistics } from 'node:v8'
 import { parentPort, workerData } from 'node:worker_threads'
 import { createPgExecutor, QuestdbSink, RecordStore, type SqlExecutor, type StoreRefusal } from '../bridges/index.js'
 import {
@@ -78,9 +79,10 @@ async function main (): Promise<void> {
   const journal = new FollowedJournal(init.journalDir, init.shared)
   let sink: Sink & { close: () => Promise<void> }
   let records: RecordQuery | null = null
+  let store: RecordStore | null = null
   let sql: SqlExecutor | null = null
   if (init.sink.kind === 'embedded') {
-    const store = await RecordStore.open({ dataDir: init.sink.dataDir, memoryLimit: init.sink.memoryLimit })
+    store = await RecordStore.open({ dataDir: init.sink.dataDir, memoryLimit: init.sink.memoryLimit, maxString: init.limits.maxString })
     sink = store
     records = store
   } else {
@@ -111,6 +113,12 @@ async function main (): Promise<void> {
     lastSent = text
     rpc.emit('status', s)
   }
+  // Memory of this thread and of the store, for /v1/status (sampled: DuckDB answers it with a query).
+  const sampleMemory = async (): Promise<void> => {
+    const h = getHeapStatistics()
+    rpc.emit('memory', { heapUsed: h.used_heap_size, heapTotal: h.total_heap_size, store: await store?.memoryBytes().catch(() => null) ?? null })
+  }
+  const memoryTicker = setInterval(() => { void sampleMemory() }, 5000)
   consumer.on('progress', sendStatus)
   consumer.on('failure', sendStatus)
   const ticker = setInterval(sendStatus, 250)
@@ -140,6 +148,7 @@ async function main (): Promise<void> {
   rpc.handle('stats', (ds: Dataset) => needRecords().stats(ds))
   rpc.handle('close', async () => {
     clearInterval(ticker)
+    clearInterval(memoryTicker)
     await consumer.close()
     sendStatus()
     journal.close()

@@ -45,18 +45,32 @@ function toCsv (entries: readonly SinkEntry[], cols: readonly [string, string][]
   return parts.join('\n')
 }
 
-function insertSql (dataset: string, cols: readonly [string, string][], file: string): string {
+/**
+ * The longest CSV line a row of these columns can make: a string of `maxString` UTF-16 units is at most
+ * 3 bytes a unit in UTF-8, doubled quotes included, plus its quotes; anything else fits in 32 bytes.
+ * DuckDB's CSV reader sizes its buffers from max_line_size (16 times it, per thread), so this keeps
+ * them small for ordinary schemas instead of a fixed 16 MB line (a 256 MB buffer per load).
+ */
+function maxLineSize (cols: readonly [string, string][], maxString: number): number {
+  let n = 0
+  for (const [, type] of cols) n += type === 'VARCHAR' ? 3 * maxString + 3 : 33
+  return Math.max(64 * 1024, n + 1)
+}
+
+function insertSql (dataset: string, cols: readonly [string, string][], file: string, maxString: number): string {
   const types = cols.map(([name, type]) => `'${name}': '${type === 'TIMESTAMP' ? 'BIGINT' : type}'`)
   const select = cols.map(([name, type]) => type === 'TIMESTAMP' ? `make_timestamp(${ident(name)})` : ident(name))
   const literal = "'" + file.replaceAll("'", "''") + "'"
   return `INSERT INTO ${table(dataset)} SELECT ${select.join(', ')} FROM read_csv(${literal}, header = false, delim = ',', quote = '"', escape = '"', ` +
-    `new_line = '\\n', auto_detect = false, allow_quoted_nulls = false, max_line_size = 16777216, columns = {${types.join(', ')}})`
+    `new_line = '\\n', auto_detect = false, allow_quoted_nulls = false, max_line_size = ${maxLineSize(cols, maxString)}, columns = {${types.join(', ')}})`
 }
 
 export interface RecordStoreOptions {
   readonly dataDir: string
-  /** DuckDB's memory_limit, e.g. 512MB. */
+  /** DuckDB's memory_limit, e.g. 256MB. */
   readonly memoryLimit: string
+  /** STREAMGATE_MAX_STRING: the longest string a record may hold (sizes the CSV reader's line). */
+  readonly maxString: number
 }
 
 export class RecordStore implements Sink, RecordQuery {
@@ -64,7 +78,7 @@ export class RecordStore implements Sink, RecordQuery {
   private batchNo = 0
   private readonly tableColumns = new Map<string, [string, string][]>()
 
-  private constructor (private readonly db: DuckFile, private readonly tmpDir: string) {}
+  private constructor (private readonly db: DuckFile, private readonly tmpDir: string, private readonly maxString: number) {}
 
   static async open (opts: RecordStoreOptions): Promise<RecordStore> {
     await fs.mkdir(opts.dataDir, { recursive: true })
@@ -76,7 +90,7 @@ export class RecordStore implements Sink, RecordQuery {
       CREATE SCHEMA IF NOT EXISTS data;
       CREATE TABLE IF NOT EXISTS sg_checkpoint (consumer VARCHAR PRIMARY KEY, seq BIGINT NOT NULL);
     `)
-    return new RecordStore(db, tmpDir)
+    return new RecordStore(db, tmpDir, opts.maxString)
   }
 
   // ---- Sink
@@ -124,7 +138,7 @@ export class RecordStore implements Sink, RecordQuery {
           const file = path.join(this.tmpDir, `batch-${++this.batchNo}.csv`)
           files.push(file)
           await fs.writeFile(file, toCsv(list, cols))
-          statements.push(insertSql(dataset, cols, file))
+          statements.push(insertSql(dataset, cols, file, this.maxString))
         }
         await this.db.transaction(async () => {
           for (const sql of statements) await this.db.writer.run(sql)
@@ -175,6 +189,12 @@ export class RecordStore implements Sink, RecordQuery {
     const r = await this.db.rows(`SELECT count(*), max(epoch_us(ts)) FROM ${table(ds.id)}`)
     const [n, last] = r[0] ?? [0, null]
     return { stored: toNumber(n ?? 0), lastRecordUs: last === null || last === undefined ? null : toNumber(last) }
+  }
+
+  /** Bytes DuckDB holds for this file (buffer pool, its allocations), from duckdb_memory(). */
+  async memoryBytes (): Promise<number> {
+    const r = await this.db.rows('SELECT sum(memory_usage_bytes) FROM duckdb_memory()')
+    return toNumber(r[0]?.[0] ?? 0)
   }
 
   close (): Promise<void> {
