@@ -1,5 +1,6 @@
 // The composition root: builds the stores, the gateway and the API from a config, starts them in
 // order and stops them in reverse. `bin/streamgate.ts` runs it as a process; tests run it in-process.
+import { randomBytes } from 'node:crypto'
 import fs from 'node:fs/promises'
 import http from 'node:http'
 import type net from 'node:net'
@@ -10,9 +11,11 @@ import express from 'express'
 import { AmqpBridge, AmqpSink, createPgExecutor, EmbeddedStore, QuestdbQuery, rabbitAuthRouter } from '../bridges/index.js'
 import type { Config } from '../config/index.js'
 import {
-  AccessState, type BreakerStatus, Broker, Catalog, Journal, type JournalConsumer, listen, Management, Pipeline, type RecordQuery, Rejects, SinkConsumer
+  AccessState, AuditLog, type BreakerStatus, Broker, Catalog, Journal, type JournalConsumer, listen, Management, Pipeline, type RecordQuery, Rejects, SinkConsumer
 } from '../gateway/index.js'
 import { SinkThread } from './sink-thread.js'
+import { createTokens } from '../api/auth.js'
+import { createMetrics } from '../api/metrics.js'
 
 export interface Streamgate {
   readonly config: Config
@@ -32,6 +35,18 @@ export interface Streamgate {
   readonly log: Logger
   /** Stops listening, lets appends finish, drains the sinks for up to `drainMs`, closes everything. Idempotent. */
   close (drainMs?: number): Promise<void>
+}
+
+/** The secret that signs API tokens when STREAMGATE_TOKEN_SECRET is not set: made once, kept beside the data (mode 0600). */
+async function tokenSecretFile (file: string): Promise<Uint8Array> {
+  try {
+    return await fs.readFile(file)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
+  const secret = randomBytes(32)
+  await fs.writeFile(file, secret, { mode: 0o600, flag: 'wx' }).catch(async (err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err })
+  return await fs.readFile(file)
 }
 
 export async function startStreamgate (config: Config, opts: { log?: Logger } = {}): Promise<Streamgate> {
@@ -76,7 +91,9 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       query = qquery
       queryBreaker = () => qquery.breaker()
     }
-    const management = new Management(store, access, catalog, [sinkThread], rejects)
+    const audit = await AuditLog.open(store, { onError: (err) => log.warn({ err: err.message }, 'audit log write failed; retrying') })
+    cleanups.push(() => audit.close())
+    const management = new Management({ store, access, catalog, sinks: [sinkThread], rejects, audit, storedCount: async (ds) => (await query.stats(ds)).stored })
     await management.load()
     const { generatedKey } = await management.bootstrapAdmin(config.adminKey)
 
@@ -122,11 +139,24 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     const listeners = await broker.listen()
 
     const bridge = amqp
+    const tokenSecret = config.api.tokenSecret !== null ? new TextEncoder().encode(config.api.tokenSecret) : await tokenSecretFile(path.join(dataDir, 'token.secret'))
+    const breakers = (): Record<string, BreakerStatus | null> => ({
+      ...Object.fromEntries(consumers.map((c) => [c.name, c.status().breaker])),
+      ...(queryBreaker !== undefined ? { query: queryBreaker() } : {})
+    })
+    const metrics = createMetrics({ broker, pipeline, catalog, rejects, journal, consumers, breakers })
+    sinkThread.on('written', (w: { ms: number }) => metrics.sinkWriteDuration.observe({ sink: sinkThread.name }, w.ms / 1000))
+    let listening = false
     const api = createApi({
-      config, management, query, rejects, rejectStore: store, journal, consumers, broker, pipeline, idempotency: store, log,
+      config, management, query, rejects, rejectStore: store, journal, consumers, broker, pipeline, idempotency: store, log, logger: log, audit, metrics,
+      tokens: createTokens(access, config.api, tokenSecret),
       ...(queryBreaker !== undefined ? { queryBreaker } : {}),
       ...(bridge !== null ? { amqpStatus: () => bridge.status() } : {}),
-      memory: () => ({ sinkThread: sinkThread.memory })
+      memory: () => ({ sinkThread: sinkThread.memory }),
+      readiness: () => {
+        const checks = { listeners: listening, journal: journal.healthy, sinkThread: sinkThread.alive }
+        return { ready: Object.values(checks).every((v) => v), checks }
+      }
     })
     // Idempotency-Key answers are kept for 24 hours.
     const expiry = setInterval(() => {
@@ -142,6 +172,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     })
 
     const addresses = { ...listeners, http: httpAddr, rabbitmqAuth: authAddr }
+    listening = true
     log.info({ mqtt: listeners.mqtt.port, ws: listeners.ws.port, http: httpAddr.port, mqtts: listeners.mqtts?.port, wss: listeners.wss?.port, bind: config.bind, dataDir }, 'streamgate listening')
 
     let closing: Promise<void> | null = null
@@ -163,6 +194,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
         }
         await querySql?.close().catch((err: Error) => log.warn({ err: err.message }, 'closing the QuestDB query pool failed'))
         await rejects.close()
+        await audit.close()
         await store.close()
       })()
       return closing

@@ -1,6 +1,7 @@
 // The gateway's handle on its sink thread (bin/sink-worker.ts): starts it, tells it about datasets,
 // wakes it on every journal commit through shared memory, acknowledges journal retention as it
 // reports progress, and forwards queries to the embedded store it owns.
+import { EventEmitter } from 'node:events'
 import { Worker } from 'node:worker_threads'
 import type {
   CheckpointStore, ConsumerStatus, Dataset, DatasetTables, Journal, JournalConsumer, QueryPlan, QueryResult, RecordQuery, Row
@@ -41,7 +42,8 @@ const { workerData } = require('node:worker_threads')
 /** The sink thread's heap and its store's memory (bytes), sampled every 5 s. */
 export interface SinkThreadMemory { readonly heapUsed: number, readonly heapTotal: number, readonly store: number | null }
 
-export class SinkThread implements JournalConsumer, DatasetTables {
+/** Emits 'written' ({ ms, rows }) for every batch the sink stored. */
+export class SinkThread extends EventEmitter implements JournalConsumer, DatasetTables {
   readonly name: string
   memory: SinkThreadMemory | null = null
   private readonly gen: Int32Array
@@ -54,6 +56,7 @@ export class SinkThread implements JournalConsumer, DatasetTables {
   private readonly waiters = new Set<() => void>()
 
   private constructor (private readonly worker: Worker, private readonly rpc: Rpc, private readonly opts: SinkThreadOptions, shared: SharedArrayBuffer) {
+    super()
     this.name = opts.sink.kind
     this.gen = new Int32Array(shared, 0, 1)
     this.waiting = new Int32Array(shared, 4, 1)
@@ -78,6 +81,7 @@ export class SinkThread implements JournalConsumer, DatasetTables {
     rpc.on<{ level: 'info' | 'warn', obj: object, msg: string }>('log', (l) => log[l.level]({ sink: thread.name, ...l.obj }, l.msg))
     rpc.on('status', (s: ConsumerStatus) => thread.onStatus(s))
     rpc.on('memory', (m: SinkThreadMemory) => { thread.memory = m })
+    rpc.on('written', (w: { ms: number, rows: number }) => thread.emit('written', w))
     await new Promise<void>((resolve, reject) => {
       rpc.on('ready', () => resolve())
       worker.once('error', reject)

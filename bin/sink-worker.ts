@@ -120,6 +120,7 @@ async function main (): Promise<void> {
   }
   const memoryTicker = setInterval(() => { void sampleMemory() }, 5000)
   consumer.on('progress', sendStatus)
+  consumer.on('written', (w: { ms: number, rows: number }) => rpc.emit('written', w))
   consumer.on('failure', sendStatus)
   const ticker = setInterval(sendStatus, 250)
 

@@ -54,7 +54,22 @@ export const configSchema = z.object({
   STREAMGATE_HTTP_BODY_LIMIT: positiveInt.default(8 * MiB),
   STREAMGATE_HTTP_MAX_RECORDS: positiveInt.default(100_000),
   STREAMGATE_QUERY_MAX_ROWS: positiveInt.default(10_000),
-  STREAMGATE_QUERY_TIMEOUT_MS: positiveInt.default(10_000)
+  STREAMGATE_QUERY_TIMEOUT_MS: positiveInt.default(10_000),
+  // The management API: tokens, CORS, rate limits.
+  STREAMGATE_JWT_ISSUER: z.string().min(1).optional().describe('an external issuer whose JWTs authenticate API calls (iss claim)'),
+  STREAMGATE_JWT_JWKS: z.string().url().optional().describe('that issuer\'s JWKS URL (RS256/ES256/EdDSA keys)'),
+  STREAMGATE_JWT_SECRET: z.string().min(32, 'must be at least 32 characters').optional().describe('or a shared secret (HS256) for that issuer'),
+  STREAMGATE_JWT_AUDIENCE: z.string().min(1).optional(),
+  STREAMGATE_JWT_PRINCIPAL_CLAIM: z.string().min(1).default('sub'),
+  STREAMGATE_TOKEN_TTL_S: positiveInt.max(86_400).default(900),
+  STREAMGATE_TOKEN_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  STREAMGATE_CORS_ORIGINS: z.string().default(''),
+  STREAMGATE_API_RATE: nonNegativeInt.default(100),
+  STREAMGATE_API_RATE_PER_ADDRESS: nonNegativeInt.default(200),
+  STREAMGATE_MQTT_CONNECT_RATE: nonNegativeInt.default(100),
+  STREAMGATE_MQTT_PUBLISH_RATE_DEVICE: nonNegativeInt.default(10_000),
+  STREAMGATE_MQTT_PUBLISH_RATE_SERVICE: nonNegativeInt.default(0),
+  STREAMGATE_MQTT_PUBLISH_RATE_ADMIN: nonNegativeInt.default(0)
 })
 
 type Raw = z.infer<typeof configSchema>
@@ -90,6 +105,24 @@ export interface Config {
   }
   readonly journal: { readonly maxBytes: number, readonly segmentBytes: number }
   readonly sink: { readonly batch: number, readonly lingerMs: number }
+  readonly api: {
+    /** An external JWT issuer, verified by JWKS or a shared secret. */
+    readonly jwt: { readonly issuer: string, readonly jwks: string | null, readonly secret: string | null, readonly audience: string | null, readonly principalClaim: string } | null
+    readonly tokenTtlS: number
+    /** Signs tokens from POST /v1/auth/token; null: generated once and kept in the data directory. */
+    readonly tokenSecret: string | null
+    /** Origins allowed by CORS; empty: CORS off. */
+    readonly corsOrigins: readonly string[]
+    /** Requests a second per principal and per source address (0: unlimited). */
+    readonly ratePerPrincipal: number
+    readonly ratePerAddress: number
+  }
+  readonly mqttLimits: {
+    /** CONNECTs a second from one address (0: unlimited). */
+    readonly connectRate: number
+    /** PUBLISHes a second per principal, by kind (0: unlimited). */
+    readonly publishRate: { readonly device: number, readonly service: number, readonly admin: number }
+  }
   /** DuckDB's memory limit for the embedded store. */
   readonly storeMemory: string
   readonly rejectsKeep: number
@@ -127,6 +160,10 @@ export function loadConfig (env: Env = process.env): Config {
     throw new ConfigError(`invalid configuration:\n  ${issues.join('\n  ')}`, issues)
   }
   const r = parsed.data
+  if (r.STREAMGATE_JWT_ISSUER !== undefined && (r.STREAMGATE_JWT_JWKS === undefined) === (r.STREAMGATE_JWT_SECRET === undefined)) {
+    const issue = 'STREAMGATE_JWT_ISSUER: give exactly one of STREAMGATE_JWT_JWKS and STREAMGATE_JWT_SECRET'
+    throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
+  }
   if ((r.STREAMGATE_TLS_CERT === undefined) !== (r.STREAMGATE_TLS_KEY === undefined)) {
     const issue = 'STREAMGATE_TLS_CERT and STREAMGATE_TLS_KEY: set both or neither'
     throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
@@ -187,6 +224,20 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       segmentBytes: r.STREAMGATE_JOURNAL_SEGMENT_BYTES
     },
     sink: { batch: r.STREAMGATE_SINK_BATCH, lingerMs: r.STREAMGATE_SINK_LINGER_MS },
+    api: {
+      jwt: r.STREAMGATE_JWT_ISSUER === undefined
+        ? null
+        : { issuer: r.STREAMGATE_JWT_ISSUER, jwks: r.STREAMGATE_JWT_JWKS ?? null, secret: r.STREAMGATE_JWT_SECRET ?? null, audience: r.STREAMGATE_JWT_AUDIENCE ?? null, principalClaim: r.STREAMGATE_JWT_PRINCIPAL_CLAIM },
+      tokenTtlS: r.STREAMGATE_TOKEN_TTL_S,
+      tokenSecret: r.STREAMGATE_TOKEN_SECRET ?? null,
+      corsOrigins: r.STREAMGATE_CORS_ORIGINS.split(',').map((o) => o.trim()).filter((o) => o !== ''),
+      ratePerPrincipal: r.STREAMGATE_API_RATE,
+      ratePerAddress: r.STREAMGATE_API_RATE_PER_ADDRESS
+    },
+    mqttLimits: {
+      connectRate: r.STREAMGATE_MQTT_CONNECT_RATE,
+      publishRate: { device: r.STREAMGATE_MQTT_PUBLISH_RATE_DEVICE, service: r.STREAMGATE_MQTT_PUBLISH_RATE_SERVICE, admin: r.STREAMGATE_MQTT_PUBLISH_RATE_ADMIN }
+    },
     storeMemory: r.STREAMGATE_STORE_MEMORY,
     rejectsKeep: r.STREAMGATE_REJECTS_KEEP
   }

@@ -12,8 +12,11 @@ export type Action = typeof actions[number]
 export interface Principal {
   readonly id: string
   readonly kind: PrincipalKind
+  readonly description: string
+  /** A disabled principal cannot authenticate; its sessions are ended when it is disabled. */
   readonly disabled: boolean
   readonly createdAt: string
+  readonly updatedAt: string
 }
 
 export interface ApiKey {

@@ -22,6 +22,16 @@ export const DROP_TOPIC = '$streamgate/dropped'
 export interface Session {
   readonly principal: string
   readonly keyId: string
+  readonly connectedAt: string
+}
+
+/** A live MQTT session as the API lists it. */
+export interface SessionInfo {
+  readonly clientId: string
+  readonly principal: string
+  readonly keyId: string | null
+  readonly address: string | null
+  readonly connectedAt: string
 }
 
 const SESSION = Symbol('streamgate.session')
@@ -123,6 +133,9 @@ export class Broker {
     management.on('keyRevoked', (key: ApiKey) => {
       for (const c of this.byPrincipal.get(key.principal) ?? []) if (sessionOf(c)?.keyId === key.id) c.close()
     })
+    management.on('principalLocked', (principal: string) => {
+      for (const c of [...this.byPrincipal.get(principal) ?? []]) c.close()
+    })
   }
 
   private forget (client: SessionClient): void {
@@ -133,11 +146,30 @@ export class Broker {
     if (set?.size === 0) this.byPrincipal.delete(s.principal)
   }
 
-  /** Live sessions (for the API). */
-  sessions (): { clientId: string, principal: string }[] {
-    const out: { clientId: string, principal: string }[] = []
-    for (const [principal, set] of this.byPrincipal) for (const c of set) out.push({ clientId: c.id, principal })
-    return out
+  /** Live sessions (for the API), sorted by client id. */
+  sessions (): SessionInfo[] {
+    const out: SessionInfo[] = []
+    for (const [principal, set] of this.byPrincipal) {
+      for (const c of set) {
+        const s = sessionOf(c)
+        const sock = c.conn as Partial<net.Socket> | undefined
+        out.push({ clientId: c.id, principal, keyId: s?.keyId ?? null, address: typeof sock?.remoteAddress === 'string' ? sock.remoteAddress : null, connectedAt: s?.connectedAt ?? '' })
+      }
+    }
+    return out.sort((a, b) => a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : 0)
+  }
+
+  /** Closes the session of `clientId`; false when there is none. */
+  kick (clientId: string): boolean {
+    for (const set of this.byPrincipal.values()) {
+      for (const c of set) {
+        if (c.id === clientId) {
+          c.close()
+          return true
+        }
+      }
+    }
+    return false
   }
 
   // ---- hooks
@@ -156,7 +188,7 @@ export class Broker {
       done(authError(r.reason === 'disabled' ? 5 : 4, r.reason), false)
       return
     }
-    (client as SessionClient)[SESSION] = { principal: r.principal.id, keyId: r.key.id }
+    (client as SessionClient)[SESSION] = { principal: r.principal.id, keyId: r.key.id, connectedAt: new Date().toISOString() }
     this.stats.connects++
     done(null, true)
   }

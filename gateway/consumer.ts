@@ -112,6 +112,7 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
       const last = batch.lastSeq
       // The rest of what was read goes back to the reader for the next batch.
       if (last < (entries.at(-1) as JournalEntry).seq) reader.seek(last + 1)
+      const started = performance.now()
       for (;;) {
         try {
           await this.sink.write(batch.entries, last)
@@ -127,6 +128,7 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
       this.position = last
       this.lastError = null
       this.journal.ack(this.name, last)
+      this.emit('written', { ms: performance.now() - started, rows: batch.rows })
       this.emit('progress', last)
       if ((this.opts.lingerMs ?? 0) > 0 && batch.rows < this.opts.maxRows / 4 && !this.closed) await this.sleep(this.opts.lingerMs!)
     }

@@ -109,8 +109,13 @@ export function schemaColumns (schema: DatasetSchema): Column[] {
   return cols
 }
 
+/** What a dataset has taken in (read by /metrics). */
+export interface DatasetStats { messages: number, records: number }
+
 export class CompiledSchema {
   readonly columns: readonly Column[]
+  /** Shared by every version of the dataset; the pipeline counts here (no lookup per message). */
+  stats: DatasetStats = { messages: 0, records: 0 }
   private readonly byKey: Map<string, Column>
   private readonly required: readonly Column[]
   private readonly tsKey: string | undefined
@@ -216,7 +221,7 @@ function wrongType (col: Column, v: unknown, path: string): RecordRejection {
 
 /** Live datasets by id, each with its compiled schema versions. */
 export class Catalog {
-  private readonly datasets = new Map<string, { dataset: Dataset, current: CompiledSchema, versions: Map<number, CompiledSchema> }>()
+  private readonly datasets = new Map<string, { dataset: Dataset, current: CompiledSchema, versions: Map<number, CompiledSchema>, stats: DatasetStats }>()
 
   constructor (private readonly limits: SchemaLimits) {}
 
@@ -224,8 +229,14 @@ export class Catalog {
     const compiled = new CompiledSchema(dataset.id, dataset.version, dataset.schema, this.limits)
     const prior = this.datasets.get(dataset.id)
     const versions = prior?.versions ?? new Map<number, CompiledSchema>()
+    const stats = prior?.stats ?? { messages: 0, records: 0 }
+    compiled.stats = stats
     versions.set(dataset.version, compiled)
-    this.datasets.set(dataset.id, { dataset, current: compiled, versions })
+    this.datasets.set(dataset.id, { dataset, current: compiled, versions, stats })
+  }
+
+  stats (id: string): DatasetStats | undefined {
+    return this.datasets.get(id)?.stats
   }
 
   delete (id: string): boolean {

@@ -83,8 +83,11 @@ export class Pipeline {
     // Validation only: the journal keeps the payload as received, and sinks decode it into rows.
     const bad = compiled.decode(value, device, arrivalUs, null)
     if (bad !== null) return this.refuse(principal, dataset, device, topic, payload, bad.reason, bad.detail, bad.field)
+    const n = Array.isArray(value) ? value.length : 1
     this.stats.accepted++
-    this.stats.records += Array.isArray(value) ? value.length : 1
+    this.stats.records += n
+    compiled.stats.messages++
+    compiled.stats.records += n
     this.journal.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload }, cb)
     return null
   }
@@ -161,6 +164,8 @@ export class Pipeline {
     await Promise.all(appends)
     this.stats.accepted += appends.length
     this.stats.records += accepted
+    compiled.stats.messages += appends.length
+    compiled.stats.records += accepted
     return { accepted, rejected }
   }
 

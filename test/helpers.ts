@@ -100,8 +100,12 @@ export async function createDataset (gw: TestGateway, id: string, schema: unknow
   if (r.status !== 201) throw new Error(`create dataset ${id}: ${r.status} ${JSON.stringify(r.body)}`)
 }
 
+/** Replaces every grant on a dataset the way a client should: read the ETag, then PUT with If-Match. */
 export async function setGrants (gw: TestGateway, dataset: string, grants: unknown[]): Promise<void> {
-  const r = await api(gw.httpUrl, ADMIN_KEY, 'PUT', `/v1/datasets/${dataset}/access`, { grants })
+  const current = await api(gw.httpUrl, ADMIN_KEY, 'GET', `/v1/datasets/${dataset}/access`)
+  const etag = current.headers.get('etag')
+  if (current.status !== 200 || etag === null) throw new Error(`grants on ${dataset}: GET ${current.status} ${JSON.stringify(current.body)}`)
+  const r = await api(gw.httpUrl, ADMIN_KEY, 'PUT', `/v1/datasets/${dataset}/access`, { grants }, { 'if-match': etag })
   if (r.status !== 200) throw new Error(`grants on ${dataset}: ${r.status} ${JSON.stringify(r.body)}`)
 }
 

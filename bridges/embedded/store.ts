@@ -4,8 +4,9 @@
 // (records.ts), written by the sink thread.
 import fs from 'node:fs/promises'
 import path from 'node:path'
+import type { DuckDBValue } from '@duckdb/node-api'
 import type {
-  ApiKey, CheckpointStore, Dataset, Grant, IdempotencyStore, IdempotentResponse, MetadataSnapshot, MetadataStore, Principal,
+  ApiKey, AuditEntry, AuditFilter, AuditStore, CheckpointStore, Dataset, Grant, IdempotencyStore, IdempotentResponse, MetadataSnapshot, MetadataStore, Principal,
   RejectCount, RejectEntry, RejectStore
 } from '../../gateway/index.js'
 import { DuckFile, toNumber } from './duck.js'
@@ -17,7 +18,17 @@ export interface EmbeddedStoreOptions {
   readonly memoryLimit?: string
 }
 
-export class EmbeddedStore implements MetadataStore, RejectStore, IdempotencyStore, CheckpointStore {
+const AUDIT_COLUMNS = 'seq, "at", actor, address, action, resource, outcome, before_etag, after_etag, detail, request_id, prev_hash, hash'
+
+function auditRow (r: Record<string, DuckDBValue>): AuditEntry {
+  return {
+    seq: toNumber(r.seq!), at: r.at as string, actor: r.actor as string | null, address: r.address as string | null, action: r.action as string,
+    resource: r.resource as string, outcome: r.outcome as AuditEntry['outcome'], before: r.before_etag as string | null, after: r.after_etag as string | null,
+    detail: r.detail as string | null, requestId: r.request_id as string | null, prevHash: r.prev_hash as string, hash: r.hash as string
+  }
+}
+
+export class EmbeddedStore implements MetadataStore, RejectStore, IdempotencyStore, CheckpointStore, AuditStore {
   private readonly rejectsSinceTrim = new Map<string, number>()
 
   private constructor (private readonly db: DuckFile, private readonly opts: EmbeddedStoreOptions) {}
@@ -35,6 +46,9 @@ export class EmbeddedStore implements MetadataStore, RejectStore, IdempotencySto
         reason VARCHAR NOT NULL, detail VARCHAR NOT NULL, field VARCHAR, excerpt VARCHAR NOT NULL);
       CREATE TABLE IF NOT EXISTS sg_idempotency (principal VARCHAR NOT NULL, key VARCHAR NOT NULL, doc VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, PRIMARY KEY (principal, key));
       CREATE TABLE IF NOT EXISTS sg_reject_counts (dataset VARCHAR NOT NULL, reason VARCHAR NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (dataset, reason));
+      CREATE TABLE IF NOT EXISTS sg_audit (seq BIGINT PRIMARY KEY, "at" VARCHAR NOT NULL, actor VARCHAR, address VARCHAR, action VARCHAR NOT NULL,
+        resource VARCHAR NOT NULL, outcome VARCHAR NOT NULL, before_etag VARCHAR, after_etag VARCHAR, detail VARCHAR, request_id VARCHAR,
+        prev_hash VARCHAR NOT NULL, hash VARCHAR NOT NULL);
     `)
     return new EmbeddedStore(db, opts)
   }
@@ -57,7 +71,8 @@ export class EmbeddedStore implements MetadataStore, RejectStore, IdempotencySto
       (await (await this.reader.runAndReadAll(sql)).getRowObjects()).map((r) => JSON.parse(r.doc as string) as unknown)
     return {
       datasets: await docs('SELECT doc FROM sg_datasets ORDER BY id') as Dataset[],
-      principals: await docs('SELECT doc FROM sg_principals ORDER BY id') as Principal[],
+      // Principals stored before description and updatedAt existed get them here.
+      principals: (await docs('SELECT doc FROM sg_principals ORDER BY id') as Principal[]).map((p) => ({ ...p, description: p.description ?? '', updatedAt: p.updatedAt ?? p.createdAt })),
       keys: await docs('SELECT doc FROM sg_keys ORDER BY id') as ApiKey[],
       grants: await docs('SELECT doc FROM sg_grants ORDER BY dataset, principal') as Grant[]
     }
@@ -185,6 +200,53 @@ export class EmbeddedStore implements MetadataStore, RejectStore, IdempotencySto
 
   expireResponses (before: string): Promise<void> {
     return this.serial(async () => { await this.writer.run('DELETE FROM sg_idempotency WHERE created_at < CAST($1 AS TIMESTAMP)', [before]) })
+  }
+
+  // ---- AuditStore (append-only: nothing here updates or deletes an entry)
+
+  appendAudit (entries: readonly AuditEntry[]): Promise<void> {
+    return this.serial(() => this.transaction(async () => {
+      const a = await this.writer.createAppender('sg_audit')
+      for (const e of entries) {
+        a.appendBigInt(BigInt(e.seq))
+        a.appendVarchar(e.at)
+        for (const v of [e.actor, e.address]) { if (v === null) a.appendNull(); else a.appendVarchar(v) }
+        a.appendVarchar(e.action)
+        a.appendVarchar(e.resource)
+        a.appendVarchar(e.outcome)
+        for (const v of [e.before, e.after, e.detail, e.requestId]) { if (v === null) a.appendNull(); else a.appendVarchar(v) }
+        a.appendVarchar(e.prevHash)
+        a.appendVarchar(e.hash)
+        a.endRow()
+      }
+      a.closeSync()
+    }))
+  }
+
+  async lastAudit (): Promise<AuditEntry | null> {
+    const rows = await this.db.objects(`SELECT ${AUDIT_COLUMNS} FROM sg_audit ORDER BY seq DESC LIMIT 1`)
+    return rows.length === 0 ? null : auditRow(rows[0]!)
+  }
+
+  async listAudit (f: AuditFilter, limit: number): Promise<AuditEntry[]> {
+    const where: string[] = []
+    const params: DuckDBValue[] = []
+    const add = (sql: string, v: DuckDBValue): void => { params.push(v); where.push(sql.replace('?', `$${params.length}`)) }
+    if (f.actor !== undefined) add('actor = ?', f.actor)
+    if (f.action !== undefined) add('action = ?', f.action)
+    if (f.resource !== undefined) add('starts_with(resource, ?)', f.resource)
+    if (f.outcome !== undefined) add('outcome = ?', f.outcome)
+    if (f.since !== undefined) add('"at" >= ?', f.since)
+    if (f.until !== undefined) add('"at" < ?', f.until)
+    if (f.beforeSeq !== undefined) add('seq < ?', BigInt(f.beforeSeq))
+    params.push(limit)
+    const rows = await this.db.objects(`SELECT ${AUDIT_COLUMNS} FROM sg_audit ${where.length > 0 ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY seq DESC LIMIT $${params.length}`, params)
+    return rows.map(auditRow)
+  }
+
+  async auditRange (fromSeq: number, limit: number): Promise<AuditEntry[]> {
+    const rows = await this.db.objects(`SELECT ${AUDIT_COLUMNS} FROM sg_audit WHERE seq >= $1 ORDER BY seq LIMIT $2`, [BigInt(fromSeq), limit])
+    return rows.map(auditRow)
   }
 
   /** Waits for queued writes and closes DuckDB. Idempotent. */

@@ -6,7 +6,7 @@ const now = Date.parse('2026-01-01T00:00:00Z')
 function state (): AccessState {
   const s = new AccessState()
   for (const [id, kind] of [['admin', 'admin'], ['dev1', 'device'], ['dev2', 'device'], ['svc', 'service'], ['off', 'device']] as const) {
-    s.putPrincipal({ id, kind, disabled: id === 'off', createdAt: '' })
+    s.putPrincipal({ id, kind, description: '', disabled: id === 'off', createdAt: '', updatedAt: '' })
   }
   s.putKey({ id: 'k1', principal: 'dev1', hash: hashKey('secret-1'), description: '', createdAt: '', expiresAt: null, revokedAt: null })
   s.putKey({ id: 'k2', principal: 'dev1', hash: hashKey('secret-2'), description: '', createdAt: '', expiresAt: '2025-01-01T00:00:00Z', revokedAt: null })

@@ -69,7 +69,7 @@ describe('crash safety', () => {
       expect((await api(http, ADMIN_KEY, 'POST', '/v1/datasets', { id: ds, schema: { fields: { count: 'long', temp: 'double' } } })).status).toBe(201)
       expect((await api(http, ADMIN_KEY, 'POST', '/v1/principals', { id: dev, kind: 'device' })).status).toBe(201)
       const key = (await api(http, ADMIN_KEY, 'POST', `/v1/principals/${dev}/keys`, {})).body.key as string
-      expect((await api(http, ADMIN_KEY, 'PUT', `/v1/datasets/${ds}/access`, { grants: [{ principal: dev, actions: ['publish', 'query'] }] })).status).toBe(200)
+      expect((await api(http, ADMIN_KEY, 'PUT', `/v1/datasets/${ds}/access`, { grants: [{ principal: dev, actions: ['publish', 'query'] }] }, { 'if-match': '*' })).status).toBe(200)
 
       const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${first.mqttPort}`, { username: dev, password: key, clientId: uniqueId('c'), reconnectPeriod: 0, protocolVersion: 4 })
       client.on('error', () => undefined)

@@ -151,7 +151,7 @@ describe.skipIf(!enabled)('QuestDB acceptance: 100,000 records over MQTT, QuestD
       expect((await api(http, ADMIN_KEY, 'POST', '/v1/datasets', { id: ds, schema: { fields: { count: 'long' } } })).status).toBe(201)
       expect((await api(http, ADMIN_KEY, 'POST', '/v1/principals', { id: dev, kind: 'device' })).status).toBe(201)
       const key = (await api(http, ADMIN_KEY, 'POST', `/v1/principals/${dev}/keys`, {})).body.key as string
-      expect((await api(http, ADMIN_KEY, 'PUT', `/v1/datasets/${ds}/access`, { grants: [{ principal: dev, actions: ['publish', 'query'] }] })).status).toBe(200)
+      expect((await api(http, ADMIN_KEY, 'PUT', `/v1/datasets/${ds}/access`, { grants: [{ principal: dev, actions: ['publish', 'query'] }] }, { 'if-match': '*' })).status).toBe(200)
 
       const acked = new Set<number>()
       // Publishes [from, to) with 200 in flight; stops early if the connection drops.

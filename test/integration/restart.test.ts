@@ -20,7 +20,7 @@ describe('restart', () => {
       expect((await api(http, adminKey, 'POST', '/v1/datasets', { id: ds, schema: { fields: { temp: 'double' } } })).status).toBe(201)
       expect((await api(http, adminKey, 'POST', '/v1/principals', { id: dev, kind: 'device' })).status).toBe(201)
       const key = (await api(http, adminKey, 'POST', `/v1/principals/${dev}/keys`, { description: 'field unit' })).body.key as string
-      expect((await api(http, adminKey, 'PUT', `/v1/datasets/${ds}/access`, { grants: [{ principal: dev, actions: ['publish', 'query'] }] })).status).toBe(200)
+      expect((await api(http, adminKey, 'PUT', `/v1/datasets/${ds}/access`, { grants: [{ principal: dev, actions: ['publish', 'query'] }] }, { 'if-match': '*' })).status).toBe(200)
       // publish over MQTT-over-WebSocket (ws 8 forced under websocket-stream)
       const c = await connect(`ws://127.0.0.1:${a.addresses.ws.port}/mqtt`, dev, key)
       for (let i = 0; i < 10; i++) await c.publishAsync(`datasets/${ds}/${dev}`, JSON.stringify({ temp: i }), { qos: 1 })
