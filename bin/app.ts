@@ -32,6 +32,8 @@ export interface Streamgate {
   readonly management: Management
   readonly pipeline: Pipeline
   readonly broker: Broker
+  /** The management API's Express app (tests walk its routes). */
+  readonly api: express.Express
   readonly log: Logger
   /** Stops listening, lets appends finish, drains the sinks for up to `drainMs`, closes everything. Idempotent. */
   close (drainMs?: number): Promise<void>
@@ -199,7 +201,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       })()
       return closing
     }
-    return { config, addresses, generatedAdminKey: generatedKey, store, records: query, journal, consumers, management, pipeline, broker, amqp, log, close }
+    return { config, addresses, generatedAdminKey: generatedKey, store, records: query, journal, consumers, management, pipeline, broker, amqp, api, log, close }
   } catch (err) {
     await undo()
     throw err
