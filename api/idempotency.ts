@@ -48,17 +48,18 @@ export function createIdempotency (store: IdempotencyStore): Idempotency {
       const slot = createHash('sha256').update(principal).update('\n').update(key).digest('hex')
       const requestHash = createHash('sha256').update(request).digest('hex')
       const secret = secretFor(principal, key)
-      // A concurrent retry waits for the first attempt, then answers from its stored response.
-      while (inFlight.has(slot)) await inFlight.get(slot)
-      const saved = await store.getResponse(principal, slot)
-      if (saved !== null) {
-        if (saved.requestHash !== requestHash) throw new StreamgateError('SG_ERR_IDEMPOTENCY_MISMATCH', 'this Idempotency-Key was used with a different request', { field: 'Idempotency-Key' })
-        const { body, headers } = open(secret, saved.body as Sealed)
-        return { status: saved.status, body, headers: { ...headers, 'Idempotent-Replayed': 'true' } }
-      }
+      // A concurrent retry waits for the first attempt, then answers from its stored response. The slot
+      // is taken in the same turn as the check that found it free (no await in between).
+      for (let p = inFlight.get(slot); p !== undefined; p = inFlight.get(slot)) await p
       let done: () => void = () => undefined
       inFlight.set(slot, new Promise<void>((resolve) => { done = resolve }))
       try {
+        const saved = await store.getResponse(principal, slot)
+        if (saved !== null) {
+          if (saved.requestHash !== requestHash) throw new StreamgateError('SG_ERR_IDEMPOTENCY_MISMATCH', 'this Idempotency-Key was used with a different request', { field: 'Idempotency-Key' })
+          const { body, headers } = open(secret, saved.body as Sealed)
+          return { status: saved.status, body, headers: { ...headers, 'Idempotent-Replayed': 'true' } }
+        }
         const reply = await act()
         // Problems caused by the request itself are answered again too; 5xx are not kept (a retry may succeed).
         if (reply.status < 500) await store.putResponse(principal, slot, { requestHash, status: reply.status, body: seal(secret, reply), createdAt: new Date().toISOString() })
