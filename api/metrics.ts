@@ -48,7 +48,7 @@ export interface Metrics {
 
 export function createMetrics (deps: MetricsDeps): Metrics {
   const registry = new client.Registry()
-  client.collectDefaultMetrics({ register: registry, prefix: 'streamgate_process_' })
+  client.collectDefaultMetrics({ register: registry, prefix: 'streamgate_' })
 
   gaugeFrom(registry, 'streamgate_mqtt_sessions', 'Authenticated MQTT sessions (TCP, TLS and WebSocket)', [], (set) => set({}, deps.broker.sessions().length))
   counterFrom(registry, 'streamgate_mqtt_connects_total', 'MQTT connections authenticated', [], (set) => set({}, deps.broker.stats.connects))

@@ -149,12 +149,14 @@ export class AuditLog {
       // Let a burst of records join one write.
       await new Promise<void>((resolve) => setImmediate(resolve))
       while (this.pending.length > 0) {
+        // Take the batch out: entries recorded while it is written wait for the next round.
         const batch = this.pending
+        this.pending = []
         try {
           await this.store.appendAudit(batch)
-          this.pending = this.pending.slice(batch.length)
           this.durableSeq = batch.at(-1)!.seq
         } catch (err) {
+          this.pending = batch.concat(this.pending)
           this.opts.onError?.(err as Error)
           await new Promise((resolve) => setTimeout(resolve, 500))
           if (this.closed) return
