@@ -12,7 +12,7 @@ import type { paths } from '../generated/api.js'
 import { ADMIN_KEY, startTestGateway, type TestGateway, uniqueId } from '../helpers.js'
 import { GENERATED, typesFor } from '../support/openapi-types.js'
 
-type Json = Record<string, any> // eslint-disable-line @typescript-eslint/no-explicit-any
+type Json = Record<string, any>
 
 /** Routes Express serves: [METHOD, path in OpenAPI form]. */
 function expressRoutes (app: Express): string[] {
