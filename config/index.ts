@@ -66,7 +66,10 @@ export const configSchema = z.object({
   STREAMGATE_CORS_ORIGINS: z.string().default(''),
   STREAMGATE_API_RATE: nonNegativeInt.default(100),
   STREAMGATE_API_RATE_PER_ADDRESS: nonNegativeInt.default(200),
-  STREAMGATE_MQTT_CONNECT_RATE: nonNegativeInt.default(100),
+  STREAMGATE_MQTT_CONNECT_RATE_DEVICE: nonNegativeInt.default(100),
+  STREAMGATE_MQTT_CONNECT_RATE_SERVICE: nonNegativeInt.default(0),
+  STREAMGATE_MQTT_CONNECT_RATE_ADMIN: nonNegativeInt.default(0),
+  STREAMGATE_AUTH_FAILURES_PER_MINUTE: nonNegativeInt.default(60),
   STREAMGATE_MQTT_PUBLISH_RATE_DEVICE: nonNegativeInt.default(10_000),
   STREAMGATE_MQTT_PUBLISH_RATE_SERVICE: nonNegativeInt.default(0),
   STREAMGATE_MQTT_PUBLISH_RATE_ADMIN: nonNegativeInt.default(0)
@@ -118,8 +121,10 @@ export interface Config {
     readonly ratePerAddress: number
   }
   readonly mqttLimits: {
-    /** CONNECTs a second from one address (0: unlimited). */
-    readonly connectRate: number
+    /** CONNECTs a second per principal, by kind (0: unlimited). */
+    readonly connectRate: { readonly device: number, readonly service: number, readonly admin: number }
+    /** Failed MQTT logins a minute per source address before its CONNECTs are refused (0: unlimited). */
+    readonly authFailuresPerMinute: number
     /** PUBLISHes a second per principal, by kind (0: unlimited). */
     readonly publishRate: { readonly device: number, readonly service: number, readonly admin: number }
   }
@@ -235,7 +240,8 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       ratePerAddress: r.STREAMGATE_API_RATE_PER_ADDRESS
     },
     mqttLimits: {
-      connectRate: r.STREAMGATE_MQTT_CONNECT_RATE,
+      connectRate: { device: r.STREAMGATE_MQTT_CONNECT_RATE_DEVICE, service: r.STREAMGATE_MQTT_CONNECT_RATE_SERVICE, admin: r.STREAMGATE_MQTT_CONNECT_RATE_ADMIN },
+      authFailuresPerMinute: r.STREAMGATE_AUTH_FAILURES_PER_MINUTE,
       publishRate: { device: r.STREAMGATE_MQTT_PUBLISH_RATE_DEVICE, service: r.STREAMGATE_MQTT_PUBLISH_RATE_SERVICE, admin: r.STREAMGATE_MQTT_PUBLISH_RATE_ADMIN }
     },
     storeMemory: r.STREAMGATE_STORE_MEMORY,

@@ -14,6 +14,7 @@ import { RejectReason } from './errors.js'
 import { listen } from './listen.js'
 import type { Management } from './management.js'
 import type { Pipeline } from './pipeline.js'
+import { Buckets, FailureWindow, type TokenBucket } from './limits.js'
 import { classifyFilter, datasetOfTopic, parsePublishTopic } from './topics.js'
 
 /** Where a refused publish is sent so Aedes acknowledges it without delivering it: no filter a client may hold matches a `$` topic ([MQTT-4.7.2-1]). */
@@ -23,7 +24,12 @@ export interface Session {
   readonly principal: string
   readonly keyId: string
   readonly connectedAt: string
+  /** The principal's publish bucket (shared by its sessions); null: no publish limit for its kind. */
+  readonly publishes: TokenBucket | null
 }
+
+/** How long a publisher may be behind its rate (throttled) before it is disconnected. */
+const MAX_THROTTLE_MS = 2000
 
 /** A live MQTT session as the API lists it. */
 export interface SessionInfo {
@@ -58,7 +64,15 @@ export interface BrokerDeps {
   readonly log: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }
 }
 
-function authError (returnCode: 4 | 5, message: string): AuthenticateError {
+/** The client's source address (TCP or TLS socket, or the WebSocket's request). */
+function addressOf (client: Client): string | null {
+  const sock = client.conn as Partial<net.Socket> | undefined
+  if (typeof sock?.remoteAddress === 'string') return sock.remoteAddress
+  const req = (client as Client & { req?: { socket?: { remoteAddress?: string } } }).req
+  return req?.socket?.remoteAddress ?? null
+}
+
+function authError (returnCode: 3 | 4 | 5, message: string): AuthenticateError {
   return Object.assign(new Error(message), { returnCode })
 }
 
@@ -75,10 +89,18 @@ export class Broker {
   /** Sockets of clients waiting for a durable PUBACK, corked while a commit acknowledges them. */
   private readonly awaitingAck = new Set<Client>()
   private corked: net.Socket[] = []
-  readonly stats = { connects: 0, authFailures: 0, protocolErrors: 0 }
+  readonly stats = { connects: 0, authFailures: 0, protocolErrors: 0, throttled: 0, rateLimitedDisconnects: 0, connectsRefusedRate: 0 }
+  private readonly connectBuckets: Buckets
+  private readonly publishBuckets: Buckets
+  private readonly loginFailures: FailureWindow
 
   private constructor (aedes: Aedes, private readonly deps: BrokerDeps) {
     this.aedes = aedes
+    const kindOf = (principal: string): 'device' | 'service' | 'admin' => deps.access.getPrincipal(principal)?.kind ?? 'device'
+    const { connectRate, publishRate, authFailuresPerMinute } = deps.config.mqttLimits
+    this.connectBuckets = new Buckets((p) => connectRate[kindOf(p)])
+    this.publishBuckets = new Buckets((p) => publishRate[kindOf(p)])
+    this.loginFailures = new FailureWindow(authFailuresPerMinute, 60_000)
   }
 
   static async create (deps: BrokerDeps): Promise<Broker> {
@@ -152,8 +174,7 @@ export class Broker {
     for (const [principal, set] of this.byPrincipal) {
       for (const c of set) {
         const s = sessionOf(c)
-        const sock = c.conn as Partial<net.Socket> | undefined
-        out.push({ clientId: c.id, principal, keyId: s?.keyId ?? null, address: typeof sock?.remoteAddress === 'string' ? sock.remoteAddress : null, connectedAt: s?.connectedAt ?? '' })
+        out.push({ clientId: c.id, principal, keyId: s?.keyId ?? null, address: addressOf(c), connectedAt: s?.connectedAt ?? '' })
       }
     }
     return out.sort((a, b) => a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : 0)
@@ -174,21 +195,29 @@ export class Broker {
 
   // ---- hooks
 
-  /** MQTT username = principal id, password = one of its API keys. CONNACK 4 for bad credentials, 5 for a disabled principal. */
+  /**
+   * MQTT username = principal id, password = one of its API keys. CONNACK 4 for bad credentials, 5 for
+   * a disabled principal, 3 (server unavailable) for an address with too many failed logins in the
+   * last minute or a principal connecting faster than its kind's rate. Refusals are audited.
+   */
   private authenticate (client: Client, username: string | undefined, password: Buffer | undefined, done: (err: AuthenticateError | null, ok: boolean | null) => void): void {
-    if (username === undefined || password === undefined || password.length === 0 || password.length > 1024) {
+    const address = addressOf(client)
+    const refuse = (code: 3 | 4 | 5, reason: string, counts: boolean): void => {
       this.stats.authFailures++
-      done(authError(4, 'username and password (an API key) are required'), false)
-      return
+      if (counts) this.loginFailures.fail(address ?? '')
+      this.deps.log.warn({ clientId: client.id, username: username?.slice(0, 128), address, reason }, 'mqtt connect refused')
+      this.deps.management.denied({ principal: username === undefined ? null : username.slice(0, 128), address, requestId: null }, 'mqtt.connect', `mqtt/${client.id.slice(0, 128)}`, reason)
+      done(authError(code, reason), false)
     }
+    if (this.loginFailures.blocked(address ?? '')) return refuse(3, 'too many failed logins from this address; retry in a minute', false)
+    if (username === undefined || password === undefined || password.length === 0 || password.length > 1024) return refuse(4, 'username and password (an API key) are required', true)
     const r = this.deps.access.authenticate(username, password.toString('utf8'), Date.now())
-    if (!r.ok) {
-      this.stats.authFailures++
-      this.deps.log.warn({ clientId: client.id, username: username.slice(0, 128), reason: r.reason }, 'mqtt authentication refused')
-      done(authError(r.reason === 'disabled' ? 5 : 4, r.reason), false)
-      return
+    if (!r.ok) return refuse(r.reason === 'disabled' ? 5 : 4, r.reason, true)
+    if ((this.connectBuckets.get(r.principal.id)?.take() ?? 0) > 0) {
+      this.stats.connectsRefusedRate++
+      return refuse(3, `${r.principal.id} connects faster than STREAMGATE_MQTT_CONNECT_RATE_${r.principal.kind.toUpperCase()}`, false)
     }
-    (client as SessionClient)[SESSION] = { principal: r.principal.id, keyId: r.key.id, connectedAt: new Date().toISOString() }
+    (client as SessionClient)[SESSION] = { principal: r.principal.id, keyId: r.key.id, connectedAt: new Date().toISOString(), publishes: this.publishBuckets.get(r.principal.id) }
     this.stats.connects++
     done(null, true)
   }
@@ -199,6 +228,26 @@ export class Broker {
       done(new Error('not authenticated'))
       return
     }
+    if (session.publishes !== null) {
+      // Over its rate a publisher is throttled (its next packets wait: Aedes reads a client's next
+      // packets only once these are handled), and disconnected once it is too far behind.
+      const wait = session.publishes.take()
+      if (wait > 0) {
+        if (wait > MAX_THROTTLE_MS) {
+          this.stats.rateLimitedDisconnects++
+          this.deps.log.warn({ clientId: client!.id, principal: session.principal }, 'publisher far over its rate: disconnected')
+          done(new Error('publishing faster than the principal\'s rate'))
+          return
+        }
+        this.stats.throttled++
+        setTimeout(() => this.admitPublish(client!, session, packet, done), wait)
+        return
+      }
+    }
+    this.admitPublish(client!, session, packet, done)
+  }
+
+  private admitPublish (client: Client, session: Session, packet: PublishPacket, done: (err?: Error | null) => void): void {
     const topic = packet.topic
     const addr = parsePublishTopic(topic)
     if (addr === null) {
@@ -217,7 +266,7 @@ export class Broker {
     const durable = packet.qos > 0
     const refusal = this.deps.pipeline.ingest(session.principal, addr.dataset, addr.device, payload, topic, durable ? done : this.onQos0Appended)
     if (refusal === null) {
-      if (durable) this.awaitingAck.add(client!)
+      if (durable) this.awaitingAck.add(client)
       else done(null)
       return
     }
