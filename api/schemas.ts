@@ -79,7 +79,11 @@ export const statusSchema = z.object({
   consumers: z.array(consumerStatusSchema),
   query: z.object({ breaker }).optional(),
   amqp: z.record(z.string(), z.unknown()).optional(),
-  mqtt: z.object({ sessions: z.number(), connects: z.number(), authFailures: z.number(), protocolErrors: z.number() }),
+  mqtt: z.object({
+    sessions: z.number(), connects: z.number(), authFailures: z.number(), protocolErrors: z.number(),
+    throttled: z.number().describe('publishes delayed for a publisher over its rate'),
+    rateLimitedDisconnects: z.number(), connectsRefusedRate: z.number()
+  }),
   rejected: z.record(z.string(), z.number()),
   memory: z.record(z.string(), z.unknown())
 }).meta({ id: 'Status' })

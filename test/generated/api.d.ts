@@ -616,6 +616,10 @@ export interface components {
                 connects: number;
                 authFailures: number;
                 protocolErrors: number;
+                /** @description publishes delayed for a publisher over its rate */
+                throttled: number;
+                rateLimitedDisconnects: number;
+                connectsRefusedRate: number;
             };
             rejected: {
                 [key: string]: number;
