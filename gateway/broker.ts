@@ -258,6 +258,7 @@ export class Broker {
       }
       this.deps.pipeline.refuse(session.principal, null, null, topic, packet.payload as Buffer, RejectReason.BAD_TOPIC,
         'publish topics are datasets/<dataset>/<device>[/...]', undefined, true)
+      this.audit(client, session, 'mqtt.publish', `mqtt/topic/${topic.slice(0, 256)}`, 'publish topics are datasets/<dataset>/<device>[/...]')
       done(new Error('topic outside datasets/<dataset>/<device>'))
       return
     }
@@ -271,6 +272,7 @@ export class Broker {
       return
     }
     if (refusal.denied) {
+      this.audit(client, session, 'mqtt.publish', `datasets/${addr.dataset}`, refusal.detail)
       done(new Error(refusal.detail))
       return
     }
@@ -278,6 +280,11 @@ export class Broker {
     packet.topic = DROP_TOPIC
     packet.retain = false
     done(null)
+  }
+
+  /** Records a denied MQTT access in the audit log. */
+  private audit (client: Client, session: Session, action: string, resource: string, detail: string): void {
+    this.deps.management.denied({ principal: session.principal, address: addressOf(client), requestId: client.id }, action, resource, detail)
   }
 
   /**
@@ -316,6 +323,7 @@ export class Broker {
       return
     }
     this.deps.log.warn({ clientId: client.id, principal: session?.principal, filter: sub.topic.slice(0, 256) }, 'subscription refused')
+    if (session !== undefined) this.audit(client, session, 'mqtt.subscribe', `mqtt/filter/${sub.topic.slice(0, 256)}`, 'the filter reaches beyond the principal\'s grants')
     done(null, null)
   }
 

@@ -85,6 +85,23 @@ describe('metrics', () => {
     expect(lastText).toMatch(/^streamgate_sink_write_duration_seconds_count\{sink="embedded"\} [1-9]/m)
   })
 
+  it('sends security headers, and no CORS headers unless origins are configured', async () => {
+    const r = await fetch(`${gw.httpUrl}/v1/datasets`, { headers: { authorization: `Bearer ${ADMIN_KEY}`, origin: 'https://app.example' } })
+    expect(r.headers.get('x-content-type-options')).toBe('nosniff')
+    expect(r.headers.get('content-security-policy')).toMatch(/default-src 'self'/)
+    expect(r.headers.get('x-powered-by')).toBeNull()
+    expect(r.headers.get('access-control-allow-origin')).toBeNull()
+    const withCors = await startTestGateway({ STREAMGATE_CORS_ORIGINS: 'https://app.example' })
+    try {
+      const ok = await fetch(`${withCors.httpUrl}/v1/datasets`, { method: 'OPTIONS', headers: { origin: 'https://app.example', 'access-control-request-method': 'GET' } })
+      expect(ok.headers.get('access-control-allow-origin')).toBe('https://app.example')
+      const other = await fetch(`${withCors.httpUrl}/v1/datasets`, { method: 'OPTIONS', headers: { origin: 'https://evil.example', 'access-control-request-method': 'GET' } })
+      expect(other.headers.get('access-control-allow-origin')).toBeNull()
+    } finally {
+      await withCors.stop()
+    }
+  })
+
   it('/healthz and /readyz answer without credentials', async () => {
     expect((await api(gw.httpUrl, null, 'GET', '/healthz')).body).toEqual({ status: 'ok', journal: 'ok' })
     expect((await api(gw.httpUrl, null, 'GET', '/readyz')).body).toEqual({ ready: true, checks: { listeners: true, journal: true, sinkThread: true } })
@@ -115,6 +132,24 @@ describe('audit log', () => {
     const page2 = (await api(gw.httpUrl, ADMIN_KEY, 'GET', `/v1/audit?limit=3&cursor=${page1.next}`)).body
     expect(page2.entries[0].seq).toBe(page1.entries[2].seq - 1)
     expect((await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/audit/verify')).body).toMatchObject({ ok: true, firstBroken: null })
+  })
+
+  it('records denied MQTT subscriptions and publishes', async () => {
+    const ds = uniqueId('mq')
+    await createDataset(gw, ds, { fields: { n: 'long' } })
+    const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+    const c = await connect(gw.mqttUrl, dev.id, dev.key)
+    try {
+      const granted = await c.subscribeAsync('#', { qos: 1 }).catch(() => [{ qos: 128 }])
+      expect(granted[0]?.qos).toBe(128)
+      const gone = new Promise<void>((resolve) => c.once('close', () => resolve()))
+      c.publish(`datasets/${ds}/${dev.id}`, JSON.stringify({ n: 1 }), { qos: 1 })
+      await gone
+    } finally {
+      await c.endAsync(true)
+    }
+    const entries = (await api(gw.httpUrl, ADMIN_KEY, 'GET', `/v1/audit?actor=${dev.id}&outcome=denied`)).body.entries as { action: string, resource: string }[]
+    expect(entries.map((e) => `${e.action} ${e.resource}`)).toEqual(expect.arrayContaining(['mqtt.subscribe mqtt/filter/#', `mqtt.publish datasets/${ds}`]))
   })
 
   it('finds the first broken link when a stored entry was changed', async () => {
