@@ -10,6 +10,7 @@ import { rejectSchema } from './schemas.js'
 
 const datasetId = z.object({ id: z.string().regex(DATASET_ID, 'a dataset id: ^[a-z][a-z0-9_]{0,62}$') })
 const timeParam = z.string().max(40).refine((v) => !Number.isNaN(parseTimestampUs(/^\d+(\.\d+)?$/.test(v) ? Number(v) : v)), 'expected epoch milliseconds or an ISO 8601 date-time')
+const versionParam = z.coerce.number().int().min(1).optional().describe('a schema version (default: the current one)')
 const toUs = (v: string | undefined): number | null => v === undefined ? null : parseTimestampUs(/^\d+(\.\d+)?$/.test(v) ? Number(v) : v)
 
 const refusalSchema = z.object({ index: z.number().int(), reason: z.string(), detail: z.string(), field: z.string().optional() }).meta({ id: 'RecordRefusal' })
@@ -54,15 +55,18 @@ export function dataRoutes ({ deps, management, guard }: RouteContext, idempoten
           batchReply(req, records.length, await deps.pipeline.ingestRecords(user.principal.id, params.id, records)))
       }
     }),
-    operation<{ id: string }, { from?: string | undefined, to?: string | undefined, limit: number }>({
+    operation<{ id: string }, { from?: string | undefined, to?: string | undefined, limit: number, version?: number | undefined }>({
       method: 'get', path: '/datasets/{id}/records', operationId: 'latestRecords', tag: 'data',
       summary: 'Recent records, newest first (query)',
       params: datasetId,
-      query: z.object({ from: timeParam.optional().describe('epoch ms or ISO 8601, inclusive'), to: timeParam.optional().describe('exclusive'), limit: z.coerce.number().int().min(1).max(limits.queryMaxRows).default(100) }),
+      query: z.object({
+        from: timeParam.optional().describe('epoch ms or ISO 8601, inclusive'), to: timeParam.optional().describe('exclusive'),
+        limit: z.coerce.number().int().min(1).max(limits.queryMaxRows).default(100), version: versionParam
+      }),
       responses: { 200: { description: 'Records', schema: z.object({ records: z.array(row) }) } },
       async handle ({ params, query, req }) {
         guard.grant(req, params.id, 'query')
-        const ds = management.getDataset(params.id)
+        const ds = query.version === undefined ? management.getDataset(params.id) : management.getDatasetVersion(params.id, query.version)
         const rows = await deps.query.latest(ds, { from: toUs(query.from), to: toUs(query.to), limit: query.limit })
         return { status: 200, body: { records: rows.map((r) => outRow(ds, r)) } }
       }
@@ -74,7 +78,8 @@ export function dataRoutes ({ deps, management, guard }: RouteContext, idempoten
       responses: { 200: { description: 'Rows and the cursor of the next page', schema: z.object({ rows: z.array(row), nextCursor: z.string().nullable() }) }, 503: { description: 'The store is unavailable or the query timed out' } },
       async handle ({ params, body, req }) {
         guard.grant(req, params.id, 'query')
-        const plan = planQuery(management.getDataset(params.id), body, { maxRows: limits.queryMaxRows })
+        const ds = body.version === undefined ? management.getDataset(params.id) : management.getDatasetVersion(params.id, body.version)
+        const plan = planQuery(ds, body, { maxRows: limits.queryMaxRows })
         return { status: 200, body: await deps.query.query(plan, limits.queryTimeoutMs) }
       }
     }),
@@ -90,14 +95,14 @@ export function dataRoutes ({ deps, management, guard }: RouteContext, idempoten
         return { status: 200, body: { rejects: await deps.rejectStore.list(params.id, query.limit) } }
       }
     }),
-    operation<{ id: string }>({
+    operation<{ id: string }, { version?: number | undefined }>({
       method: 'get', path: '/datasets/{id}/stats', operationId: 'datasetStats', tag: 'data',
-      summary: 'Records stored, refusals by reason, the latest record\'s time (query or manage)',
-      params: datasetId,
+      summary: 'Records stored (of the current version, or `version`), refusals by reason, the latest record\'s time (query or manage)',
+      params: datasetId, query: z.object({ version: versionParam }),
       responses: { 200: { description: 'Stats', schema: z.object({ stored: z.number(), rejected: z.record(z.string(), z.number()), lastRecordAt: z.string().nullable() }) } },
-      async handle ({ params, req }) {
+      async handle ({ params, query, req }) {
         guard.grant(req, params.id, 'query', 'manage')
-        const ds = management.getDataset(params.id)
+        const ds = query.version === undefined ? management.getDataset(params.id) : management.getDatasetVersion(params.id, query.version)
         const s = await deps.query.stats(ds)
         return { status: 200, body: { stored: s.stored, rejected: deps.rejects.counts(params.id), lastRecordAt: s.lastRecordUs === null ? null : isoFromUs(s.lastRecordUs) } }
       }

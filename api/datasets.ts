@@ -1,7 +1,7 @@
 // /v1/datasets: create, list (keyset pages, id prefix), read, change in place when compatible,
 // delete (stored records only with ?purge=true), schema versions, and who may use a dataset.
 import { z } from 'zod'
-import { datasetInputSchema, datasetUpdateSchema, DATASET_ID, etagOf, grantSchema, grantsInputSchema, PRINCIPAL_ID } from '../gateway/index.js'
+import { datasetInputSchema, datasetSchemaSchema, datasetUpdateSchema, DATASET_ID, etagOf, grantSchema, grantsInputSchema, PRINCIPAL_ID } from '../gateway/index.js'
 import { actorOf, userOf } from './auth.js'
 import { operation, type Operation } from './contract.js'
 import type { RouteContext } from './context.js'
@@ -10,6 +10,7 @@ import { cursorParam, datasetSchema, grantSchemaOut, limitParam, pageOf } from '
 const datasetId = z.object({ id: z.string().regex(DATASET_ID, 'a dataset id: ^[a-z][a-z0-9_]{0,62}$') })
 const accessSchema = z.object({ grants: z.array(grantSchemaOut) }).meta({ id: 'Access' })
 const versionSchema = z.object({ version: z.number().int(), schema: datasetSchema.shape.schema, current: z.boolean(), updatedAt: z.string() }).meta({ id: 'DatasetVersion' })
+const newVersionSchema = z.strictObject({ schema: datasetSchemaSchema, description: z.string().max(1024).optional() }).meta({ id: 'NewDatasetVersion' })
 const etagHeader = { ETag: 'the resource\'s ETag, for If-Match' }
 
 export function datasetRoutes ({ management, guard }: RouteContext): Operation[] {
@@ -75,13 +76,26 @@ export function datasetRoutes ({ management, guard }: RouteContext): Operation[]
     operation<{ id: string }>({
       method: 'get', path: '/datasets/{id}/versions', operationId: 'listDatasetVersions', tag: 'datasets',
       summary: 'The schema versions of a dataset (any grant on it)',
-      description: 'Compatible changes apply in place to the current version.',
+      description: 'Compatible changes apply in place to the current version; POST a new version for any other change.',
       params: datasetId,
       responses: { 200: { description: 'Versions, newest first', schema: z.object({ versions: z.array(versionSchema) }) } },
       handle ({ params, req }) {
         guard.grant(req, params.id, 'publish', 'subscribe', 'query', 'manage')
-        const d = management.getDataset(params.id)
-        return { status: 200, body: { versions: [{ version: d.version, schema: d.schema, current: true, updatedAt: d.updatedAt }] } }
+        const current = management.getDataset(params.id).version
+        const versions = management.catalog.versionsOf(params.id).map((d) => ({ version: d.version, schema: d.schema, current: d.version === current, updatedAt: d.updatedAt }))
+        return { status: 200, body: { versions } }
+      }
+    }),
+    operation<{ id: string }, Record<string, never>, z.output<typeof newVersionSchema>>({
+      method: 'post', path: '/datasets/{id}/versions', operationId: 'createDatasetVersion', tag: 'datasets', idempotent: true,
+      summary: 'Make a new schema version current, for changes that are not compatible (manage)',
+      description: 'Records published from now on are validated against it and stored apart; read earlier ones with `version` in queries.',
+      params: datasetId, body: newVersionSchema,
+      responses: { 201: { description: 'The dataset at its new version', schema: datasetSchema, headers: etagHeader } },
+      async handle ({ params, body, req }) {
+        guard.grant(req, params.id, 'manage')
+        const d = await management.createVersion(params.id, body, actorOf(req))
+        return { status: 201, body: d, headers: { ETag: etagOf(d) } }
       }
     }),
 

@@ -152,8 +152,8 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
     return this.rpc.call('prepareDataset', dataset)
   }
 
-  dropDataset (id: string): Promise<void> {
-    return this.rpc.call('dropDataset', id)
+  dropDataset (dataset: Dataset): Promise<void> {
+    return this.rpc.call('dropDataset', dataset)
   }
 
   /** Queries served by the embedded store this thread owns. */

@@ -131,11 +131,11 @@ async function main (): Promise<void> {
   rpc.handle('checkpoint', () => sink.checkpoint())
   rpc.handle('prepareDataset', async (d: Dataset) => {
     await sink.prepareDataset(d)
-    catalog.put(d)
+    catalog.putVersion(d)
   })
-  rpc.handle('dropDataset', async (id: string) => {
-    catalog.delete(id)
-    await sink.dropDataset(id)
+  rpc.handle('dropDataset', async (d: Dataset) => {
+    catalog.delete(d.id)
+    await sink.dropDataset(d)
   })
   rpc.handle('start', async () => {
     await journal.refresh()

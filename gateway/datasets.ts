@@ -41,7 +41,7 @@ export type DatasetSchemaInput = z.input<typeof datasetSchemaSchema>
 export type DatasetSchema = z.output<typeof datasetSchemaSchema>
 
 export const datasetInputSchema = z.strictObject({
-  id: z.string().regex(DATASET_ID, 'must match ^[a-z][a-z0-9_]{0,62}$'),
+  id: z.string().regex(DATASET_ID, 'must match ^[a-z][a-z0-9_]{0,62}$').refine((id) => !id.includes('__'), 'must not contain "__" (it names the tables of later schema versions)'),
   description: z.string().max(1024).default(''),
   schema: datasetSchemaSchema
 })
@@ -219,20 +219,49 @@ function wrongType (col: Column, v: unknown, path: string): RecordRejection {
   return new RecordRejection(RejectReason.WRONG_TYPE, `${col.name}: expected ${col.kind === 'tag' ? 'string (tag)' : col.kind}, got ${got}`, path)
 }
 
+/** The table that stores a dataset's records under one schema version: `<id>`, then `<id>__v<n>`. */
+export function tableName (id: string, version: number): string {
+  return version === 1 ? id : `${id}__v${version}`
+}
+
 /** Live datasets by id, each with its compiled schema versions. */
 export class Catalog {
-  private readonly datasets = new Map<string, { dataset: Dataset, current: CompiledSchema, versions: Map<number, CompiledSchema>, stats: DatasetStats }>()
+  private readonly datasets = new Map<string, { dataset: Dataset, current: CompiledSchema, versions: Map<number, CompiledSchema>, history: Map<number, Dataset>, stats: DatasetStats }>()
 
   constructor (private readonly limits: SchemaLimits) {}
 
+  /** Makes `dataset` the current version (and keeps the earlier ones for entries accepted under them). */
   put (dataset: Dataset): void {
     const compiled = new CompiledSchema(dataset.id, dataset.version, dataset.schema, this.limits)
     const prior = this.datasets.get(dataset.id)
     const versions = prior?.versions ?? new Map<number, CompiledSchema>()
+    const history = prior?.history ?? new Map<number, Dataset>()
     const stats = prior?.stats ?? { messages: 0, records: 0 }
     compiled.stats = stats
     versions.set(dataset.version, compiled)
-    this.datasets.set(dataset.id, { dataset, current: compiled, versions, stats })
+    history.set(dataset.version, dataset)
+    this.datasets.set(dataset.id, { dataset, current: compiled, versions, history, stats })
+  }
+
+  /** An earlier version, known so that journal entries accepted under it still decode (load order: oldest first, current last). */
+  putVersion (dataset: Dataset): void {
+    const entry = this.datasets.get(dataset.id)
+    if (entry === undefined) return this.put(dataset)
+    if (dataset.version >= entry.dataset.version) return this.put(dataset)
+    const compiled = new CompiledSchema(dataset.id, dataset.version, dataset.schema, this.limits)
+    compiled.stats = entry.stats
+    entry.versions.set(dataset.version, compiled)
+    entry.history.set(dataset.version, dataset)
+  }
+
+  /** The dataset as it was under `version` (its schema then), or undefined. */
+  datasetVersion (id: string, version: number): Dataset | undefined {
+    return this.datasets.get(id)?.history.get(version)
+  }
+
+  /** Every version known, newest first. */
+  versionsOf (id: string): Dataset[] {
+    return [...(this.datasets.get(id)?.history.values() ?? [])].sort((a, b) => b.version - a.version)
   }
 
   stats (id: string): DatasetStats | undefined {

@@ -190,6 +190,14 @@ export class Management extends EventEmitter<ManagementEvents> {
       if (list === undefined) grouped.set(g.dataset, list = [])
       list.push(g)
     }
+    // Earlier versions first: entries accepted under them may still wait in the journal.
+    const current = new Map(snap.datasets.map((d) => [d.id, d]))
+    const earlier = snap.datasetVersions.filter((v) => current.has(v.id) && v.version < current.get(v.id)!.version)
+      .sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : a.version - b.version)
+    for (const v of earlier) {
+      this.catalog.putVersion(v)
+      for (const s of this.deps.sinks) await s.prepareDataset(v)
+    }
     for (const d of snap.datasets) {
       this.catalog.put(d)
       this.access.setDatasetGrants(d.id, grouped.get(d.id) ?? [])
@@ -283,6 +291,32 @@ export class Management extends EventEmitter<ManagementEvents> {
   }
 
   /**
+   * Makes a new schema version current (any change, compatible or not): records published from now on
+   * are validated against it and stored in its own table; earlier records stay in theirs, queried with
+   * their `version`. Entries already journaled keep the version they were accepted under.
+   */
+  createVersion (id: string, input: { schema: DatasetSchema, description?: string | undefined }, actor: Actor): Promise<Dataset> {
+    return this.exclusive(`datasets/${id}`, async () => {
+      const current = this.getDataset(id)
+      const before = etagOf(current)
+      const next: Dataset = { ...current, schema: input.schema, description: input.description ?? current.description, version: current.version + 1, updatedAt: new Date().toISOString() }
+      for (const s of this.deps.sinks) await s.prepareDataset(next)
+      await this.deps.store.saveDataset(next)
+      this.catalog.put(next)
+      await this.audited(actor, 'dataset.version', `datasets/${id}`, before, etagOf(next), `version ${next.version}`)
+      return next
+    })
+  }
+
+  /** The dataset as it was under `version`; NOT_FOUND when there is no such version. */
+  getDatasetVersion (id: string, version: number): Dataset {
+    this.getDataset(id)
+    const d = this.catalog.datasetVersion(id, version)
+    if (d === undefined) throw new StreamgateError('SG_ERR_NOT_FOUND', `dataset ${id} has no version ${version}`, { field: 'version' })
+    return d
+  }
+
+  /**
    * Deletes the dataset and its grants and rejects. Its stored records go too only with `purge`;
    * without it a dataset that has any is refused (409 dataset-not-empty).
    */
@@ -292,14 +326,15 @@ export class Management extends EventEmitter<ManagementEvents> {
       const before = etagOf(current)
       checkIfMatch(before, opts.ifMatch, false)
       if (!opts.purge) {
-        const n = await this.deps.storedCount(current)
+        let n = 0
+        for (const v of this.catalog.versionsOf(id)) n += await this.deps.storedCount(v)
         if (n > 0) throw new StreamgateError('SG_ERR_DATASET_NOT_EMPTY', `dataset ${id} has ${n} stored records; delete with ?purge=true to delete them too`, { field: 'purge', stored: n })
       }
       await this.deps.store.deleteDataset(id)
       this.catalog.delete(id)
       this.access.setDatasetGrants(id, [])
       this.deps.rejects.forget(id)
-      for (const s of this.deps.sinks) await s.dropDataset(id)
+      for (const s of this.deps.sinks) await s.dropDataset(current)
       this.emit('grantsChanged', id)
       this.emit('datasetDeleted', id)
       await this.audited(actor, opts.purge ? 'dataset.purge' : 'dataset.delete', `datasets/${id}`, before, null)

@@ -5,7 +5,10 @@ import type { RejectReason } from './errors.js'
 import type { QueryPlan, QueryResult } from './query.js'
 
 export interface MetadataSnapshot {
+  /** Current versions. */
   readonly datasets: readonly Dataset[]
+  /** Every version of every dataset (the current ones included). */
+  readonly datasetVersions: readonly Dataset[]
   readonly principals: readonly Principal[]
   readonly keys: readonly ApiKey[]
   readonly grants: readonly Grant[]
@@ -14,6 +17,7 @@ export interface MetadataSnapshot {
 /** Datasets, principals, keys and grants. Every call is durable when its promise resolves. */
 export interface MetadataStore {
   load (): Promise<MetadataSnapshot>
+  /** Saves the dataset as its current version, and in its version history. */
   saveDataset (dataset: Dataset): Promise<void>
   deleteDataset (id: string): Promise<void>
   savePrincipal (principal: Principal): Promise<void>
@@ -37,8 +41,10 @@ export interface SinkEntry {
 
 /** What the management side asks of every store of records when datasets come and go. */
 export interface DatasetTables {
+  /** Makes sure the table of this version of the dataset exists, with every column of its schema. */
   prepareDataset (dataset: Dataset): Promise<void>
-  dropDataset (id: string): Promise<void>
+  /** Drops the tables of every version up to `dataset.version`. */
+  dropDataset (dataset: Dataset): Promise<void>
 }
 
 /**

@@ -70,7 +70,8 @@ export const queryInputSchema = z.strictObject({
   groupBy: z.array(z.string().max(64)).max(8).optional(),
   order: z.enum(['asc', 'desc']).default('asc'),
   limit: z.number().int().min(1).optional(),
-  cursor: z.string().max(2048).optional()
+  cursor: z.string().max(2048).optional(),
+  version: z.number().int().min(1).optional().describe('the schema version whose records to read (default: the current one)')
 })
 
 export type QueryInput = z.input<typeof queryInputSchema>

@@ -220,7 +220,7 @@ export class AmqpSink implements Sink {
   }
 
   async prepareDataset (_ds: Dataset): Promise<void> {}
-  async dropDataset (_id: string): Promise<void> {}
+  async dropDataset (_dataset: Dataset): Promise<void> {}
 
   private async publish (entries: readonly SinkEntry[]): Promise<void> {
     // Publishing while disconnected would only queue in memory; fail fast and let the journal hold it.

@@ -7,7 +7,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import type { DuckDBValue } from '@duckdb/node-api'
 import type { Dataset, FieldType, QueryPlan, QueryResult, RecordQuery, Row, Sink, SinkEntry } from '../../gateway/index.js'
-import { schemaColumns } from '../../gateway/index.js'
+import { schemaColumns, tableName } from '../../gateway/index.js'
 import { compileQuery, latestPlan, shapeRows, toStoredRows } from '../sql/compile.js'
 import { DuckFile, ident, toNumber } from './duck.js'
 import { StreamgateError } from '../../gateway/index.js'
@@ -16,8 +16,9 @@ const SQL_TYPE: Record<FieldType | 'tag', string> = {
   double: 'DOUBLE', long: 'BIGINT', boolean: 'BOOLEAN', string: 'VARCHAR', timestamp: 'TIMESTAMP', tag: 'VARCHAR'
 }
 
-function table (id: string): string {
-  return `data.${ident(id)}`
+/** The DuckDB table of a table name from tableName() (one per dataset version). */
+function table (name: string): string {
+  return `data.${ident(name)}`
 }
 
 /**
@@ -57,11 +58,11 @@ function maxLineSize (cols: readonly [string, string][], maxString: number): num
   return Math.max(64 * 1024, n + 1)
 }
 
-function insertSql (dataset: string, cols: readonly [string, string][], file: string, maxString: number): string {
+function insertSql (name: string, cols: readonly [string, string][], file: string, maxString: number): string {
   const types = cols.map(([name, type]) => `'${name}': '${type === 'TIMESTAMP' ? 'BIGINT' : type}'`)
   const select = cols.map(([name, type]) => type === 'TIMESTAMP' ? `make_timestamp(${ident(name)})` : ident(name))
   const literal = "'" + file.replaceAll("'", "''") + "'"
-  return `INSERT INTO ${table(dataset)} SELECT ${select.join(', ')} FROM read_csv(${literal}, header = false, delim = ',', quote = '"', escape = '"', ` +
+  return `INSERT INTO ${table(name)} SELECT ${select.join(', ')} FROM read_csv(${literal}, header = false, delim = ',', quote = '"', escape = '"', ` +
     `new_line = '\\n', auto_detect = false, allow_quoted_nulls = false, max_line_size = ${maxLineSize(cols, maxString)}, columns = {${types.join(', ')}})`
 }
 
@@ -101,44 +102,49 @@ export class RecordStore implements Sink, RecordQuery {
   }
 
   prepareDataset (ds: Dataset): Promise<void> {
+    const name = tableName(ds.id, ds.version)
     return this.db.serial(async () => {
       const cols = schemaColumns(ds.schema).map((c) => `${ident(c.name)} ${SQL_TYPE[c.kind]}`)
-      await this.db.writer.run(`CREATE TABLE IF NOT EXISTS ${table(ds.id)} (_seq BIGINT NOT NULL, _idx INTEGER NOT NULL, ts TIMESTAMP NOT NULL, device VARCHAR NOT NULL${cols.map((c) => ', ' + c).join('')})`)
+      await this.db.writer.run(`CREATE TABLE IF NOT EXISTS ${table(name)} (_seq BIGINT NOT NULL, _idx INTEGER NOT NULL, ts TIMESTAMP NOT NULL, device VARCHAR NOT NULL${cols.map((c) => ', ' + c).join('')})`)
       // A compatible schema change adds optional columns; add any the table lacks.
       const existing = new Set((await (await this.db.writer.runAndReadAll(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'data' AND table_name = $1", [ds.id])).getRows()).map((r) => r[0] as string))
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'data' AND table_name = $1", [name])).getRows()).map((r) => r[0] as string))
       for (const c of schemaColumns(ds.schema)) {
-        if (!existing.has(c.name)) await this.db.writer.run(`ALTER TABLE ${table(ds.id)} ADD COLUMN ${ident(c.name)} ${SQL_TYPE[c.kind]}`)
+        if (!existing.has(c.name)) await this.db.writer.run(`ALTER TABLE ${table(name)} ADD COLUMN ${ident(c.name)} ${SQL_TYPE[c.kind]}`)
       }
-      this.tableColumns.delete(ds.id)
+      this.tableColumns.delete(name)
     })
   }
 
-  dropDataset (id: string): Promise<void> {
+  dropDataset (ds: Dataset): Promise<void> {
     return this.db.serial(async () => {
-      await this.db.writer.run(`DROP TABLE IF EXISTS ${table(id)}`)
-      this.tableColumns.delete(id)
+      for (let v = 1; v <= ds.version; v++) {
+        const name = tableName(ds.id, v)
+        await this.db.writer.run(`DROP TABLE IF EXISTS ${table(name)}`)
+        this.tableColumns.delete(name)
+      }
     })
   }
 
   /** Stores the rows and moves the checkpoint in one transaction, so a replay never writes a row twice. */
   write (entries: readonly SinkEntry[], lastSeq: number): Promise<void> {
     return this.db.serial(async () => {
-      const byDataset = new Map<string, SinkEntry[]>()
+      const byTable = new Map<string, SinkEntry[]>()
       for (const e of entries) {
-        let list = byDataset.get(e.dataset)
-        if (list === undefined) byDataset.set(e.dataset, list = [])
+        const name = tableName(e.dataset, e.version)
+        let list = byTable.get(name)
+        if (list === undefined) byTable.set(name, list = [])
         list.push(e)
       }
       const files: string[] = []
       try {
         const statements: string[] = []
-        for (const [dataset, list] of byDataset) {
-          const cols = await this.columnsOf(dataset)
+        for (const [name, list] of byTable) {
+          const cols = await this.columnsOf(name)
           const file = path.join(this.tmpDir, `batch-${++this.batchNo}.csv`)
           files.push(file)
           await fs.writeFile(file, toCsv(list, cols))
-          statements.push(insertSql(dataset, cols, file, this.maxString))
+          statements.push(insertSql(name, cols, file, this.maxString))
         }
         await this.db.transaction(async () => {
           for (const sql of statements) await this.db.writer.run(sql)
@@ -150,13 +156,13 @@ export class RecordStore implements Sink, RecordQuery {
     })
   }
 
-  private async columnsOf (dataset: string): Promise<[string, string][]> {
-    let cols = this.tableColumns.get(dataset)
+  private async columnsOf (name: string): Promise<[string, string][]> {
+    let cols = this.tableColumns.get(name)
     if (cols === undefined) {
       cols = (await (await this.db.writer.runAndReadAll(
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'data' AND table_name = $1 ORDER BY ordinal_position",
-        [dataset])).getRows()) as [string, string][]
-      this.tableColumns.set(dataset, cols)
+        [name])).getRows()) as [string, string][]
+      this.tableColumns.set(name, cols)
     }
     return cols
   }
@@ -186,7 +192,7 @@ export class RecordStore implements Sink, RecordQuery {
   }
 
   async stats (ds: Dataset): Promise<{ stored: number, lastRecordUs: number | null }> {
-    const r = await this.db.rows(`SELECT count(*), max(epoch_us(ts)) FROM ${table(ds.id)}`)
+    const r = await this.db.rows(`SELECT count(*), max(epoch_us(ts)) FROM ${table(tableName(ds.id, ds.version))}`)
     const [n, last] = r[0] ?? [0, null]
     return { stored: toNumber(n ?? 0), lastRecordUs: last === null || last === undefined ? null : toNumber(last) }
   }

@@ -38,6 +38,7 @@ export class EmbeddedStore implements MetadataStore, RejectStore, IdempotencySto
     const db = await DuckFile.open(path.join(opts.dataDir, 'store.duckdb'), opts.memoryLimit ?? '128MB', 1)
     await db.writer.run(`
       CREATE TABLE IF NOT EXISTS sg_datasets (id VARCHAR PRIMARY KEY, doc VARCHAR NOT NULL);
+      CREATE TABLE IF NOT EXISTS sg_dataset_versions (id VARCHAR NOT NULL, version INTEGER NOT NULL, doc VARCHAR NOT NULL, PRIMARY KEY (id, version));
       CREATE TABLE IF NOT EXISTS sg_principals (id VARCHAR PRIMARY KEY, doc VARCHAR NOT NULL);
       CREATE TABLE IF NOT EXISTS sg_keys (id VARCHAR PRIMARY KEY, principal VARCHAR NOT NULL, doc VARCHAR NOT NULL);
       CREATE TABLE IF NOT EXISTS sg_grants (dataset VARCHAR NOT NULL, principal VARCHAR NOT NULL, doc VARCHAR NOT NULL, PRIMARY KEY (dataset, principal));
@@ -71,6 +72,8 @@ export class EmbeddedStore implements MetadataStore, RejectStore, IdempotencySto
       (await (await this.reader.runAndReadAll(sql)).getRowObjects()).map((r) => JSON.parse(r.doc as string) as unknown)
     return {
       datasets: await docs('SELECT doc FROM sg_datasets ORDER BY id') as Dataset[],
+      // Datasets saved before versions were kept have their current version only.
+      datasetVersions: await docs('SELECT doc FROM sg_dataset_versions UNION ALL SELECT d.doc FROM sg_datasets d WHERE NOT EXISTS (SELECT 1 FROM sg_dataset_versions v WHERE v.id = d.id) ORDER BY 1') as Dataset[],
       // Principals stored before description and updatedAt existed get them here.
       principals: (await docs('SELECT doc FROM sg_principals ORDER BY id') as Principal[]).map((p) => ({ ...p, description: p.description ?? '', updatedAt: p.updatedAt ?? p.createdAt })),
       keys: await docs('SELECT doc FROM sg_keys ORDER BY id') as ApiKey[],
@@ -79,12 +82,16 @@ export class EmbeddedStore implements MetadataStore, RejectStore, IdempotencySto
   }
 
   saveDataset (d: Dataset): Promise<void> {
-    return this.serial(async () => { await this.writer.run('INSERT OR REPLACE INTO sg_datasets VALUES ($1, $2)', [d.id, JSON.stringify(d)]) })
+    return this.serial(() => this.transaction(async () => {
+      await this.writer.run('INSERT OR REPLACE INTO sg_datasets VALUES ($1, $2)', [d.id, JSON.stringify(d)])
+      await this.writer.run('INSERT OR REPLACE INTO sg_dataset_versions VALUES ($1, $2, $3)', [d.id, d.version, JSON.stringify(d)])
+    }))
   }
 
   deleteDataset (id: string): Promise<void> {
     return this.serial(() => this.transaction(async () => {
       await this.writer.run('DELETE FROM sg_datasets WHERE id = $1', [id])
+      await this.writer.run('DELETE FROM sg_dataset_versions WHERE id = $1', [id])
       await this.writer.run('DELETE FROM sg_grants WHERE dataset = $1', [id])
     }))
   }

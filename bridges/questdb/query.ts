@@ -4,7 +4,7 @@ import pg from 'pg'
 import CircuitBreaker from 'opossum'
 import { breakerStatus } from '../breaker.js'
 import type { BreakerStatus, Dataset, QueryPlan, QueryResult, RecordQuery, Row } from '../../gateway/index.js'
-import { StreamgateError } from '../../gateway/index.js'
+import { StreamgateError, tableName } from '../../gateway/index.js'
 import { compileQuery, latestPlan, q, shapeRows, toStoredRows } from '../sql/compile.js'
 import type { SqlExecutor } from './sink.js'
 
@@ -79,7 +79,7 @@ export class QuestdbQuery implements RecordQuery {
   }
 
   async stats (ds: Dataset): Promise<{ stored: number, lastRecordUs: number | null }> {
-    const rows = await this.run(`SELECT count() AS "n", max(cast("ts" AS LONG)) AS "last" FROM ${q(ds.id)}`, [])
+    const rows = await this.run(`SELECT count() AS "n", max(cast("ts" AS LONG)) AS "last" FROM ${q(tableName(ds.id, ds.version))}`, [])
     const r = rows[0] ?? {}
     return { stored: Number(r.n ?? 0), lastRecordUs: r.last === null || r.last === undefined ? null : Number(r.last) }
   }

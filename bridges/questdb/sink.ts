@@ -17,7 +17,7 @@ import { breakerStatus } from '../breaker.js'
 import type {
   BreakerStatus, CheckpointStore, Dataset, FieldType, RejectReason, Row, Sink, SinkEntry
 } from '../../gateway/index.js'
-import { RejectReason as Reasons, schemaColumns } from '../../gateway/index.js'
+import { RejectReason as Reasons, schemaColumns, tableName } from '../../gateway/index.js'
 import { q } from '../sql/compile.js'
 
 export interface SqlExecutor {
@@ -102,7 +102,7 @@ function serverMessage (err: unknown): string {
   }
 }
 
-interface Unit { readonly entry: SinkEntry, readonly idx: number, readonly row: Row }
+interface Unit { readonly entry: SinkEntry, readonly table: string, readonly idx: number, readonly row: Row }
 
 export class QuestdbSink implements Sink {
   readonly name = 'questdb'
@@ -148,12 +148,13 @@ export class QuestdbSink implements Sink {
    * nor creating a dataset): the table is then created before the dataset's first write.
    */
   async prepareDataset (ds: Dataset): Promise<void> {
-    this.columns.set(ds.id, schemaColumns(ds.schema))
-    this.pendingDdl.add(ds.id)
+    const name = tableName(ds.id, ds.version)
+    this.columns.set(name, schemaColumns(ds.schema))
+    this.pendingDdl.add(name)
     try {
-      await this.ensureTable(ds.id)
+      await this.ensureTable(name)
     } catch (err) {
-      this.opts.log?.warn({ dataset: ds.id, err: (err as Error).message }, 'questdb: table not created yet; will retry before the first write')
+      this.opts.log?.warn({ dataset: ds.id, table: name, err: (err as Error).message }, 'questdb: table not created yet; will retry before the first write')
     }
   }
 
@@ -176,18 +177,22 @@ export class QuestdbSink implements Sink {
     this.pendingDdl.delete(id)
   }
 
-  async dropDataset (id: string): Promise<void> {
-    this.columns.delete(id)
-    this.pendingDdl.delete(id)
-    await this.opts.sql.query(`DROP TABLE IF EXISTS ${q(id)}`)
+  async dropDataset (ds: Dataset): Promise<void> {
+    for (let v = 1; v <= ds.version; v++) {
+      const name = tableName(ds.id, v)
+      this.columns.delete(name)
+      this.pendingDdl.delete(name)
+      await this.opts.sql.query(`DROP TABLE IF EXISTS ${q(name)}`)
+    }
   }
 
   async write (entries: readonly SinkEntry[], lastSeq: number): Promise<void> {
     const units: Unit[] = []
     for (const entry of entries) {
-      if (!this.columns.has(entry.dataset)) continue // dataset deleted since
-      if (this.pendingDdl.has(entry.dataset)) await this.ensureTable(entry.dataset)
-      for (let i = 0; i < entry.rows.length; i++) units.push({ entry, idx: i, row: entry.rows[i]! })
+      const name = tableName(entry.dataset, entry.version)
+      if (!this.columns.has(name)) continue // dataset deleted since
+      if (this.pendingDdl.has(name)) await this.ensureTable(name)
+      for (let i = 0; i < entry.rows.length; i++) units.push({ entry, table: name, idx: i, row: entry.rows[i]! })
     }
     await this.send(units)
     await this.opts.checkpoints.setCheckpoint(this.name, lastSeq)
@@ -216,9 +221,9 @@ export class QuestdbSink implements Sink {
     const sender = this.sender ??= await Sender.fromConfig(this.conf, { log: this.clientLog })
     sender.reset()
     for (const u of units) {
-      const cols = this.columns.get(u.entry.dataset)!
+      const cols = this.columns.get(u.table)!
       const row = u.row
-      sender.table(u.entry.dataset).symbol('device', row.device)
+      sender.table(u.table).symbol('device', row.device)
       for (const c of cols) if (c.kind === 'tag' && row[c.name] !== undefined) sender.symbol(c.name, row[c.name])
       for (const c of cols) {
         const v = row[c.name]

@@ -6,7 +6,7 @@
 //   - first/last are the values of the earliest/latest row of the group by ts.
 // The SQL stays inside what PostgreSQL's grammar accepts (no SAMPLE BY), so tests parse it.
 import type { Dataset, PlanColumn, PlanFilter, QueryPlan, QueryResult, Row } from '../../gateway/index.js'
-import { encodeCursor, isoFromUs, queryColumns, StreamgateError } from '../../gateway/index.js'
+import { encodeCursor, isoFromUs, queryColumns, StreamgateError, tableName } from '../../gateway/index.js'
 
 export type Dialect = 'duckdb' | 'questdb'
 
@@ -85,7 +85,7 @@ export function compileQuery (plan: QueryPlan, dialect: Dialect): CompiledSql {
   for (const f of plan.where) where.push(filterSql(b, f))
   const dir = plan.order === 'asc' ? 'ASC' : 'DESC'
   const cmp = plan.order === 'asc' ? '>' : '<'
-  const table = b.table(plan.dataset.id)
+  const table = b.table(tableName(plan.dataset.id, plan.dataset.version))
 
   if (plan.mode === 'raw') {
     if (plan.after !== null) {

@@ -133,7 +133,9 @@ describe('OpenAPI contract', () => {
     const etag = got.response.headers.get('etag')!
     const updated = await admin.PUT('/datasets/{id}', { params: { path: { id: ds }, header: { 'If-Match': etag } }, body: { description: 'contract test' } })
     expect(updated.response.status).toBe(200)
-    expect((await admin.GET('/datasets/{id}/versions', { params: { path: { id: ds } } })).data?.versions[0]?.current).toBe(true)
+    const v2 = await admin.POST('/datasets/{id}/versions', { params: { path: { id: ds } }, body: { schema: { timestamp: 'ts', tags: ['site'], fields: { temp: 'double', n: 'long', note: 'string' } } } })
+    expect(v2.data?.version).toBe(2)
+    expect((await admin.GET('/datasets/{id}/versions', { params: { path: { id: ds } } })).data?.versions.map((v) => [v.version, v.current])).toEqual([[2, true], [1, false]])
 
     // principals and keys
     expect((await admin.POST('/principals', { body: { id: dev, kind: 'device' } })).response.status).toBe(201)

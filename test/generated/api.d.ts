@@ -52,11 +52,15 @@ export interface paths {
         };
         /**
          * The schema versions of a dataset (any grant on it)
-         * @description Compatible changes apply in place to the current version.
+         * @description Compatible changes apply in place to the current version; POST a new version for any other change.
          */
         get: operations["listDatasetVersions"];
         put?: never;
-        post?: never;
+        /**
+         * Make a new schema version current, for changes that are not compatible (manage)
+         * @description Records published from now on are validated against it and stored apart; read earlier ones with `version` in queries.
+         */
+        post: operations["createDatasetVersion"];
         delete?: never;
         options?: never;
         head?: never;
@@ -161,7 +165,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Records stored, refusals by reason, the latest record's time (query or manage) */
+        /** Records stored (of the current version, or `version`), refusals by reason, the latest record's time (query or manage) */
         get: operations["datasetStats"];
         put?: never;
         post?: never;
@@ -507,6 +511,23 @@ export interface components {
             };
             current: boolean;
             updatedAt: string;
+        };
+        NewDatasetVersion: {
+            schema: {
+                /** @description payload field holding the reading time (epoch ms or ISO 8601); absent: arrival time */
+                timestamp?: string;
+                /** @default [] */
+                tags?: string[];
+                fields: {
+                    [key: string]: ("double" | "long" | "boolean" | "string" | "timestamp") | {
+                        /** @enum {string} */
+                        type: "double" | "long" | "boolean" | "string" | "timestamp";
+                        /** @default false */
+                        required?: boolean;
+                    };
+                };
+            };
+            description?: string;
         };
         Access: {
             grants: components["schemas"]["Grant"][];
@@ -1209,6 +1230,82 @@ export interface operations {
             };
         };
     };
+    createDatasetVersion: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Makes a retry answer the first response instead of acting twice (24 hours) */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewDatasetVersion"];
+            };
+        };
+        responses: {
+            /** @description The dataset at its new version */
+            201: {
+                headers: {
+                    /** @description the resource's ETag, for If-Match */
+                    ETag?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Dataset"];
+                };
+            };
+            /** @description The request is malformed or does not match the schema (`validation`, `bad-request`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid credentials (`unauthenticated`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credentials lack a grant (`forbidden`, naming it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over a rate limit (`rate-limited`, with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     getDatasetAccess: {
         parameters: {
             query?: never;
@@ -1536,6 +1633,8 @@ export interface operations {
                 /** @description exclusive */
                 to?: string;
                 limit?: number;
+                /** @description a schema version (default: the current one) */
+                version?: number;
             };
             header?: never;
             path: {
@@ -1732,6 +1831,8 @@ export interface operations {
                     order?: "asc" | "desc";
                     limit?: number;
                     cursor?: string;
+                    /** @description the schema version whose records to read (default: the current one) */
+                    version?: number;
                 };
             };
         };
@@ -1875,7 +1976,10 @@ export interface operations {
     };
     datasetStats: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description a schema version (default: the current one) */
+                version?: number;
+            };
             header?: never;
             path: {
                 id: string;

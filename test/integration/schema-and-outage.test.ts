@@ -2,7 +2,7 @@ import net from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { incompatibilities, datasetSchemaSchema } from '../../gateway/index.js'
 import {
-  ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, type TestGateway, uniqueId, waitUntil
+  ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, type TestGateway, tmpDataDir, uniqueId, waitUntil
 } from '../helpers.js'
 import { ScriptedQuestdb } from '../support/scripted-questdb.js'
 
@@ -99,5 +99,50 @@ describe('QuestDB unreachable', () => {
     expect(status.body.consumers[0].lagSeconds).toBeGreaterThanOrEqual(0)
     expect(status.body.consumers[0].lastError).toMatch(/ECONNREFUSED|connect/)
     expect(ilp.requests).toBe(0) // nothing sent before the table exists
+  })
+})
+
+describe('schema versions', () => {
+  it('makes an incompatible change a new version: new records go to it, earlier ones stay readable, across a restart', async () => {
+    const dir = tmpDataDir()
+    let g = await startTestGateway({}, dir)
+    try {
+      const ds = uniqueId('ver')
+      await createDataset(g, ds, { tags: ['site'], fields: { temp: 'long' } })
+      const dev = await createPrincipalWithKey(g, uniqueId('dev'))
+      await setGrants(g, ds, [{ principal: dev.id, actions: ['publish', 'query'] }])
+      const c = await connect(g.mqttUrl, dev.id, dev.key)
+      await c.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ site: 'a', temp: 20 }), { qos: 1 })
+      // temp long → double is not compatible in place: refused, then made a new version.
+      const etag = (await api(g.httpUrl, ADMIN_KEY, 'GET', `/v1/datasets/${ds}`)).headers.get('etag')!
+      expect((await api(g.httpUrl, ADMIN_KEY, 'PUT', `/v1/datasets/${ds}`, { schema: { tags: ['site'], fields: { temp: 'double' } } }, { 'if-match': etag })).status).toBe(409)
+      const v2 = await api(g.httpUrl, ADMIN_KEY, 'POST', `/v1/datasets/${ds}/versions`, { schema: { tags: ['site'], fields: { temp: 'double', note: 'string' } } })
+      expect(v2.status).toBe(201)
+      expect(v2.body.version).toBe(2)
+      await c.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ site: 'b', temp: 20.5, note: 'v2' }), { qos: 1 })
+      await c.endAsync()
+      await g.sg.consumers[0]!.waitFor(g.sg.journal.committedSeq)
+      const versions = (await api(g.httpUrl, dev.key, 'GET', `/v1/datasets/${ds}/versions`)).body.versions as { version: number, current: boolean }[]
+      expect(versions.map((v) => [v.version, v.current])).toEqual([[2, true], [1, false]])
+      expect((await api(g.httpUrl, dev.key, 'GET', `/v1/datasets/${ds}/records`)).body.records.map((r: { temp: number }) => r.temp)).toEqual([20.5])
+      expect((await api(g.httpUrl, dev.key, 'GET', `/v1/datasets/${ds}/records?version=1`)).body.records.map((r: { temp: number }) => r.temp)).toEqual([20])
+      expect((await api(g.httpUrl, dev.key, 'POST', `/v1/datasets/${ds}/query`, { version: 1, aggregate: { temp: ['sum'] } })).body.rows).toEqual([{ temp_sum: 20 }])
+      expect((await api(g.httpUrl, dev.key, 'GET', `/v1/datasets/${ds}/records?version=3`)).status).toBe(404)
+      await g.sg.close()
+      g = await startTestGateway({}, dir)
+      expect((await api(g.httpUrl, ADMIN_KEY, 'GET', `/v1/datasets/${ds}/versions`)).body.versions).toHaveLength(2)
+      expect((await api(g.httpUrl, ADMIN_KEY, 'GET', `/v1/datasets/${ds}/stats?version=1`)).body.stored).toBe(1)
+      // Deleting needs purge (both versions hold records), and purging drops both tables.
+      expect((await api(g.httpUrl, ADMIN_KEY, 'DELETE', `/v1/datasets/${ds}`)).status).toBe(409)
+      expect((await api(g.httpUrl, ADMIN_KEY, 'DELETE', `/v1/datasets/${ds}?purge=true`)).status).toBe(204)
+      await createDataset(g, ds, { fields: { temp: 'long' } })
+      expect((await api(g.httpUrl, ADMIN_KEY, 'GET', `/v1/datasets/${ds}/stats`)).body.stored).toBe(0)
+      // "__" in a new id is refused: it names the tables of later versions.
+      const r = await api(g.httpUrl, ADMIN_KEY, 'POST', '/v1/datasets', { id: 'a__v2', schema: { fields: { x: 'long' } } })
+      expect(r.status).toBe(400)
+      expect(r.body.field).toBe('id')
+    } finally {
+      await g.stop()
+    }
   })
 })
