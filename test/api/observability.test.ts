@@ -1,11 +1,17 @@
 // /metrics parses as Prometheus text and its counters agree with what the test sent; /healthz and
 // /readyz; the audit log records changes (with ETags before and after) and denials, and its hash
 // chain verification finds a tampered entry.
+import fs from 'node:fs'
 import path from 'node:path'
+import { Writable } from 'node:stream'
+import mqtt from 'mqtt'
+import { pino } from 'pino'
+import { startStreamgate } from '../../bin/app.js'
+import { loadConfig } from '../../config/index.js'
 import { DuckDBInstance } from '@duckdb/node-api'
 import parsePrometheusTextFormat from 'parse-prometheus-text-format'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, type TestGateway, tmpDataDir, uniqueId } from '../helpers.js'
+import { ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, type TestGateway, testEnv, tmpDataDir, uniqueId } from '../helpers.js'
 
 interface Family { name: string, type: string, help: string, metrics: { labels?: Record<string, string>, value?: string, buckets?: Record<string, string>, count?: string }[] }
 
@@ -105,6 +111,34 @@ describe('metrics', () => {
   it('/healthz and /readyz answer without credentials', async () => {
     expect((await api(gw.httpUrl, null, 'GET', '/healthz')).body).toEqual({ status: 'ok', journal: 'ok' })
     expect((await api(gw.httpUrl, null, 'GET', '/readyz')).body).toEqual({ ready: true, checks: { listeners: true, journal: true, sinkThread: true } })
+  })
+})
+
+describe('request logs', () => {
+  it('carry a request id and never a key', async () => {
+    const lines: string[] = []
+    const sink = new Writable({ write (chunk: Buffer, _enc, cb) { lines.push(chunk.toString()); cb() } })
+    const dir = tmpDataDir()
+    const sg = await startStreamgate(loadConfig(testEnv(dir)), { log: pino({ level: 'debug' }, sink) })
+    try {
+      const base = `http://127.0.0.1:${sg.addresses.http.port}`
+      const r1 = await fetch(`${base}/v1/datasets`, { headers: { authorization: `Bearer ${ADMIN_KEY}`, 'x-request-id': 'trace-me-123' } })
+      expect(r1.headers.get('x-request-id')).toBe('trace-me-123')
+      const r2 = await fetch(`${base}/v1/datasets`, { headers: { 'x-api-key': 'sg_a_wrong_key_to_keep_out_of_logs' } })
+      expect(r2.status).toBe(401)
+      const c = await mqtt.connectAsync(`mqtt://127.0.0.1:${sg.addresses.mqtt.port}`, { username: 'admin', password: 'sg_a_wrong_mqtt_password', reconnectPeriod: 0 }).catch(() => null)
+      await c?.endAsync()
+      const text = lines.join('')
+      expect(text).toContain('"id":"trace-me-123"')
+      expect(text).toMatch(/"req":\{"id":"[0-9a-f-]{36}"/)
+      expect(text).not.toContain(ADMIN_KEY)
+      expect(text).not.toContain('sg_a_wrong_key_to_keep_out_of_logs')
+      expect(text).not.toContain('sg_a_wrong_mqtt_password')
+      expect(text).toContain('[redacted]')
+    } finally {
+      await sg.close()
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
 
