@@ -71,7 +71,8 @@ export function createApi (parts: ApiParts): express.Express {
       return id
     },
     // Keys and tokens never reach the logs.
-    redact: { paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie', 'res.headers["set-cookie"]'], censor: '[redacted]' },
+    // Idempotency-Key too: it is the key that opens a stored answer (which may hold a new API key).
+    redact: { paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers["idempotency-key"]', 'req.headers.cookie', 'res.headers["set-cookie"]'], censor: '[redacted]' },
     customLogLevel: (_req, res, err) => err !== undefined || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'debug',
     autoLogging: { ignore: (req) => req.url === '/metrics' || req.url === '/healthz' || req.url === '/readyz' }
   }))
@@ -103,11 +104,11 @@ export function createApi (parts: ApiParts): express.Express {
 
   const v1 = express.Router()
   v1.use(perAddress(config.api.ratePerAddress))
-  v1.use(requireJson)
-  v1.use(express.json({ limit: config.limits.httpBodyLimit, strict: true, verify: rememberBodyHash }))
   const limitPrincipal = perPrincipal(config.api.ratePerPrincipal)
+  // Bodies are read only once the caller is known: an unauthenticated client cannot make the gateway parse megabytes.
+  const body = [requireJson, express.json({ limit: config.limits.httpBodyLimit, strict: true, verify: rememberBodyHash })]
   mount(v1, ops.filter((op) => op.root !== true), {
-    before: (op) => op.public === true ? [routeLabel(op)] : [routeLabel(op), auth.required, limitPrincipal],
+    before: (op) => op.public === true ? [routeLabel(op), ...body] : [routeLabel(op), auth.required, limitPrincipal, ...body],
     // Idempotency-Key for creating POSTs (ops that read their own body apply it themselves).
     around: (op, req, act) => op.idempotent === true && op.rawBody !== true ? idempotency.run(req, userOf(req).principal.id, requestIdentity(req), act) : act()
   })

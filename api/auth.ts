@@ -67,7 +67,8 @@ export function createTokens (access: AccessState, api: Config['api'], secret: U
         if (external === null || externalKey === null || !(err instanceof joseErrors.JOSEError)) return null
       }
       try {
-        const options = { issuer: external.issuer, ...(external.audience !== null ? { audience: external.audience } : {}), algorithms: external.jwks !== null ? ['RS256', 'ES256', 'EdDSA', 'PS256'] : ['HS256'] }
+        // `exp` is required: jose checks it only when present, and a token without one would never expire.
+        const options = { issuer: external.issuer, requiredClaims: ['exp'], ...(external.audience !== null ? { audience: external.audience } : {}), algorithms: external.jwks !== null ? ['RS256', 'ES256', 'EdDSA', 'PS256'] : ['HS256'] }
         payload = externalKey instanceof Uint8Array
           ? (await jwtVerify(credential, externalKey, options)).payload
           : (await jwtVerify(credential, externalKey, options)).payload

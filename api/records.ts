@@ -3,6 +3,7 @@
 // the pipeline; 202 is sent only once the accepted ones are in the journal. `Idempotency-Key` (see
 // idempotency.ts) makes a retried request answer what the first one answered.
 import { createHash } from 'node:crypto'
+import { StringDecoder } from 'node:string_decoder'
 import type { Request } from 'express'
 import { StreamgateError } from '../gateway/index.js'
 import type { Reply } from './contract.js'
@@ -27,16 +28,18 @@ export async function readNdjson (req: Request, limits: RecordsLimits): Promise<
       throw new StreamgateError('SG_ERR_BAD_REQUEST', `line ${line} is not valid JSON: ${(err as Error).message}`, { field: `body/line/${line}` })
     }
   }
+  // A multi-byte character split between two chunks must not become U+FFFD.
+  const decoder = new StringDecoder('utf8')
   for await (const chunk of req as AsyncIterable<Buffer>) {
     bytes += chunk.length
     if (bytes > limits.bodyLimit) throw new StreamgateError('SG_ERR_PAYLOAD_TOO_LARGE', 'request body exceeds STREAMGATE_HTTP_BODY_LIMIT', { field: 'body' })
     hash.update(chunk)
-    const text = carry + chunk.toString('utf8')
+    const text = carry + decoder.write(chunk)
     const lines = text.split('\n')
     carry = lines.pop() ?? ''
     for (const l of lines) take(l)
   }
-  take(carry)
+  take(carry + decoder.end())
   return { records, hash: hash.digest('hex') }
 }
 

@@ -200,6 +200,9 @@ export class AuditLog {
         checked++
       }
     }
+    // Entries removed from the end leave a chain that holds: compare with what this log wrote last.
+    if (expected - 1 < this.durableSeq) return { ok: false, checked, lastSeq: expected - 1, firstBroken: { seq: expected, reason: `entries ${expected}..${this.durableSeq} are missing` } }
+    if (expected - 1 === this.durableSeq && prev !== this.lastHash && this.pending.length === 0) return { ok: false, checked, lastSeq: expected - 1, firstBroken: { seq: expected - 1, reason: 'the last entry differs from the one this gateway wrote' } }
     return { ok: true, checked, lastSeq: expected - 1, firstBroken: null }
   }
 

@@ -127,6 +127,22 @@ export class Broker {
     return broker
   }
 
+  /**
+   * Every second: sessions whose key expired (e.g. the old key after a rotation's grace) or whose
+   * principal can no longer authenticate end. Revocations and disabling end them at once (events).
+   */
+  private readonly sweep = setInterval(() => {
+    const now = Date.now()
+    for (const set of this.byPrincipal.values()) {
+      for (const c of [...set]) {
+        const s = sessionOf(c)
+        const key = s === undefined ? undefined : this.deps.access.getKey(s.keyId)
+        const principal = s === undefined ? undefined : this.deps.access.getPrincipal(s.principal)
+        if (key === undefined || key.revokedAt !== null || (key.expiresAt !== null && Date.parse(key.expiresAt) <= now) || principal === undefined || principal.disabled) c.close()
+      }
+    }
+  }, 1000).unref()
+
   private wire (): void {
     const { management } = this.deps
     this.aedes.on('client', (client: Client) => {
@@ -213,7 +229,7 @@ export class Broker {
     if (username === undefined || password === undefined || password.length === 0 || password.length > 1024) return refuse(4, 'username and password (an API key) are required', true)
     const r = this.deps.access.authenticate(username, password.toString('utf8'), Date.now())
     if (!r.ok) return refuse(r.reason === 'disabled' ? 5 : 4, r.reason, true)
-    if ((this.connectBuckets.get(r.principal.id)?.take() ?? 0) > 0) {
+    if (this.connectBuckets.get(r.principal.id)?.tryTake() === false) {
       this.stats.connectsRefusedRate++
       return refuse(3, `${r.principal.id} connects faster than STREAMGATE_MQTT_CONNECT_RATE_${r.principal.kind.toUpperCase()}`, false)
     }
@@ -248,6 +264,11 @@ export class Broker {
   }
 
   private admitPublish (client: Client, session: Session, packet: PublishPacket, done: (err?: Error | null) => void): void {
+    // A throttled publish may come back after its session ended (key revoked, kicked): drop it.
+    if ((client as Client & { closed?: boolean }).closed === true) {
+      done(new Error('session closed'))
+      return
+    }
     const topic = packet.topic
     const addr = parsePublishTopic(topic)
     if (addr === null) {
@@ -377,6 +398,7 @@ export class Broker {
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
+    clearInterval(this.sweep)
     for (const s of this.servers) s.close()
     for (const s of this.servers) if ('closeAllConnections' in s) s.closeAllConnections()
     await new Promise<void>((resolve) => this.aedes.close(() => resolve()))

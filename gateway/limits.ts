@@ -15,9 +15,21 @@ export class TokenBucket {
    * Takes a token. Returns 0 when one was there, else the milliseconds until the debt is repaid (the
    * caller delays by that much, or refuses when it is too long); the token is taken either way.
    */
-  take (now = performance.now()): number {
+  /** Takes a token only when one is there (refused connects must not use up the allowance). */
+  tryTake (now = performance.now()): boolean {
+    this.refill(now)
+    if (this.tokens < 1) return false
+    this.tokens -= 1
+    return true
+  }
+
+  private refill (now: number): void {
     this.tokens = Math.min(this.rate, this.tokens + (now - this.last) * this.rate / 1000)
     this.last = now
+  }
+
+  take (now = performance.now()): number {
+    this.refill(now)
     this.tokens -= 1
     return this.tokens >= 0 ? 0 : -this.tokens * 1000 / this.rate
   }

@@ -128,8 +128,10 @@ describe('disabling and deleting principals', () => {
     expect((await api(gw.httpUrl, ADMIN_KEY, 'DELETE', '/v1/principals/admin')).status).toBe(409)
   })
 
-  it('rotates a key with a grace period: both work until it ends', async () => {
+  it('rotates a key with a grace period: both work until it ends, then the old key\'s sessions end too', async () => {
     const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+    const old = await connect(gw.mqttUrl, dev.id, dev.key)
+    const oldGone = closed(old, 4000)
     const r = await api(gw.httpUrl, ADMIN_KEY, 'POST', `/v1/principals/${dev.id}/keys/${dev.keyId}/rotate`, { graceSeconds: 1 })
     expect(r.status).toBe(201)
     expect((await api(gw.httpUrl, r.body.key, 'GET', '/v1/datasets')).status).toBe(200)
@@ -137,5 +139,12 @@ describe('disabling and deleting principals', () => {
     await new Promise((resolve) => setTimeout(resolve, 1200))
     expect((await api(gw.httpUrl, dev.key, 'GET', '/v1/datasets')).status).toBe(401)
     expect((await api(gw.httpUrl, r.body.key, 'GET', '/v1/datasets')).status).toBe(200)
+    await oldGone
+  })
+
+  it('refuses an external JWT without an expiry', async () => {
+    const svc = await createPrincipalWithKey(gw, uniqueId('svc'), 'service')
+    const forever = await new SignJWT({ sub: svc.id }).setProtectedHeader({ alg: 'HS256' }).setIssuer(ISSUER).setIssuedAt().sign(new TextEncoder().encode(SECRET))
+    expect((await api(gw.httpUrl, forever, 'GET', '/v1/datasets')).status).toBe(401)
   })
 })
