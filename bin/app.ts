@@ -95,7 +95,14 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     }
     const audit = await AuditLog.open(store, { onError: (err) => log.warn({ err: err.message }, 'audit log write failed; retrying') })
     cleanups.push(() => audit.close())
-    const management = new Management({ store, access, catalog, sinks: [sinkThread], rejects, audit, storedCount: async (ds) => (await query.stats(ds)).stored })
+    // The journal opens after the metadata is loaded (its floor is the sink's checkpoint); these two read it when called.
+    let journalRef: Journal | null = null
+    const management = new Management({
+      store, access, catalog, sinks: [sinkThread], rejects, audit,
+      storedCount: async (ds) => (await query.stats(ds)).stored,
+      queuedSeq: () => journalRef?.queuedSeq ?? 0,
+      drained: (seq, timeoutMs) => sinkThread.waitFor(seq, timeoutMs)
+    })
     await management.load()
     const { generatedKey } = await management.bootstrapAdmin(config.adminKey)
 
@@ -107,6 +114,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       log
     })
     cleanups.push(() => journal.close())
+    journalRef = journal
     await sinkThread.follow(journal)
     const consumers: JournalConsumer[] = [sinkThread]
 

@@ -134,8 +134,9 @@ async function main (): Promise<void> {
     catalog.putVersion(d)
   })
   rpc.handle('dropDataset', async (d: Dataset) => {
-    catalog.delete(d.id)
+    // Forgotten only once its tables are gone: a failed drop leaves the dataset as it was.
     await sink.dropDataset(d)
+    catalog.delete(d.id)
   })
   rpc.handle('start', async () => {
     await journal.refresh()

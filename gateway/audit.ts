@@ -89,6 +89,12 @@ export interface VerifyReport {
 export interface AuditLogOptions {
   /** Most denials waiting to be written; beyond it they are counted, then summarized in one entry. */
   readonly maxPending?: number
+  /**
+   * Denials recorded one by one per actor, address and action in a minute; beyond that they are
+   * counted and summarized in one entry when the minute ends (a client repeating a refused request
+   * cannot grow the log without bound). Default 20.
+   */
+  readonly denialsPerMinute?: number
   readonly onError?: (err: Error) => void
 }
 
@@ -100,6 +106,8 @@ export class AuditLog {
   private durableSeq: number
   private droppedDenials = 0
   private closed = false
+  private readonly denials = new Map<string, { n: number, sample: AuditInput }>()
+  private denialWindow = Date.now()
 
   private constructor (private readonly store: AuditStore, last: AuditEntry | null, private readonly opts: AuditLogOptions) {
     this.seq = last?.seq ?? 0
@@ -113,6 +121,7 @@ export class AuditLog {
 
   /** The chain position is fixed at once (call order); the entry is written shortly after. */
   record (input: AuditInput): AuditEntry {
+    if (input.outcome === 'denied' && !this.admitDenial(input)) return this.chain(input, false)
     if (input.outcome === 'denied' && this.pending.length >= (this.opts.maxPending ?? 10_000)) {
       // A flood of denials (a brute force) must not grow memory: count them, summarize later.
       this.droppedDenials++
@@ -124,6 +133,30 @@ export class AuditLog {
       this.chain({ actor: 'system', address: null, action: 'audit.denials_summarized', resource: 'audit', outcome: 'ok', before: null, after: null, detail: `${n} denied accesses were not recorded one by one (audit queue full)`, requestId: null }, true)
     }
     return this.chain(input, true)
+  }
+
+  /** Counts a denial in this minute's window; false once its actor, address and action are over the limit. */
+  private admitDenial (input: AuditInput): boolean {
+    const now = Date.now()
+    if (now - this.denialWindow >= 60_000) {
+      for (const { n, sample } of this.denials.values()) {
+        const over = n - (this.opts.denialsPerMinute ?? 20)
+        if (over > 0) {
+          this.chain({ ...sample, detail: `${over} more denials like this one in the minute from ${new Date(this.denialWindow).toISOString()} were counted, not recorded one by one`, requestId: null }, true)
+        }
+      }
+      this.denials.clear()
+      this.denialWindow = now
+    }
+    const key = `${input.actor ?? ''}\n${input.address ?? ''}\n${input.action}`
+    let d = this.denials.get(key)
+    if (d === undefined) {
+      // Bounded: beyond 10,000 distinct sources a minute, new ones are counted under one key.
+      if (this.denials.size >= 10_000) return false
+      this.denials.set(key, d = { n: 0, sample: input })
+    }
+    d.n++
+    return d.n <= (this.opts.denialsPerMinute ?? 20)
   }
 
   private chain (input: AuditInput, keep: boolean): AuditEntry {

@@ -147,7 +147,8 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
       if (rows >= this.opts.maxRows && out.length > 0) break
       lastSeq = e.seq
       const compiled = this.catalog.version(e.dataset, e.version)
-      if (compiled === undefined) { this.skipped++; continue }
+      // Unknown (deleted since), or an entry of an earlier dataset that had the same id.
+      if (compiled === undefined || e.seq <= compiled.sinceSeq) { this.skipped++; continue }
       let decoded: Row[] = NO_ROWS
       if (payloadOnly) {
         rows++

@@ -48,6 +48,12 @@ export const datasetInputSchema = z.strictObject({
 
 export interface Dataset {
   readonly id: string
+  /**
+   * The journal position when this dataset was created: entries of the same id at or below it belong
+   * to an earlier dataset of that id (deleted since) and are never stored in this one. 0 for datasets
+   * created before this was recorded.
+   */
+  readonly sinceSeq?: number
   readonly description: string
   readonly schema: DatasetSchema
   readonly version: number
@@ -114,6 +120,8 @@ export interface DatasetStats { messages: number, records: number }
 
 export class CompiledSchema {
   readonly columns: readonly Column[]
+  /** Entries of this dataset id at or below this journal position belong to an earlier dataset. */
+  readonly sinceSeq: number
   /** Shared by every version of the dataset; the pipeline counts here (no lookup per message). */
   stats: DatasetStats = { messages: 0, records: 0 }
   private readonly byKey: Map<string, Column>
@@ -123,7 +131,8 @@ export class CompiledSchema {
   /** Most records one message (and so one journal entry) may hold. */
   get maxBatch (): number { return this.limits.maxBatch }
 
-  constructor (readonly dataset: string, readonly version: number, schema: DatasetSchema, private readonly limits: SchemaLimits) {
+  constructor (readonly dataset: string, readonly version: number, schema: DatasetSchema, private readonly limits: SchemaLimits, sinceSeq = 0) {
+    this.sinceSeq = sinceSeq
     const cols = schemaColumns(schema)
     this.columns = cols
     this.byKey = new Map(cols.map((c) => [c.name, c]))
@@ -232,7 +241,7 @@ export class Catalog {
 
   /** Makes `dataset` the current version (and keeps the earlier ones for entries accepted under them). */
   put (dataset: Dataset): void {
-    const compiled = new CompiledSchema(dataset.id, dataset.version, dataset.schema, this.limits)
+    const compiled = new CompiledSchema(dataset.id, dataset.version, dataset.schema, this.limits, dataset.sinceSeq ?? 0)
     const prior = this.datasets.get(dataset.id)
     const versions = prior?.versions ?? new Map<number, CompiledSchema>()
     const history = prior?.history ?? new Map<number, Dataset>()
@@ -248,7 +257,7 @@ export class Catalog {
     const entry = this.datasets.get(dataset.id)
     if (entry === undefined) return this.put(dataset)
     if (dataset.version >= entry.dataset.version) return this.put(dataset)
-    const compiled = new CompiledSchema(dataset.id, dataset.version, dataset.schema, this.limits)
+    const compiled = new CompiledSchema(dataset.id, dataset.version, dataset.schema, this.limits, dataset.sinceSeq ?? 0)
     compiled.stats = entry.stats
     entry.versions.set(dataset.version, compiled)
     entry.history.set(dataset.version, dataset)
@@ -270,6 +279,17 @@ export class Catalog {
 
   delete (id: string): boolean {
     return this.datasets.delete(id)
+  }
+
+  /** Removes a dataset, returning what restore() puts back unchanged. */
+  take (id: string): unknown {
+    const entry = this.datasets.get(id)
+    this.datasets.delete(id)
+    return entry
+  }
+
+  restore (id: string, taken: unknown): void {
+    if (taken !== undefined) this.datasets.set(id, taken as NonNullable<ReturnType<typeof this.datasets.get>>)
   }
 
   get (id: string): Dataset | undefined {

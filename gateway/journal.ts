@@ -252,6 +252,8 @@ export class Journal extends EventEmitter {
 
   /** The last sequence number that is durable. */
   get committedSeq (): number { return this.lastCommitted }
+  /** The sequence number the last append made so far will have (committed or not): later appends get higher ones. */
+  get queuedSeq (): number { return this.nextSeq - 1 + this.pending.length }
   get bytes (): number { return this.totalBytes }
   get healthy (): boolean { return this.failure === null && !this.closed }
 
@@ -454,31 +456,51 @@ export class JournalFollower implements JournalSource {
   }
 }
 
+/** Most payload bytes one read returns (besides one entry that alone is larger). */
+const READ_MAX_BYTES = 32 << 20
+
 export class JournalReader {
   private handle: fsp.FileHandle | null = null
   private handleFile = ''
   private offset = 0
   private buf = Buffer.allocUnsafe(READ_CHUNK)
+  /** Where each entry of the last read starts (file and byte offset), so seek() back into it is cheap. */
+  private lastSeqs: number[] = []
+  private lastFiles: string[] = []
+  private lastOffsets: number[] = []
 
   constructor (private readonly source: JournalSource & { refresh?: () => Promise<void> }, private nextSeq: number) {}
 
   get position (): number { return this.nextSeq }
 
-  /** Moves the cursor; the next read starts at `seq`. */
+  /**
+   * Moves the cursor; the next read starts at `seq`. Back into the last read's entries (a consumer
+   * that used part of a read) it resumes at that entry's byte offset; anywhere else earlier it rereads
+   * the segment from its start.
+   */
   seek (seq: number): void {
     if (seq < this.nextSeq) {
-      this.handleFile = ''
-      this.offset = 0
+      const i = this.lastSeqs.indexOf(seq)
+      if (i >= 0 && this.lastFiles[i] === this.handleFile) {
+        this.offset = this.lastOffsets[i]!
+      } else {
+        this.handleFile = ''
+        this.offset = 0
+      }
     }
     this.nextSeq = seq
   }
 
-  /** Up to `max` committed entries from the current position; [] when there is nothing new. */
+  /** Up to `max` committed entries (and about READ_MAX_BYTES of payload) from the current position; [] when there is nothing new. */
   async read (max: number): Promise<JournalEntry[]> {
     const committed = this.source.committedSeq
     const out: JournalEntry[] = []
+    this.lastSeqs = []
+    this.lastFiles = []
+    this.lastOffsets = []
+    let bytes = 0
     let refreshed = false
-    while (out.length < max && this.nextSeq <= committed) {
+    while (out.length < max && bytes < READ_MAX_BYTES && this.nextSeq <= committed) {
       // The segment holding nextSeq: once one is read to its end, nextSeq is the next one's first.
       let seg = this.source.segmentsFrom(this.nextSeq)[0]
       if ((seg === undefined || seg.firstSeq > this.nextSeq) && !refreshed && this.source.refresh !== undefined) {
@@ -522,7 +544,15 @@ export class JournalReader {
       const view = this.buf.subarray(0, bytesRead)
       let off = 0
       let grow = false
-      while (out.length < max) {
+      while (out.length < max && bytes < READ_MAX_BYTES) {
+        // Entries before nextSeq (the start of a segment, after a seek) are stepped over unread.
+        if (off + HEAD + FIXED <= view.length) {
+          const len = view.readUInt32LE(off)
+          if (len >= FIXED && off + HEAD + len <= view.length && view.readDoubleLE(off + HEAD + 8) < this.nextSeq) {
+            off += HEAD + len
+            continue
+          }
+        }
         const d = decodeAt(view, off)
         if (d.entry === null) {
           if (d.reason === 'corrupt') throw new StreamgateError('SG_ERR_INTERNAL', `journal segment ${seg.file} is corrupt at offset ${this.offset + off}`)
@@ -531,9 +561,12 @@ export class JournalReader {
           break
         }
         if (d.entry.seq > committed) break
+        this.lastSeqs.push(d.entry.seq)
+        this.lastFiles.push(seg.file)
+        this.lastOffsets.push(this.offset + off)
         off = d.next
-        if (d.entry.seq < this.nextSeq) continue
         out.push(d.entry)
+        bytes += d.entry.payload.length
         this.nextSeq = d.entry.seq + 1
       }
       this.offset += off

@@ -142,6 +142,10 @@ export interface ManagementDeps {
   readonly audit: AuditLog
   /** Rows stored for a dataset (a delete without purge is refused when there are any). */
   readonly storedCount: (dataset: Dataset) => Promise<number>
+  /** The journal position of the last append made so far (journal.queuedSeq). */
+  readonly queuedSeq: () => number
+  /** Resolves once the records sink has stored everything up to `seq`; rejects after `timeoutMs`. */
+  readonly drained: (seq: number, timeoutMs: number) => Promise<void>
 }
 
 export class Management extends EventEmitter<ManagementEvents> {
@@ -258,7 +262,8 @@ export class Management extends EventEmitter<ManagementEvents> {
     return this.exclusive(`datasets/${input.id}`, async () => {
       if (this.catalog.get(input.id) !== undefined) throw new StreamgateError('SG_ERR_CONFLICT', `dataset ${input.id} already exists`, { field: 'id' })
       const now = new Date().toISOString()
-      const dataset: Dataset = { id: input.id, description: input.description, schema: input.schema, version: 1, createdAt: now, updatedAt: now }
+      // Entries of an earlier dataset with this id may still wait in the journal: they are not this one's.
+      const dataset: Dataset = { id: input.id, description: input.description, schema: input.schema, version: 1, sinceSeq: this.deps.queuedSeq(), createdAt: now, updatedAt: now }
       for (const s of this.deps.sinks) await s.prepareDataset(dataset)
       await this.deps.store.saveDataset(dataset)
       this.catalog.put(dataset)
@@ -325,16 +330,32 @@ export class Management extends EventEmitter<ManagementEvents> {
       const current = this.getDataset(id)
       const before = etagOf(current)
       checkIfMatch(before, opts.ifMatch, false)
-      if (!opts.purge) {
-        let n = 0
-        for (const v of this.catalog.versionsOf(id)) n += await this.deps.storedCount(v)
-        if (n > 0) throw new StreamgateError('SG_ERR_DATASET_NOT_EMPTY', `dataset ${id} has ${n} stored records; delete with ?purge=true to delete them too`, { field: 'purge', stored: n })
+      const versions = this.catalog.versionsOf(id)
+      // Refuse new records first, so none arrives between the checks below and the delete; put the
+      // dataset back if the delete does not go ahead.
+      const taken = this.catalog.take(id)
+      try {
+        if (!opts.purge) {
+          // Acknowledged records may still wait in the journal: let the store take them, then count.
+          await this.deps.drained(this.deps.queuedSeq(), 30_000).catch((err: Error) => {
+            throw new StreamgateError('SG_ERR_UNAVAILABLE', `records of ${id} may still be on their way to the store (${err.message}); retry, or delete with ?purge=true`, { retryAfter: 5 })
+          })
+          let n = 0
+          for (const v of versions) n += await this.deps.storedCount(v)
+          if (n > 0) throw new StreamgateError('SG_ERR_DATASET_NOT_EMPTY', `dataset ${id} has ${n} stored records; delete with ?purge=true to delete them too`, { field: 'purge', stored: n })
+        }
+        // Tables first: if the store refuses, nothing else is deleted and the delete can be retried.
+        for (const s of this.deps.sinks) await s.dropDataset(current)
+      } catch (err) {
+        this.catalog.restore(id, taken)
+        if (opts.purge) for (const v of versions) for (const s of this.deps.sinks) await s.prepareDataset(v).catch(() => undefined)
+        throw err
       }
-      await this.deps.store.deleteDataset(id)
-      this.catalog.delete(id)
-      this.access.setDatasetGrants(id, [])
+      await this.exclusive('grants', async () => {
+        await this.deps.store.deleteDataset(id)
+        this.access.setDatasetGrants(id, [])
+      })
       this.deps.rejects.forget(id)
-      for (const s of this.deps.sinks) await s.dropDataset(current)
       this.emit('grantsChanged', id)
       this.emit('datasetDeleted', id)
       await this.audited(actor, opts.purge ? 'dataset.purge' : 'dataset.delete', `datasets/${id}`, before, null)
@@ -391,8 +412,10 @@ export class Management extends EventEmitter<ManagementEvents> {
       checkIfMatch(before, ifMatch, false)
       if (id === BOOTSTRAP_ADMIN) throw new StreamgateError('SG_ERR_CONFLICT', 'the bootstrap admin cannot be deleted', { field: 'id' })
       const datasets = this.access.grantedDatasets(id)
-      await this.deps.store.deletePrincipal(id)
-      this.access.deletePrincipal(id)
+      await this.exclusive('grants', async () => {
+        await this.deps.store.deletePrincipal(id)
+        this.access.deletePrincipal(id)
+      })
       this.emit('principalLocked', id)
       for (const d of datasets) this.emit('grantsChanged', d)
       await this.audited(actor, 'principal.delete', `principals/${id}`, before, null)
@@ -487,7 +510,8 @@ export class Management extends EventEmitter<ManagementEvents> {
 
   /** Replaces every grant on a dataset (If-Match required). */
   setGrants (dataset: string, input: GrantsInput, ifMatch: string | undefined, actor: Actor): Promise<Grant[]> {
-    return this.exclusive(`datasets/${dataset}`, async () => {
+    // One lock for every grant change and principal deletion: a grant cannot outlive its principal.
+    return this.exclusive('grants', async () => {
       const { etag } = this.datasetAccess(dataset)
       checkIfMatch(etag, ifMatch, true)
       const seen = new Set<string>()
@@ -503,7 +527,7 @@ export class Management extends EventEmitter<ManagementEvents> {
 
   /** Grants one principal access to a dataset, replacing its earlier grant there. */
   putGrant (dataset: string, input: GrantInput, actor: Actor): Promise<{ grant: Grant, created: boolean }> {
-    return this.exclusive(`datasets/${dataset}`, async () => {
+    return this.exclusive('grants', async () => {
       const { grants, etag } = this.datasetAccess(dataset)
       const grant = this.toGrant(dataset, input, 'principal')
       const created = !grants.some((g) => g.principal === input.principal)
@@ -514,7 +538,7 @@ export class Management extends EventEmitter<ManagementEvents> {
 
   /** Takes a principal's grant on a dataset away. */
   removeGrant (dataset: string, principal: string, actor: Actor): Promise<void> {
-    return this.exclusive(`datasets/${dataset}`, async () => {
+    return this.exclusive('grants', async () => {
       const { grants, etag } = this.datasetAccess(dataset)
       if (!grants.some((g) => g.principal === principal)) throw new StreamgateError('SG_ERR_NOT_FOUND', `${principal} has no grant on ${dataset}`)
       await this.saveGrants(dataset, grants.filter((g) => g.principal !== principal), etag, actor, 'access.revoke', principal)

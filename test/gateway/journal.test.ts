@@ -161,3 +161,31 @@ describe('journal followed from another reader (the sink thread)', () => {
     await journal.close()
   })
 })
+
+describe('journal reader', () => {
+  it('resumes inside its last read after a seek back, and bounds a read by payload bytes', async () => {
+    const dir = tmpDir()
+    const { journal } = await Journal.open(opts(dir))
+    await appendAll(journal, Array.from({ length: 300 }, (_, i) => rec(i, 100)))
+    const reader = journal.reader(1)
+    const first = await reader.read(100)
+    expect(first.map((e) => e.seq)).toEqual(Array.from({ length: 100 }, (_, i) => i + 1))
+    // A consumer that used only 37 of them asks for the rest again.
+    reader.seek(38)
+    const again = await reader.read(10)
+    expect(again.map((e) => e.seq)).toEqual(Array.from({ length: 10 }, (_, i) => i + 38))
+    expect(JSON.parse(again[0]!.payload.toString()).i).toBe(37)
+    // Further back than the last read: from the segment's start, stepping over what comes before.
+    reader.seek(5)
+    expect((await reader.read(3)).map((e) => e.seq)).toEqual([5, 6, 7])
+    await reader.close()
+    // Large payloads: one read stops after about 32 MiB.
+    await appendAll(journal, Array.from({ length: 12 }, (_, i) => rec(1000 + i, 4 << 20)))
+    const big = journal.reader(301)
+    const got = await big.read(1000)
+    expect(got.length).toBeGreaterThanOrEqual(8)
+    expect(got.length).toBeLessThan(12)
+    await big.close()
+    await journal.close()
+  })
+})
