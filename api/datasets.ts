@@ -1,7 +1,7 @@
 // /v1/datasets: create, list (keyset pages, id prefix), read, change in place when compatible,
 // delete (stored records only with ?purge=true), schema versions, and who may use a dataset.
 import { z } from 'zod'
-import { datasetInputSchema, datasetSchemaSchema, datasetUpdateSchema, DATASET_ID, etagOf, grantSchema, grantsInputSchema, PRINCIPAL_ID } from '../gateway/index.js'
+import { datasetInputSchema, datasetSchemaSchema, datasetUpdateSchema, DATASET_ID, etagOf, grantSchema, grantsInputSchema, PRINCIPAL_ID, publicDataset } from '../gateway/index.js'
 import { actorOf, userOf } from './auth.js'
 import { operation, type Operation } from './contract.js'
 import type { RouteContext } from './context.js'
@@ -23,7 +23,7 @@ export function datasetRoutes ({ management, guard }: RouteContext): Operation[]
       handle ({ query, req }) {
         const u = userOf(req)
         const p = management.listDatasets({ limit: query.limit, ...(query.cursor !== undefined ? { after: query.cursor } : {}), ...(query.prefix !== undefined ? { prefix: query.prefix } : {}), ...(u.principal.kind === 'admin' ? {} : { visibleTo: u.principal.id }) })
-        return { status: 200, body: { datasets: p.items, next: p.next } }
+        return { status: 200, body: { datasets: p.items.map(publicDataset), next: p.next } }
       }
     }),
     operation<Record<string, never>, Record<string, never>, z.output<typeof datasetInputSchema>>({
@@ -34,7 +34,7 @@ export function datasetRoutes ({ management, guard }: RouteContext): Operation[]
       async handle ({ body, req }) {
         guard.admin(req)
         const d = await management.createDataset(body, actorOf(req))
-        return { status: 201, body: d, headers: { ETag: etagOf(d), Location: `/v1/datasets/${d.id}` } }
+        return { status: 201, body: publicDataset(d), headers: { ETag: etagOf(d), Location: `/v1/datasets/${d.id}` } }
       }
     }),
     operation<{ id: string }>({
@@ -45,7 +45,7 @@ export function datasetRoutes ({ management, guard }: RouteContext): Operation[]
       handle ({ params, req }) {
         guard.grant(req, params.id, 'publish', 'subscribe', 'query', 'manage')
         const d = management.getDataset(params.id)
-        return { status: 200, body: d, headers: { ETag: etagOf(d) } }
+        return { status: 200, body: publicDataset(d), headers: { ETag: etagOf(d) } }
       }
     }),
     operation<{ id: string }, Record<string, never>, z.output<typeof datasetUpdateSchema>>({
@@ -57,7 +57,7 @@ export function datasetRoutes ({ management, guard }: RouteContext): Operation[]
       async handle ({ params, body, req }) {
         guard.grant(req, params.id, 'manage')
         const d = await management.updateDataset(params.id, body, req.get('if-match'), actorOf(req))
-        return { status: 200, body: d, headers: { ETag: etagOf(d) } }
+        return { status: 200, body: publicDataset(d), headers: { ETag: etagOf(d) } }
       }
     }),
     operation<{ id: string }, { purge: boolean }>({
@@ -95,7 +95,7 @@ export function datasetRoutes ({ management, guard }: RouteContext): Operation[]
       async handle ({ params, body, req }) {
         guard.grant(req, params.id, 'manage')
         const d = await management.createVersion(params.id, body, actorOf(req))
-        return { status: 201, body: d, headers: { ETag: etagOf(d) } }
+        return { status: 201, body: publicDataset(d), headers: { ETag: etagOf(d) } }
       }
     }),
 

@@ -228,6 +228,12 @@ function wrongType (col: Column, v: unknown, path: string): RecordRejection {
   return new RecordRejection(RejectReason.WRONG_TYPE, `${col.name}: expected ${col.kind === 'tag' ? 'string (tag)' : col.kind}, got ${got}`, path)
 }
 
+/** A dataset as the API shows it (without the journal position it was created at). */
+export function publicDataset (d: Dataset): Omit<Dataset, 'sinceSeq'> {
+  const { sinceSeq: _s, ...rest } = d
+  return rest
+}
+
 /** The table that stores a dataset's records under one schema version: `<id>`, then `<id>__v<n>`. */
 export function tableName (id: string, version: number): string {
   return version === 1 ? id : `${id}__v${version}`

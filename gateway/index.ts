@@ -3,7 +3,7 @@ export { AuditLog, auditEntrySchema, auditHash, auditOutcomes, GENESIS, type Aud
 export { AccessState, actions, principalKinds, hashKey, type Action, type ApiKey, type AuthResult, type Grant, type Principal, type PrincipalKind } from './access.js'
 export { Broker, DROP_TOPIC, sessionOf, type Listeners, type Session, type SessionInfo } from './broker.js'
 export { SinkConsumer, type ConsumerJournal, type ConsumerOptions } from './consumer.js'
-export { Catalog, CompiledSchema, tableName, type DatasetStats, datasetInputSchema, datasetSchemaSchema, fieldSpec, isoFromUs, parseTimestampUs, schemaColumns, type Dataset, type DatasetSchema, type FieldType, type Row } from './datasets.js'
+export { Catalog, CompiledSchema, publicDataset, tableName, type DatasetStats, datasetInputSchema, datasetSchemaSchema, fieldSpec, isoFromUs, parseTimestampUs, schemaColumns, type Dataset, type DatasetSchema, type FieldType, type Row } from './datasets.js'
 export { errorCatalogue, isStreamgateError, PROBLEM_BASE, RecordRejection, RejectReason, StreamgateError, type ErrorCode } from './errors.js'
 export { Journal, JournalFollower, JournalFullError, JournalReader, type JournalEntry, type JournalRecord, type JournalSource, type RecoveryReport } from './journal.js'
 export { listen } from './listen.js'
