@@ -43,6 +43,7 @@ export const configSchema = z.object({
   STREAMGATE_MAX_BATCH: positiveInt.max(100_000).default(1000),
   STREAMGATE_MAX_TOPIC_LEVELS: z.coerce.number().int().min(3).max(100).default(16),
   STREAMGATE_MAX_STRING: positiveInt.default(4 * KiB),
+  STREAMGATE_MAX_CLIENT_ID: positiveInt.max(65_535).default(256),
   STREAMGATE_DRAIN_TIMEOUT_MS: positiveInt.default(10_000),
   STREAMGATE_CONNECT_TIMEOUT_MS: positiveInt.default(30_000),
   STREAMGATE_JOURNAL_MAX_BYTES: positiveInt.default(2 * GiB),
@@ -99,6 +100,8 @@ export interface Config {
     readonly maxBatch: number
     readonly maxTopicLevels: number
     readonly maxString: number
+    /** Longest MQTT client id accepted (CONNACK 2 beyond it). */
+    readonly maxClientId: number
     readonly drainTimeoutMs: number
     readonly connectTimeoutMs: number
     readonly httpBodyLimit: number
@@ -217,6 +220,7 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       maxBatch: r.STREAMGATE_MAX_BATCH,
       maxTopicLevels: r.STREAMGATE_MAX_TOPIC_LEVELS,
       maxString: r.STREAMGATE_MAX_STRING,
+      maxClientId: r.STREAMGATE_MAX_CLIENT_ID,
       drainTimeoutMs: r.STREAMGATE_DRAIN_TIMEOUT_MS,
       connectTimeoutMs: r.STREAMGATE_CONNECT_TIMEOUT_MS,
       httpBodyLimit: r.STREAMGATE_HTTP_BODY_LIMIT,

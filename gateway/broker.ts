@@ -72,7 +72,7 @@ function addressOf (client: Client): string | null {
   return req?.socket?.remoteAddress ?? null
 }
 
-function authError (returnCode: 3 | 4 | 5, message: string): AuthenticateError {
+function authError (returnCode: 2 | 3 | 4 | 5, message: string): AuthenticateError {
   return Object.assign(new Error(message), { returnCode })
 }
 
@@ -218,12 +218,17 @@ export class Broker {
    */
   private authenticate (client: Client, username: string | undefined, password: Buffer | undefined, done: (err: AuthenticateError | null, ok: boolean | null) => void): void {
     const address = addressOf(client)
-    const refuse = (code: 3 | 4 | 5, reason: string, counts: boolean): void => {
+    const refuse = (code: 2 | 3 | 4 | 5, reason: string, counts: boolean): void => {
       this.stats.authFailures++
       if (counts) this.loginFailures.fail(address ?? '')
       this.deps.log.warn({ clientId: client.id, username: username?.slice(0, 128), address, reason }, 'mqtt connect refused')
       this.deps.management.denied({ principal: username === undefined ? null : username.slice(0, 128), address, requestId: null }, 'mqtt.connect', `mqtt/${client.id.slice(0, 128)}`, reason)
       done(authError(code, reason), false)
+    }
+    // [MQTT-1.5.3-1] [MQTT-1.5.3-2]: no U+0000, and ill-formed UTF-8 (decoded as U+FFFD) is refused; a length limit too.
+    const id = client.id
+    if (id.length > this.deps.config.limits.maxClientId || id.includes('\u0000') || id.includes('\ufffd')) {
+      return refuse(2, `client id refused: at most STREAMGATE_MAX_CLIENT_ID=${this.deps.config.limits.maxClientId} characters of well-formed UTF-8 without NUL`, false)
     }
     if (this.loginFailures.blocked(address ?? '')) return refuse(3, 'too many failed logins from this address; retry in a minute', false)
     if (username === undefined || password === undefined || password.length === 0 || password.length > 1024) return refuse(4, 'username and password (an API key) are required', true)

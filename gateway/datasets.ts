@@ -198,6 +198,7 @@ export class CompiledSchema {
         if (!Number.isFinite(v)) return new RecordRejection(RejectReason.OUT_OF_RANGE, `${col.name}: not a finite number`, fieldPath(index, col.name))
         return null
       case 'long':
+        if (typeof v === 'number' && !Number.isFinite(v)) return new RecordRejection(RejectReason.OUT_OF_RANGE, `${col.name}: not a finite number`, fieldPath(index, col.name))
         if (typeof v !== 'number' || !Number.isInteger(v)) return wrongType(col, v, fieldPath(index, col.name))
         if (!Number.isSafeInteger(v)) return new RecordRejection(RejectReason.OUT_OF_RANGE, `${col.name}: integer beyond ±2^53-1 loses precision in JSON`, fieldPath(index, col.name))
         return null
