@@ -56,7 +56,7 @@ export async function startTestGateway (extra: Env = {}, dataDir = tmpDataDir())
 export interface ApiResponse<T = unknown> { status: number, headers: Headers, body: T }
 
 export async function api<T = any> (base: string, key: string | null, method: string, url: string, body?: unknown, headers: Record<string, string> = {}): Promise<ApiResponse<T>> {
-  const res = await fetch(base + url, {
+  const send = (): Promise<Response> => fetch(base + url, {
     method,
     headers: {
       ...(key !== null ? { authorization: `Bearer ${key}` } : {}),
@@ -64,6 +64,12 @@ export async function api<T = any> (base: string, key: string | null, method: st
       ...headers
     },
     ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {})
+  })
+  // A server that refused an upload early (413) closes that connection; the client's pool may still
+  // hand it out once. Like any HTTP client, retry a GET that met a reset connection.
+  const res = await send().catch((err: Error & { cause?: { code?: string } }) => {
+    if (method === 'GET' && err.cause?.code === 'ECONNRESET') return send()
+    throw err
   })
   const text = await res.text()
   let parsed: unknown = text
