@@ -69,7 +69,7 @@ describe('hostile API input', () => {
   })
 
   it('refuses malformed, oversized and mistyped bodies with a clear problem', async () => {
-    const post = (body: string, type: string): ReturnType<typeof api<any>> => // eslint-disable-line @typescript-eslint/no-explicit-any
+    const post = (body: string, type: string): ReturnType<typeof api<any>> =>
       api(gw.httpUrl, reader.key, 'POST', `/v1/datasets/${ds}/records`, body, { 'content-type': type })
     const cases: [string, string, number, string][] = [
       ['[{"temp": 1', 'application/json', 400, 'bad-request'],
