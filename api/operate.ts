@@ -54,7 +54,10 @@ export function operateRoutes ({ deps, management, guard }: RouteContext, audit:
         return {
           status: 200,
           body: {
-            journal: { committedSeq: deps.journal.committedSeq, bytes: deps.journal.bytes, healthy: deps.journal.healthy, ...deps.journal.stats },
+            journal: {
+              committedSeq: deps.journal.committedSeq, bytes: deps.journal.bytes, healthy: deps.journal.healthy, ...deps.journal.stats,
+              recovery: { truncatedBytes: deps.journal.recovery.truncatedBytes, droppedSeqs: deps.journal.recovery.droppedSeqs.slice(0, 1000) }
+            },
             consumers: deps.consumers.map((c) => c.status()),
             ...(deps.queryBreaker !== undefined ? { query: { breaker: deps.queryBreaker() } } : {}),
             ...(deps.amqpStatus !== undefined ? { amqp: deps.amqpStatus() } : {}),

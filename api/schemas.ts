@@ -75,7 +75,13 @@ export const consumerStatusSchema = z.object({
 }).meta({ id: 'ConsumerStatus' })
 
 export const statusSchema = z.object({
-  journal: z.object({ committedSeq: z.number(), bytes: z.number(), healthy: z.boolean(), appended: z.number(), commits: z.number(), refusedFull: z.number() }),
+  journal: z.object({
+    committedSeq: z.number(), bytes: z.number(), healthy: z.boolean(), appended: z.number(), commits: z.number(), refusedFull: z.number(),
+    recovery: z.object({
+      truncatedBytes: z.number().describe('a torn tail cut off at the last start (never acknowledged)'),
+      droppedSeqs: z.array(z.number()).describe('entries that failed their checksum at the last start (the first 1,000)')
+    })
+  }),
   consumers: z.array(consumerStatusSchema),
   query: z.object({ breaker }).optional(),
   amqp: z.record(z.string(), z.unknown()).optional(),

@@ -67,7 +67,7 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
   status (): ConsumerStatus {
     return {
       name: this.name, checkpoint: this.position, lag: this.lag, lagSeconds: this.lagSeconds,
-      lastError: this.lastError, failures: this.failures, skipped: this.skipped, breaker: this.sink.breaker?.() ?? null
+      lastError: this.lastError, failures: this.failures, skipped: this.skipped + (this.reader?.corrupt ?? 0), breaker: this.sink.breaker?.() ?? null
     }
   }
 

@@ -42,8 +42,12 @@ export interface JournalOptions {
 
 export interface RecoveryReport {
   readonly segments: number
+  /** Complete entries kept in the last segment. */
   readonly entries: number
+  /** Bytes of a torn tail cut off (a write that never finished: nothing in it was acknowledged). */
   readonly truncatedBytes: number
+  /** Sequence numbers of entries that failed their checksum between complete ones (lost to corruption), removed. */
+  readonly droppedSeqs: readonly number[]
   readonly nextSeq: number
 }
 
@@ -139,6 +143,18 @@ function encodeInto (buf: Buffer, off: number, seq: number, r: JournalRecord): n
 
 type Decoded = { entry: JournalEntry, next: number } | { entry: null, next: number, reason: 'incomplete' | 'corrupt' }
 
+/**
+ * After a corrupt entry at `off`: where the next entry starts, if the corrupt one's length still
+ * leads to an entry that checks out (one damaged entry, not a torn or garbled tail); else -1.
+ */
+function resync (buf: Buffer, off: number): number {
+  if (off + HEAD > buf.length) return -1
+  const len = buf.readUInt32LE(off)
+  if (len < FIXED) return -1
+  const next = off + HEAD + len
+  return next < buf.length && decodeAt(buf, next).entry !== null ? next : -1
+}
+
 /** Decodes the entry at `off`; 'incomplete' when the buffer ends first, 'corrupt' on a bad length or checksum. */
 function decodeAt (buf: Buffer, off: number): Decoded {
   if (off + HEAD > buf.length) return { entry: null, next: off, reason: 'incomplete' }
@@ -200,6 +216,8 @@ export class Journal extends EventEmitter {
   private readonly acks = new Map<string, number>()
   private readonly commitNow = (): void => { this.scheduled = false; this.commit() }
   readonly stats = { appended: 0, commits: 0, refusedFull: 0 }
+  /** What the last open found and repaired (GET /v1/status shows it). */
+  recovery: RecoveryReport = { segments: 0, entries: 0, truncatedBytes: 0, droppedSeqs: [], nextSeq: 1 }
 
   private constructor (private readonly opts: JournalOptions, recovered: { segments: Segment[], nextSeq: number }) {
     super()
@@ -216,6 +234,7 @@ export class Journal extends EventEmitter {
     let nextSeq = Math.max(1, (opts.floorSeq ?? 0) + 1)
     let entries = 0
     let truncatedBytes = 0
+    const droppedSeqs: number[] = []
     let lastSeq = -1
     const last = segments.at(-1)
     if (last !== undefined) {
@@ -223,29 +242,51 @@ export class Journal extends EventEmitter {
       const buf = await fsp.readFile(last.file)
       let off = 0
       let seq = last.firstSeq - 1
+      const keep: [number, number][] = [] // byte ranges of complete entries
       for (;;) {
         const d = decodeAt(buf, off)
-        if (d.entry === null) break
-        if (d.entry.seq !== seq + 1) break
-        seq = d.entry.seq
-        off = d.next
-        entries++
+        if (d.entry !== null && d.entry.seq > seq) {
+          keep.push([off, d.next])
+          // A jump means entries between were damaged and skipped below.
+          seq = d.entry.seq
+          off = d.next
+          entries++
+          continue
+        }
+        // A damaged entry with complete ones after it: drop it alone. Anything else ends the segment.
+        const after = d.entry === null && d.reason === 'corrupt' ? resync(buf, off) : -1
+        if (after < 0) break
+        const nextGood = decodeAt(buf, after).entry!.seq
+        for (let s = seq + 1; s < nextGood; s++) droppedSeqs.push(s)
+        off = after
       }
-      if (off < buf.length) {
-        truncatedBytes = buf.length - off
+      truncatedBytes = buf.length - off
+      if (droppedSeqs.length > 0) {
+        // Rewrite the segment with the complete entries only, then put it in place (fsync'd).
+        const tmp = last.file + '.recover'
+        const out = Buffer.concat(keep.map(([a, b]) => buf.subarray(a, b)))
+        await fsp.writeFile(tmp, out)
+        const fh = await fsp.open(tmp, 'r+')
+        await fh.datasync()
+        await fh.close()
+        await fsp.rename(tmp, last.file)
+        last.size = out.length
+        opts.log?.warn({ file: last.file, droppedSeqs, truncatedBytes }, 'journal: entries failed their checksum and were removed; the complete ones after them are kept')
+      } else if (off < buf.length) {
         await fsp.truncate(last.file, off)
-        opts.log?.warn({ file: last.file, keptBytes: off, droppedBytes: truncatedBytes, lastSeq: seq }, 'journal: dropped a torn or corrupt tail')
         last.size = off
       }
+      if (truncatedBytes > 0) opts.log?.warn({ file: last.file, droppedBytes: truncatedBytes, lastSeq: seq }, 'journal: dropped a torn tail (a write that never completed)')
       nextSeq = Math.max(nextSeq, seq + 1)
       lastSeq = seq
     }
     const journal = new Journal(opts, { segments, nextSeq })
+    journal.recovery = { segments: segments.length, entries, truncatedBytes, droppedSeqs, nextSeq }
     // Appends continue the last segment only when the sequence does; after a gap (consumers are ahead
     // of what is on disk) a new segment starts, so every segment stays a contiguous run.
     if (last === undefined || lastSeq + 1 !== nextSeq) journal.createSegment(nextSeq)
     else journal.fd = fs.openSync(last.file, 'r+')
-    const recovery = { segments: journal.segments.length, entries, truncatedBytes, nextSeq }
+    const recovery = { segments: journal.segments.length, entries, truncatedBytes, droppedSeqs, nextSeq }
     opts.log?.info(recovery, 'journal opened')
     return { journal, recovery }
   }
@@ -468,6 +509,8 @@ export class JournalReader {
   private lastSeqs: number[] = []
   private lastFiles: string[] = []
   private lastOffsets: number[] = []
+  /** Damaged entries stepped over (bit rot in a segment written long ago). */
+  corrupt = 0
 
   constructor (private readonly source: JournalSource & { refresh?: () => Promise<void> }, private nextSeq: number) {}
 
@@ -555,7 +598,16 @@ export class JournalReader {
         }
         const d = decodeAt(view, off)
         if (d.entry === null) {
-          if (d.reason === 'corrupt') throw new StreamgateError('SG_ERR_INTERNAL', `journal segment ${seg.file} is corrupt at offset ${this.offset + off}`)
+          if (d.reason === 'corrupt') {
+            // One damaged entry (its length leads to a sound one): step over it and count it.
+            const after = resync(view, off)
+            if (after >= 0) {
+              this.corrupt++
+              off = after
+              continue
+            }
+            throw new StreamgateError('SG_ERR_INTERNAL', `journal segment ${seg.file} is corrupt at offset ${this.offset + off}`)
+          }
           // An entry larger than the read buffer: grow it and read again.
           if (off === 0 && view.length >= HEAD && view.readUInt32LE(0) + HEAD > this.buf.length) grow = true
           break

@@ -63,7 +63,7 @@ describe('journal', () => {
     await b.journal.close()
   })
 
-  it('drops a torn tail and a flipped byte at recovery, keeping every complete entry', async () => {
+  it('drops a torn tail, and an entry with a flipped byte alone, at recovery, keeping every complete entry', async () => {
     const dir = tmpDir()
     const a = await Journal.open(opts(dir))
     await appendAll(a.journal, Array.from({ length: 10 }, (_, i) => rec(i)))
@@ -75,19 +75,36 @@ describe('journal', () => {
     expect(b.recovery.nextSeq).toBe(10)
     expect(b.recovery.truncatedBytes).toBeGreaterThan(0)
     await b.journal.close()
-    // flip one byte inside entry 5's payload: entries 5.. are dropped
+    expect(b.recovery.droppedSeqs).toEqual([])
+    // flip one byte inside entry 5's payload: entry 5 alone is dropped, and reported
     const buf = fs.readFileSync(file)
     let off = 0
     for (let i = 0; i < 4; i++) off += 8 + buf.readUInt32LE(off)
     buf[off + 8 + 30] = buf[off + 8 + 30]! ^ 0xff
     fs.writeFileSync(file, buf)
     const c = await Journal.open(opts(dir))
-    expect(c.recovery.nextSeq).toBe(5)
+    expect(c.recovery.droppedSeqs).toEqual([5])
+    expect(c.recovery.nextSeq).toBe(10)
     const reader = c.journal.reader(1)
     const entries = await reader.read(100)
     await reader.close()
-    expect(entries.map((e) => e.seq)).toEqual([1, 2, 3, 4])
+    expect(entries.map((e) => e.seq)).toEqual([1, 2, 3, 4, 6, 7, 8, 9])
+    // and appends continue after them
+    await appendAll(c.journal, [rec(100)])
+    expect(c.journal.committedSeq).toBe(10)
     await c.journal.close()
+    // a reader of a segment damaged later (bit rot) steps over the entry and counts it
+    const d = await Journal.open(opts(dir))
+    const raw = fs.readFileSync(file)
+    let at = 0
+    for (let i = 0; i < 2; i++) at += 8 + raw.readUInt32LE(at)
+    raw[at + 8 + 30] = raw[at + 8 + 30]! ^ 0xff
+    fs.writeFileSync(file, raw)
+    const r2 = d.journal.reader(1)
+    expect((await r2.read(100)).map((e) => e.seq)).toEqual([1, 2, 4, 6, 7, 8, 9, 10])
+    expect(r2.corrupt).toBe(1)
+    await r2.close()
+    await d.journal.close()
   })
 
   it('starts a new segment when consumers are ahead of the journal on disk, and reads across the gap', async () => {

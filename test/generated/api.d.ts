@@ -624,6 +624,12 @@ export interface components {
                 appended: number;
                 commits: number;
                 refusedFull: number;
+                recovery: {
+                    /** @description a torn tail cut off at the last start (never acknowledged) */
+                    truncatedBytes: number;
+                    /** @description entries that failed their checksum at the last start (the first 1,000) */
+                    droppedSeqs: number[];
+                };
             };
             consumers: components["schemas"]["ConsumerStatus"][];
             query?: {
