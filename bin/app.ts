@@ -174,7 +174,8 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     }, 3600_000)
     expiry.unref()
     cleanups.push(async () => clearInterval(expiry))
-    const server = http.createServer({ noDelay: true }, api)
+    // Timeouts are checked every second (Node checks every 30 s by default), so a slowloris client is cut on time.
+    const server = http.createServer({ noDelay: true, headersTimeout: config.limits.httpHeadersTimeoutMs, requestTimeout: config.limits.httpRequestTimeoutMs, connectionsCheckingInterval: 1000 }, api)
     const httpAddr = await listen(server, 'http', config.ports.http, config.bind, config.explicitPorts.has('http'), log)
     cleanups.push(async () => {
       server.closeAllConnections()

@@ -53,6 +53,8 @@ export const configSchema = z.object({
   STREAMGATE_STORE_MEMORY: z.string().regex(/^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$/i, 'a size like 512MB or 1GiB').default('512MB'),
   STREAMGATE_REJECTS_KEEP: positiveInt.default(10_000),
   STREAMGATE_HTTP_BODY_LIMIT: positiveInt.default(8 * MiB),
+  STREAMGATE_HTTP_HEADERS_TIMEOUT_MS: positiveInt.default(10_000),
+  STREAMGATE_HTTP_REQUEST_TIMEOUT_MS: positiveInt.default(60_000),
   STREAMGATE_HTTP_MAX_RECORDS: positiveInt.default(100_000),
   STREAMGATE_QUERY_MAX_ROWS: positiveInt.default(10_000),
   STREAMGATE_QUERY_TIMEOUT_MS: positiveInt.default(10_000),
@@ -105,6 +107,9 @@ export interface Config {
     readonly drainTimeoutMs: number
     readonly connectTimeoutMs: number
     readonly httpBodyLimit: number
+    /** Longest an HTTP client (API, MQTT over WebSocket) may take to send its headers, and its whole request (slowloris). */
+    readonly httpHeadersTimeoutMs: number
+    readonly httpRequestTimeoutMs: number
     readonly httpMaxRecords: number
     readonly queryMaxRows: number
     readonly queryTimeoutMs: number
@@ -224,6 +229,8 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       drainTimeoutMs: r.STREAMGATE_DRAIN_TIMEOUT_MS,
       connectTimeoutMs: r.STREAMGATE_CONNECT_TIMEOUT_MS,
       httpBodyLimit: r.STREAMGATE_HTTP_BODY_LIMIT,
+      httpHeadersTimeoutMs: r.STREAMGATE_HTTP_HEADERS_TIMEOUT_MS,
+      httpRequestTimeoutMs: r.STREAMGATE_HTTP_REQUEST_TIMEOUT_MS,
       httpMaxRecords: r.STREAMGATE_HTTP_MAX_RECORDS,
       queryMaxRows: r.STREAMGATE_QUERY_MAX_ROWS,
       queryTimeoutMs: r.STREAMGATE_QUERY_TIMEOUT_MS

@@ -369,7 +369,9 @@ export class Broker {
     const { config } = this.deps
     const handle = this.aedes.handle
     const tcp = net.createServer({ noDelay: true }, handle)
-    const wsHttp = http.createServer()
+    // Slowloris: a client gets this long for its upgrade request's headers and the request.
+    const httpLimits = { headersTimeout: config.limits.httpHeadersTimeoutMs, requestTimeout: config.limits.httpRequestTimeoutMs, connectionsCheckingInterval: 1000 }
+    const wsHttp = http.createServer(httpLimits)
     wsHttp.on('connection', (s: net.Socket) => s.setNoDelay(true))
     websocketStream.createServer({ server: wsHttp, path: '/mqtt', perMessageDeflate: false }, handle as never)
     const mqtt = await this.bind(tcp, 'mqtt', config.ports.mqtt)
@@ -385,7 +387,7 @@ export class Broker {
       const tlsServer = tls.createServer(opts, handle)
       tlsServer.on('secureConnection', (s: tls.TLSSocket) => s.setNoDelay(true))
       mqtts = await this.bind(tlsServer, 'mqtts', config.ports.mqtts)
-      const wssHttp = https.createServer(opts)
+      const wssHttp = https.createServer({ ...opts, ...httpLimits })
       wssHttp.on('secureConnection', (s: tls.TLSSocket) => s.setNoDelay(true))
       websocketStream.createServer({ server: wssHttp, path: '/mqtt', perMessageDeflate: false }, handle as never)
       wss = await this.bind(wssHttp, 'wss', config.ports.wss)
