@@ -1,4 +1,5 @@
 import js from '@eslint/js'
+import globals from 'globals'
 import tseslint from 'typescript-eslint'
 
 export default tseslint.config(
@@ -16,6 +17,11 @@ export default tseslint.config(
   {
     files: ['bridges/**', 'api/**', 'bin/**', 'test/**', 'bench/**'],
     rules: { 'no-restricted-imports': 'off' }
+  },
+  {
+    // The console runs in the browser.
+    files: ['console/**'],
+    languageOptions: { globals: globals.browser }
   },
   {
     // Tests read untyped JSON bodies.

@@ -3,6 +3,10 @@
 // credentials (pino-http), security headers (helmet), compression, CORS only for configured origins,
 // rate limits per address and per principal, request timing for /metrics, problem+json errors.
 import { randomUUID } from 'node:crypto'
+import fs from 'node:fs'
+import { createRequire } from 'node:module'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import cors from 'cors'
 import compression from 'compression'
 import express, { type RequestHandler } from 'express'
@@ -11,7 +15,7 @@ import { pinoHttp } from 'pino-http'
 import type { Logger } from 'pino'
 // The path only: importing swagger-ui-dist's index would load the whole browser bundle into the gateway.
 import swaggerUiPath from 'swagger-ui-dist/absolute-path.js'
-import type { AuditLog } from '../gateway/index.js'
+import type { AuditLog, SharedRates } from '../gateway/index.js'
 import { createAuthenticator, createGuard, userOf } from './auth.js'
 import type { ApiDeps, RouteContext } from './context.js'
 import { mount, type Operation, openApiDocument } from './contract.js'
@@ -24,12 +28,16 @@ import { operateRoutes } from './operate.js'
 import { principalRoutes } from './principals.js'
 import { notFound, problemHandler, requireJson } from './problem.js'
 
-export type { ApiDeps } from './context.js'
+export type { ApiDeps, RecoveryResult } from './context.js'
 
 export interface ApiParts extends ApiDeps {
   readonly audit: AuditLog
   readonly metrics: Metrics
   readonly logger: Logger
+  /** Where the console's browser connects for MQTT over WebSocket (this node's bound port). */
+  readonly consoleConfig?: () => { ws: { port: number, path: string } }
+  /** Rates counted across every node (Redis); this node's memory when absent. */
+  readonly rates?: SharedRates
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
@@ -56,7 +64,7 @@ export function createApi (parts: ApiParts): express.Express {
     description: 'Datasets, principals and keys, grants, queries, audit, status. Errors are RFC 9457 problem+json with a stable `type`.'
   })
   const idempotency = createIdempotency(parts.idempotency)
-  const auth = createAuthenticator(parts.tokens, management)
+  const auth = createAuthenticator(parts.tokens, management, config.api.authFailuresPerMinute)
   const app = express()
   app.disable('x-powered-by')
   app.set('etag', false)
@@ -100,11 +108,12 @@ export function createApi (parts: ApiParts): express.Express {
       '<script src="/docs/swagger-ui-bundle.js"></script><script src="/docs/init.js"></script></body></html>')
   })
   app.get('/docs/init.js', (_req, res) => { res.type('js').send("window.ui = SwaggerUIBundle({ url: '/v1/openapi.json', dom_id: '#swagger-ui' })") })
+  mountConsole(app, parts)
   app.use('/docs', express.static(swaggerUiPath(), { index: false }))
 
   const v1 = express.Router()
-  v1.use(perAddress(config.api.ratePerAddress))
-  const limitPrincipal = perPrincipal(config.api.ratePerPrincipal)
+  v1.use(perAddress(config.api.ratePerAddress, parts.rates))
+  const limitPrincipal = perPrincipal(config.api.ratePerPrincipal, parts.rates)
   // Bodies are read only once the caller is known: an unauthenticated client cannot make the gateway parse megabytes.
   const body = [requireJson, express.json({ limit: config.limits.httpBodyLimit, strict: true, verify: rememberBodyHash })]
   mount(v1, ops.filter((op) => op.root !== true), {
@@ -116,4 +125,32 @@ export function createApi (parts: ApiParts): express.Express {
   app.use(notFound)
   app.use(problemHandler(parts.log))
   return app
+}
+
+/** The console's files, beside the compiled code (dist/console) or the source (console/). */
+function consoleDir (): string | null {
+  for (const dir of [fileURLToPath(new URL('../console', import.meta.url)), fileURLToPath(new URL('../../console', import.meta.url))]) {
+    if (fs.existsSync(path.join(dir, 'index.html'))) return dir
+  }
+  return null
+}
+
+/**
+ * The admin console at /console: static files, mqtt.js for the browser, and where MQTT over WebSocket
+ * listens. Its pages may open WebSockets to that port (CSP connect-src); everything else as helmet sets.
+ */
+function mountConsole (app: express.Express, parts: ApiParts): void {
+  const dir = consoleDir()
+  if (dir === null) return
+  const mqttDist = path.join(path.dirname(createRequire(import.meta.url).resolve('mqtt/package.json')), 'dist')
+  app.use('/console', (_req, res, next) => {
+    res.locals.route = '/console'
+    res.setHeader('Content-Security-Policy', "default-src 'self'; connect-src 'self' ws: wss:; worker-src 'self' blob:; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'")
+    next()
+  })
+  // Express matches /console/ here too (non-strict routing): redirect the bare path only.
+  app.get('/console', (req, res, next) => { if (req.originalUrl === '/console') res.redirect(301, '/console/'); else next() })
+  app.get('/console/config.json', (_req, res) => { res.json(parts.consoleConfig?.() ?? { ws: { port: parts.config.ports.ws, path: '/mqtt' } }) })
+  app.get('/console/vendor/mqtt.esm.js', (_req, res) => { res.type('js').sendFile(path.join(mqttDist, 'mqtt.esm.js')) })
+  app.use('/console', express.static(dir, { index: 'index.html', fallthrough: false }))
 }

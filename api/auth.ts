@@ -7,7 +7,7 @@ import type { Request, RequestHandler } from 'express'
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, SignJWT, type JWTPayload, type JWTVerifyGetKey } from 'jose'
 import passport from 'passport'
 import type { Config } from '../config/index.js'
-import { type AccessState, type Action, type Actor, type Management, type Principal, StreamgateError } from '../gateway/index.js'
+import { type AccessState, type Action, type Actor, FailureWindow, type Management, type Principal, StreamgateError } from '../gateway/index.js'
 
 export interface AuthUser {
   readonly principal: Principal
@@ -107,15 +107,31 @@ export interface Authenticator {
   readonly required: RequestHandler
 }
 
-export function createAuthenticator (tokens: Tokens, management: Management): Authenticator {
+/**
+ * `failuresPerMinute` (STREAMGATE_API_AUTH_FAILURES_PER_MINUTE, off by default): failed logins from one
+ * source address in a minute before every request of that address presenting credentials gets 429 for
+ * the rest of the minute, good credentials too (a key guesser learns nothing more). Off by default:
+ * behind a balancer or NAT every client shares the address, and API keys are 256-bit random secrets
+ * that the per-address rate (STREAMGATE_API_RATE_PER_ADDRESS) already keeps out of reach of guessing.
+ */
+export function createAuthenticator (tokens: Tokens, management: Management, failuresPerMinute = 0): Authenticator {
   const auth = new passport.Passport()
   auth.use(new CredentialStrategy(tokens))
   const handler = auth.authenticate('streamgate', { session: false, failWithError: true }) as RequestHandler
+  const failures = new FailureWindow(failuresPerMinute, 60_000)
   return {
     required: (req, res, next) => {
+      const address = req.socket.remoteAddress ?? ''
+      // Requests without credentials are not guesses (and are refused anyway).
+      const presented = req.headers.authorization !== undefined || req.headers['x-api-key'] !== undefined
+      if (presented && failures.blocked(address)) {
+        management.denied(actorOf(req), 'auth.blocked', `api${req.path}`, `more than STREAMGATE_API_AUTH_FAILURES_PER_MINUTE=${failuresPerMinute} failed logins from this address in the minute`)
+        return next(new StreamgateError('SG_ERR_RATE_LIMITED', `too many failed logins from this address: every request is refused for the rest of the minute (STREAMGATE_API_AUTH_FAILURES_PER_MINUTE=${failuresPerMinute})`, { retryAfter: failures.secondsLeft() }))
+      }
       handler(req, res, (err?: unknown) => {
         if (err !== undefined && err !== null) {
           if ((err as { status?: number }).status !== 401) return next(err)
+          if (presented) failures.fail(address)
           res.setHeader('WWW-Authenticate', 'Bearer realm="streamgate"')
           management.denied(actorOf(req), 'auth.failed', `api${req.path}`, 'missing, unknown, expired or revoked credentials')
           return next(new StreamgateError('SG_ERR_UNAUTHENTICATED', 'send Authorization: Bearer <API key or token> (or X-API-Key) with a valid, unrevoked key'))
@@ -139,6 +155,8 @@ export function actorOf (req: Request): Actor {
 }
 
 export interface Guard {
+  /** Refuses the request (403, naming what is missing) and audits the denial. */
+  deny (req: Request, resource: string, detail: string, missing: unknown): never
   admin (req: Request): AuthUser
   /** Passes when the principal holds any of `actions` on `dataset` (admins hold all). */
   grant (req: Request, dataset: string, ...actions: Action[]): AuthUser
@@ -150,6 +168,7 @@ export function createGuard (management: Management): Guard {
     throw new StreamgateError('SG_ERR_FORBIDDEN', detail, { missing })
   }
   return {
+    deny,
     admin (req) {
       const u = userOf(req)
       if (u.principal.kind !== 'admin') deny(req, `api${req.path}`, `${u.principal.id} is not an admin`, 'admin')

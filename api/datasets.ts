@@ -1,7 +1,7 @@
 // /v1/datasets: create, list (keyset pages, id prefix), read, change in place when compatible,
 // delete (stored records only with ?purge=true), schema versions, and who may use a dataset.
 import { z } from 'zod'
-import { datasetInputSchema, datasetSchemaSchema, datasetUpdateSchema, DATASET_ID, etagOf, grantSchema, grantsInputSchema, PRINCIPAL_ID, publicDataset } from '../gateway/index.js'
+import { datasetInputSchema, datasetSchemaSchema, datasetUpdateSchema, DATASET_ID, etagOf, grantSchema, grantsInputSchema, incompatibilities, PRINCIPAL_ID, publicDataset } from '../gateway/index.js'
 import { actorOf, userOf } from './auth.js'
 import { operation, type Operation } from './contract.js'
 import type { RouteContext } from './context.js'
@@ -60,6 +60,17 @@ export function datasetRoutes ({ management, guard }: RouteContext): Operation[]
         return { status: 200, body: publicDataset(d), headers: { ETag: etagOf(d) } }
       }
     }),
+    operation<{ id: string }, Record<string, never>, { schema: z.output<typeof datasetSchemaSchema> }>({
+      method: 'post', path: '/datasets/{id}/compatibility', operationId: 'checkSchemaCompatibility', tag: 'datasets',
+      summary: 'Whether a schema could replace the current one in place (PUT) or needs a new version, and why (manage); changes nothing',
+      params: datasetId, body: z.strictObject({ schema: datasetSchemaSchema }),
+      responses: { 200: { description: 'The answer', schema: z.object({ compatible: z.boolean(), problems: z.array(z.string()) }) }, 404: { description: 'No such dataset' } },
+      handle ({ params, body, req }) {
+        guard.grant(req, params.id, 'manage')
+        const problems = incompatibilities(management.getDataset(params.id).schema, body.schema)
+        return { status: 200, body: { compatible: problems.length === 0, problems } }
+      }
+    }),
     operation<{ id: string }, { purge: boolean }>({
       method: 'delete', path: '/datasets/{id}', operationId: 'deleteDataset', tag: 'datasets',
       summary: 'Delete a dataset, its grants and rejects; its stored records with ?purge=true (admin)',
@@ -78,12 +89,12 @@ export function datasetRoutes ({ management, guard }: RouteContext): Operation[]
       summary: 'The schema versions of a dataset (any grant on it)',
       description: 'Compatible changes apply in place to the current version; POST a new version for any other change.',
       params: datasetId,
-      responses: { 200: { description: 'Versions, newest first', schema: z.object({ versions: z.array(versionSchema) }) } },
+      responses: { 200: { description: 'Versions, newest first', schema: z.object({ versions: z.array(versionSchema) }), headers: etagHeader } },
       handle ({ params, req }) {
         guard.grant(req, params.id, 'publish', 'subscribe', 'query', 'manage')
         const current = management.getDataset(params.id).version
         const versions = management.catalog.versionsOf(params.id).map((d) => ({ version: d.version, schema: d.schema, current: d.version === current, updatedAt: d.updatedAt }))
-        return { status: 200, body: { versions } }
+        return { status: 200, body: { versions }, headers: { ETag: etagOf(versions) } }
       }
     }),
     operation<{ id: string }, Record<string, never>, z.output<typeof newVersionSchema>>({
@@ -126,11 +137,14 @@ export function datasetRoutes ({ management, guard }: RouteContext): Operation[]
       method: 'post', path: '/datasets/{id}/access', operationId: 'grantDatasetAccess', tag: 'access', idempotent: true,
       summary: 'Grant one principal actions on a dataset, replacing its earlier grant there (manage)',
       params: datasetId, body: grantSchema,
-      responses: { 201: { description: 'Granted', schema: grantSchemaOut }, 200: { description: 'Its grant was replaced', schema: grantSchemaOut } },
+      responses: {
+        201: { description: 'Granted', schema: grantSchemaOut, headers: { ETag: 'the dataset\'s access (GET /datasets/{id}/access) as it is now, for If-Match' } },
+        200: { description: 'Its grant was replaced', schema: grantSchemaOut, headers: { ETag: 'the dataset\'s access as it is now, for If-Match' } }
+      },
       async handle ({ params, body, req }) {
         guard.grant(req, params.id, 'manage')
         const r = await management.putGrant(params.id, body, actorOf(req))
-        return { status: r.created ? 201 : 200, body: r.grant }
+        return { status: r.created ? 201 : 200, body: r.grant, headers: { ETag: management.datasetAccess(params.id).etag } }
       }
     }),
     operation<{ id: string, principal: string }>({

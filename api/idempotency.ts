@@ -5,6 +5,7 @@
 // are found by a hash of principal and key, and the answer is sealed with AES-256-GCM under a key
 // derived from the Idempotency-Key itself, which only the client holds.
 import { createCipheriv, createDecipheriv, createHash, hkdfSync, randomBytes } from 'node:crypto'
+import { isUtf8 } from 'node:buffer'
 import type { Request } from 'express'
 import { type IdempotencyStore, StreamgateError } from '../gateway/index.js'
 import type { Reply } from './contract.js'
@@ -75,8 +76,15 @@ export function createIdempotency (store: IdempotencyStore): Idempotency {
 const BODY_HASH = Symbol('bodyHash')
 type HashedRequest = Request & { [BODY_HASH]?: string }
 
-/** For express.json's `verify`: remembers the hash of the raw body. */
+/**
+ * For express.json's `verify`: refuses ill-formed UTF-8 (the parser would store U+FFFD in its place;
+ * MQTT refuses such payloads as invalid_utf8), and remembers the hash of the raw body.
+ */
 export function rememberBodyHash (req: Request, _res: unknown, buf: Buffer): void {
+  const charset = /;\s*charset=([^;]+)/i.exec(req.headers['content-type'] ?? '')?.[1]?.trim().replace(/^"|"$/g, '').toLowerCase()
+  if ((charset === undefined || charset === 'utf-8' || charset === 'utf8') && !isUtf8(buf)) {
+    throw Object.assign(new Error('request body is not valid UTF-8'), { type: 'entity.invalid.utf8' })
+  }
   (req as HashedRequest)[BODY_HASH] = createHash('sha256').update(buf).digest('hex')
 }
 

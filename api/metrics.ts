@@ -2,7 +2,7 @@
 // counters when scraped (nothing on the hot path); label sets are bounded: datasets (created by
 // admins), reject reasons (a fixed list), sinks, breakers, API routes (the operation templates).
 import client from 'prom-client'
-import type { Broker, BreakerStatus, Catalog, ConsumerStatus, Journal, JournalConsumer, Pipeline, Rejects } from '../gateway/index.js'
+import type { Broker, BreakerStatus, Catalog, Journal, JournalConsumer, Pipeline, Rejects } from '../gateway/index.js'
 
 export interface MetricsDeps {
   readonly broker: Broker
@@ -42,8 +42,6 @@ export interface Metrics {
   readonly registry: client.Registry
   readonly httpDuration: client.Histogram<'method' | 'route' | 'status'>
   readonly sinkWriteDuration: client.Histogram<'sink'>
-  /** Feeds breaker state changes seen in consumer status into the transitions counter. */
-  observeConsumers (statuses: readonly ConsumerStatus[]): void
 }
 
 export function createMetrics (deps: MetricsDeps): Metrics {
@@ -53,8 +51,11 @@ export function createMetrics (deps: MetricsDeps): Metrics {
   gaugeFrom(registry, 'streamgate_mqtt_sessions', 'Authenticated MQTT sessions (TCP, TLS and WebSocket)', [], (set) => set({}, deps.broker.sessions().length))
   counterFrom(registry, 'streamgate_mqtt_connects_total', 'MQTT connections authenticated', [], (set) => set({}, deps.broker.stats.connects))
   counterFrom(registry, 'streamgate_mqtt_auth_failures_total', 'MQTT CONNECTs refused for bad credentials', [], (set) => set({}, deps.broker.stats.authFailures))
+  counterFrom(registry, 'streamgate_mqtt_connections_refused_address_total', 'MQTT connections closed at accept: over STREAMGATE_MQTT_MAX_CONNECTIONS_PER_ADDRESS or _ACCEPT_RATE_PER_ADDRESS', [], (set) => set({}, deps.broker.stats.connectionsRefusedAddress))
   counterFrom(registry, 'streamgate_mqtt_protocol_errors_total', 'MQTT connections closed for protocol errors', [], (set) => set({}, deps.broker.stats.protocolErrors))
 
+  counterFrom(registry, 'streamgate_messages_received_total', 'Messages (MQTT, AMQP) and HTTP batch records that reached validation, accepted or not, by dataset', ['dataset'],
+    (set) => { for (const d of deps.catalog.list()) set({ dataset: d.id }, deps.catalog.stats(d.id)?.received ?? 0) })
   counterFrom(registry, 'streamgate_messages_accepted_total', 'Messages (MQTT, AMQP, HTTP batch entries) accepted into the journal, by dataset', ['dataset'],
     (set) => { for (const d of deps.catalog.list()) set({ dataset: d.id }, deps.catalog.stats(d.id)?.messages ?? 0) })
   counterFrom(registry, 'streamgate_records_accepted_total', 'Records accepted into the journal, by dataset', ['dataset'],
@@ -78,16 +79,12 @@ export function createMetrics (deps: MetricsDeps): Metrics {
   gaugeFrom(registry, 'streamgate_breaker_state', 'Circuit breaker state: 0 closed, 1 half-open, 2 open', ['breaker'], (set) => {
     for (const [name, b] of Object.entries(deps.breakers())) if (b !== null) set({ breaker: name }, BREAKER_STATE[b.state])
   })
-  const transitions = new client.Counter({ name: 'streamgate_breaker_transitions_total', help: 'Circuit breaker state changes, by breaker and new state', labelNames: ['breaker', 'to'], registers: [registry] })
-  const lastState = new Map<string, string>()
-  const seeBreakers = (): void => {
+  counterFrom(registry, 'streamgate_breaker_transitions_total', 'Circuit breaker state changes, by breaker and the state entered', ['breaker', 'to'], (set) => {
     for (const [name, b] of Object.entries(deps.breakers())) {
       if (b === null) continue
-      const prev = lastState.get(name)
-      if (prev !== undefined && prev !== b.state) transitions.inc({ breaker: name, to: b.state })
-      lastState.set(name, b.state)
+      for (const [to, n] of Object.entries(b.transitions)) set({ breaker: name, to }, n)
     }
-  }
+  })
 
   const httpDuration = new client.Histogram({
     name: 'streamgate_http_request_duration_seconds', help: 'API requests by method, route template and status',
@@ -97,5 +94,5 @@ export function createMetrics (deps: MetricsDeps): Metrics {
     name: 'streamgate_sink_write_duration_seconds', help: 'Time a sink took to store one batch', labelNames: ['sink'] as const,
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers: [registry]
   })
-  return { registry, httpDuration, sinkWriteDuration, observeConsumers: seeBreakers }
+  return { registry, httpDuration, sinkWriteDuration }
 }

@@ -6,7 +6,7 @@ import { actorOf, userOf } from './auth.js'
 import { operation, type Operation } from './contract.js'
 import type { RouteContext } from './context.js'
 import type { Metrics } from './metrics.js'
-import { auditEntrySchema, clientSchema, cursorParam, limitParam, statusSchema } from './schemas.js'
+import { auditEntrySchema, clientSchema, cursorParam, limitParam, nodeSchema, recoverySchema, statusSchema } from './schemas.js'
 
 const verifySchema = z.object({ ok: z.boolean(), checked: z.number().int(), lastSeq: z.number().int(), firstBroken: z.object({ seq: z.number().int(), reason: z.string() }).nullable() }).meta({ id: 'AuditVerification' })
 const isoTime = z.iso.datetime({ offset: true })
@@ -39,7 +39,6 @@ export function operateRoutes ({ deps, management, guard }: RouteContext, audit:
       summary: 'Prometheus metrics (text exposition format)',
       responses: { 200: { description: 'Metrics', contentType: 'text/plain; version=0.0.4', schema: z.string() } },
       async handle ({ res }) {
-        metrics.observeConsumers(deps.consumers.map((c) => c.status()))
         res.setHeader('Content-Type', metrics.registry.contentType)
         res.status(200).end(await metrics.registry.metrics())
         return { status: 200 }
@@ -61,11 +60,39 @@ export function operateRoutes ({ deps, management, guard }: RouteContext, audit:
             consumers: deps.consumers.map((c) => c.status()),
             ...(deps.queryBreaker !== undefined ? { query: { breaker: deps.queryBreaker() } } : {}),
             ...(deps.amqpStatus !== undefined ? { amqp: deps.amqpStatus() } : {}),
+            ...(deps.replicationStatus !== undefined ? { replication: deps.replicationStatus() } : {}),
             mqtt: { sessions: deps.broker.sessions().length, ...deps.broker.stats },
             rejected: deps.rejects.counts(null),
             memory: { ...process.memoryUsage(), ...deps.memory?.() }
           }
         }
+      }
+    }),
+    operation({
+      method: 'get', path: '/cluster', operationId: 'listNodes', tag: 'operations',
+      summary: 'The gateway nodes sharing this one\'s Redis (STREAMGATE_REDIS_URL), this one first: sessions and consumer lag of each (admin)',
+      responses: { 200: { description: 'Nodes', schema: z.object({ nodes: z.array(nodeSchema) }) } },
+      async handle ({ req }) {
+        guard.admin(req)
+        return { status: 200, body: { nodes: await deps.cluster() } }
+      }
+    }),
+    operation<{ id: string }>({
+      method: 'post', path: '/cluster/nodes/{id}/recover', operationId: 'recoverNode', tag: 'operations',
+      summary: 'Store what a node lost for good had acknowledged, from its replicated journal (STREAMGATE_REPLICATION), through this node (admin)',
+      description: 'Reads the node\'s RabbitMQ stream from its first message and appends every entry to this node\'s journal, keeping the lost node\'s identity (QuestDB rows replace any it stored already). Refused while the node is alive (listed by GET /v1/cluster). Recovering again appends nothing this node recovered before.',
+      params: z.object({ id: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/) }),
+      responses: {
+        200: { description: 'Recovered', schema: recoverySchema },
+        404: { description: 'The node has no replicated journal' },
+        409: { description: 'Replication is off here, or the node is alive (or is this one)' }
+      },
+      async handle ({ params, req }) {
+        guard.admin(req)
+        if (deps.recoverNode === undefined) throw new StreamgateError('SG_ERR_CONFLICT', 'recovery reads a lost node\'s replicated journal: set STREAMGATE_REPLICATION=rabbitmq-stream (and STREAMGATE_AMQP_URL) on this node', { field: 'id' })
+        const result = await deps.recoverNode(params.id)
+        await management.note(actorOf(req), 'node.recover', `cluster/nodes/${params.id}`, `${result.recovered} entries recovered, ${result.duplicates} recovered before, ${result.skipped} of unknown datasets`)
+        return { status: 200, body: result }
       }
     }),
     operation<Record<string, never>, { principal?: string | undefined }>({
@@ -129,7 +156,7 @@ export function operateRoutes ({ deps, management, guard }: RouteContext, audit:
       responses: { 201: { description: 'A token', schema: z.object({ token: z.string(), tokenType: z.literal('Bearer'), expiresIn: z.number().int() }).meta({ id: 'Token' }), headers: { 'Cache-Control': 'no-store' } } },
       async handle ({ req }) {
         const u = userOf(req)
-        if (u.via !== 'key' || u.keyId === null) throw new StreamgateError('SG_ERR_FORBIDDEN', 'tokens are issued for API keys only: authenticate with the key itself', { missing: 'api-key' })
+        if (u.via !== 'key' || u.keyId === null) return guard.deny(req, 'api/auth/token', 'tokens are issued for API keys only: authenticate with the key itself', 'api-key')
         const t = await deps.tokens.issue(u.principal.id, u.keyId)
         return { status: 201, body: { token: t.token, tokenType: 'Bearer', expiresIn: t.expiresIn }, headers: { 'Cache-Control': 'no-store' } }
       }

@@ -75,12 +75,12 @@ export function principalRoutes ({ management, guard }: RouteContext): Operation
       method: 'get', path: '/principals/{id}/access', operationId: 'getPrincipalAccess', tag: 'access',
       summary: 'A principal\'s grants on every dataset (admin)',
       params: principalId,
-      responses: { 200: { description: 'Its grants', schema: z.object({ grants: z.array(grantSchemaOut) }) } },
+      responses: { 200: { description: 'Its grants', schema: z.object({ grants: z.array(grantSchemaOut) }), headers: etagHeader } },
       handle ({ params, req }) {
         guard.admin(req)
         management.getPrincipal(params.id)
-        const grants = management.access.grantedDatasets(params.id).sort().flatMap((d) => management.access.datasetGrants(d).filter((g) => g.principal === params.id))
-        return { status: 200, body: { grants } }
+        const grants = management.access.principalGrants(params.id)
+        return { status: 200, body: { grants }, headers: { ETag: etagOf(grants) } }
       }
     }),
 
@@ -123,11 +123,11 @@ export function principalRoutes ({ management, guard }: RouteContext): Operation
       method: 'post', path: '/principals/{id}/keys/{keyId}/rotate', operationId: 'rotateKey', tag: 'keys', idempotent: true,
       summary: 'Issue a replacement key; the old one stops working after graceSeconds (admin)',
       params: keyPath, body: keyRotateSchema,
-      responses: { 201: { description: 'The new key (its secret in this answer only)', schema: issuedKeySchema, headers: { 'Cache-Control': 'no-store' } }, 404: { description: 'No such key' }, 409: { description: 'The key is revoked' } },
+      responses: { 201: { description: 'The new key (its secret in this answer only)', schema: issuedKeySchema, headers: { ...etagHeader, 'Cache-Control': 'no-store' } }, 404: { description: 'No such key' }, 409: { description: 'The key is revoked' } },
       async handle ({ params, body, req }) {
         guard.admin(req)
         const { key, secret } = await management.rotateKey(params.id, params.keyId, body, actorOf(req))
-        return { status: 201, body: { ...publicKey(key), key: secret }, headers: noStore }
+        return { status: 201, body: { ...publicKey(key), key: secret }, headers: { ...noStore, ETag: etagOf(publicKey(key)) } }
       }
     }),
     operation<{ id: string, keyId: string }>({

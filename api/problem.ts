@@ -11,6 +11,7 @@ function toStreamgateError (err: unknown): StreamgateError {
   if (isStreamgateError(err)) return err
   const e = err as HttpishError
   if (e?.type === 'entity.parse.failed') return new StreamgateError('SG_ERR_BAD_REQUEST', 'request body is not valid JSON: ' + (e.message ?? ''), { field: 'body' })
+  if (e?.type === 'entity.invalid.utf8') return new StreamgateError('SG_ERR_BAD_REQUEST', 'request body is not valid UTF-8', { field: 'body' })
   if (e?.type === 'entity.too.large') return new StreamgateError('SG_ERR_PAYLOAD_TOO_LARGE', 'request body exceeds STREAMGATE_HTTP_BODY_LIMIT', { field: 'body' })
   if (e?.type === 'encoding.unsupported' || e?.type === 'charset.unsupported') return new StreamgateError('SG_ERR_UNSUPPORTED_MEDIA_TYPE', e.message ?? 'unsupported encoding')
   if (typeof e?.status === 'number' && e.status >= 400 && e.status < 500 && e.expose === true) return new StreamgateError('SG_ERR_BAD_REQUEST', e.message ?? 'bad request')

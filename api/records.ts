@@ -3,9 +3,8 @@
 // the pipeline; 202 is sent only once the accepted ones are in the journal. `Idempotency-Key` (see
 // idempotency.ts) makes a retried request answer what the first one answered.
 import { createHash } from 'node:crypto'
-import { StringDecoder } from 'node:string_decoder'
 import type { Request } from 'express'
-import { StreamgateError } from '../gateway/index.js'
+import { errorCatalogue, PROBLEM_BASE, StreamgateError } from '../gateway/index.js'
 import type { Reply } from './contract.js'
 
 export interface RecordsLimits { readonly bodyLimit: number, readonly maxRecords: number }
@@ -28,18 +27,26 @@ export async function readNdjson (req: Request, limits: RecordsLimits): Promise<
       throw new StreamgateError('SG_ERR_BAD_REQUEST', `line ${line} is not valid JSON: ${(err as Error).message}`, { field: `body/line/${line}` })
     }
   }
-  // A multi-byte character split between two chunks must not become U+FFFD.
-  const decoder = new StringDecoder('utf8')
+  // A multi-byte character split between two chunks must not become U+FFFD, and ill-formed UTF-8 is
+  // refused (as MQTT's invalid_utf8) rather than stored with replacement characters.
+  const decoder = new TextDecoder('utf-8', { fatal: true })
+  const decode = (chunk?: Buffer): string => {
+    try {
+      return chunk === undefined ? decoder.decode() : decoder.decode(chunk, { stream: true })
+    } catch {
+      throw new StreamgateError('SG_ERR_BAD_REQUEST', `request body is not valid UTF-8 (line ${line + 1})`, { field: 'body' })
+    }
+  }
   for await (const chunk of req as AsyncIterable<Buffer>) {
     bytes += chunk.length
     if (bytes > limits.bodyLimit) throw new StreamgateError('SG_ERR_PAYLOAD_TOO_LARGE', 'request body exceeds STREAMGATE_HTTP_BODY_LIMIT', { field: 'body' })
     hash.update(chunk)
-    const text = carry + decoder.write(chunk)
+    const text = carry + decode(chunk)
     const lines = text.split('\n')
     carry = lines.pop() ?? ''
     for (const l of lines) take(l)
   }
-  take(carry + decoder.end())
+  take(carry + decode())
   return { records, hash: hash.digest('hex') }
 }
 
@@ -51,10 +58,12 @@ export function isNdjson (req: Request): boolean {
 /** The answer to a batch: 202 with what was refused, or 422 when nothing was accepted. */
 export function batchReply (req: Request, total: number, result: { accepted: number, rejected: readonly unknown[] }): Reply {
   if (result.accepted === 0) {
+    // A problem from the catalogue, with every refusal (a thrown error would carry only one).
+    const e = errorCatalogue.SG_ERR_UNPROCESSABLE
     return {
-      status: 422,
+      status: e.status,
       body: {
-        type: 'https://streamgate.dev/problems/unprocessable', title: 'No record was accepted', status: 422, code: 'SG_ERR_UNPROCESSABLE',
+        type: PROBLEM_BASE + e.slug, title: e.title, status: e.status, code: 'SG_ERR_UNPROCESSABLE',
         detail: `all ${total} records were refused`, instance: req.originalUrl, rejected: result.rejected
       }
     }

@@ -61,7 +61,12 @@ export const rejectSchema = z.object({
   excerpt: z.string()
 }).meta({ id: 'Reject' })
 
-const breaker = z.object({ state: z.enum(['closed', 'open', 'half-open']), failures: z.number(), lastError: z.string().nullable() }).meta({ id: 'Breaker' })
+const breaker = z.object({
+  state: z.enum(['closed', 'open', 'half-open']),
+  failures: z.number(),
+  lastError: z.string().nullable(),
+  transitions: z.object({ open: z.number().int(), 'half-open': z.number().int(), closed: z.number().int() }).meta({ description: 'State changes since the process started, by the state entered' })
+}).meta({ id: 'Breaker' })
 
 export const consumerStatusSchema = z.object({
   name: z.string(),
@@ -74,6 +79,25 @@ export const consumerStatusSchema = z.object({
   breaker: breaker.nullable()
 }).meta({ id: 'ConsumerStatus' })
 
+export const nodeSchema = z.object({
+  id: z.string(),
+  startedAt: z.string(),
+  seenAt: z.string().describe('When the node last reported (every second); a node silent for 5 s is left out'),
+  addresses: z.record(z.string(), z.number().nullable()).describe('Bound ports by listener'),
+  sessions: z.number().describe('Its authenticated MQTT sessions'),
+  consumers: z.array(z.object({ name: z.string(), lag: z.number(), lagSeconds: z.number().nullable(), breaker: z.string().nullable() }))
+}).meta({ id: 'Node' })
+
+export const recoverySchema = z.object({
+  node: z.string(),
+  messages: z.number().describe('commits read from the node\'s stream'),
+  entries: z.number().describe('journal entries in them (the last copy of each sequence number)'),
+  recovered: z.number().describe('entries appended to this node\'s journal'),
+  duplicates: z.number().describe('entries this node had recovered before'),
+  skipped: z.number().describe('entries of datasets or schema versions that no longer exist'),
+  lastSeq: z.number().nullable().describe('the last sequence number of the lost node\'s journal in the stream')
+}).meta({ id: 'Recovery' })
+
 export const statusSchema = z.object({
   journal: z.object({
     committedSeq: z.number(), bytes: z.number(), healthy: z.boolean(), appended: z.number(), commits: z.number(), refusedFull: z.number(),
@@ -85,10 +109,12 @@ export const statusSchema = z.object({
   consumers: z.array(consumerStatusSchema),
   query: z.object({ breaker }).optional(),
   amqp: z.record(z.string(), z.unknown()).optional(),
+  replication: z.object({ stream: z.string(), replicated: z.number(), failures: z.number(), lastError: z.string().nullable(), connected: z.boolean() }).optional()
+    .describe('the journal replicated to RabbitMQ (STREAMGATE_REPLICATION)'),
   mqtt: z.object({
     sessions: z.number(), connects: z.number(), authFailures: z.number(), protocolErrors: z.number(),
     throttled: z.number().describe('publishes delayed for a publisher over its rate'),
-    rateLimitedDisconnects: z.number(), connectsRefusedRate: z.number()
+    rateLimitedDisconnects: z.number(), connectsRefusedRate: z.number(), connectionsRefusedAddress: z.number()
   }),
   rejected: z.record(z.string(), z.number()),
   memory: z.record(z.string(), z.unknown())

@@ -1,22 +1,24 @@
 // The benchmark runner: `npm run bench` (3 runs per workload), `npm run bench -- --quick` (one short run
 // of each, under a minute), `--soak` (adds the 10-minute memory run), `--only=streamgate,aedes`,
-// `--workloads=qos1-flood,latency-20k`. Starts each system under test as its own process on loopback
+// `--workloads=qos1-flood,latency-20k`; `--cluster` runs bench/cluster.ts instead (one node against
+// two), `--durability` bench/durability.ts (the journal against RabbitMQ queues); `--replication`
+// runs streamgate with STREAMGATE_REPLICATION=rabbitmq-stream. Starts each system under test as its own process on loopback
 // (streamgate on the embedded default, bare Aedes, Mosquitto when it is on the PATH), drives it with
 // load generator processes (bench/load.ts), and reports msgs/s, latency, broker CPU and RSS, with the
 // streamgate/Aedes and streamgate/Mosquitto ratios from the same run. For streamgate it checks that the
 // rows stored equal the messages acknowledged.
-import { type ChildProcess, execFileSync, fork, spawn } from 'node:child_process'
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
-import type { ClientSpec, LoadCommand, LoadReport } from './load.js'
+import { ADMIN_KEY, failures, forkLoad, freePort, http, next, now, pct, procStats, root, runMain, stopProc, track, waitForLine } from './common.js'
+import type { ClientSpec, LoadCommand } from './load.js'
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const argv = process.argv.slice(2)
 const quick = argv.includes('--quick')
 const soak = argv.includes('--soak')
+const replication = argv.includes('--replication')
 /** --soak-seconds=N shortens (or lengthens) the soak for experiments; the target is stated for 600. */
 const soakSeconds = Number(argv.find((a) => a.startsWith('--soak-seconds='))?.slice(15) ?? 600)
 const listArg = (name: string): Set<string> => new Set(argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3).split(',') ?? [])
@@ -25,10 +27,8 @@ const onlyWorkloads = listArg('workloads')
 const RUNS = quick ? 1 : 3
 const PUBLISHERS = 10
 const GENERATORS = 2
-const ADMIN_KEY = 'bench-admin-key-0123456789abcdef'
 const READING = '{"site":"site-0001","temp":21.53,"hum":48.27,"pressure":1013.25,"t":0}'
 const BATCH = '[' + Array.from({ length: 100 }, (_, i) => i === 0 ? READING : READING.replace('"t":0', `"t":${i}`)).join(',') + ']'
-const children = new Set<ChildProcess>()
 
 type SystemName = 'streamgate' | 'aedes' | 'mosquitto'
 
@@ -45,81 +45,6 @@ interface Sut {
   stop (): Promise<void>
 }
 
-const now = (): number => performance.timeOrigin + performance.now()
-
-function freePort (): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port
-      s.close(() => resolve(p))
-    })
-  })
-}
-
-/** Tracks a child for cleanup; a system under test that exits before it is stopped fails the run loudly, with its last output. */
-function track (p: ChildProcess, what?: string): ChildProcess {
-  children.add(p)
-  let tail = ''
-  const keep = (d: Buffer): void => { tail = (tail + d.toString()).slice(-16_384) }
-  if (what !== undefined) {
-    p.stdout?.on('data', keep)
-    p.stderr?.on('data', keep)
-  }
-  p.on('exit', (code, signal) => {
-    children.delete(p)
-    if (what !== undefined && !stopping.has(p)) {
-      process.stderr.write(`\n${what} (pid ${p.pid}) exited unexpectedly (code ${code}, signal ${signal}); its last output:\n${tail}\n`)
-      failures.push(`${what} exited unexpectedly (code ${code}, signal ${signal})`)
-    }
-  })
-  return p
-}
-const stopping = new Set<ChildProcess>()
-
-function waitForLine (p: ChildProcess, re: RegExp, what: string): Promise<RegExpExecArray> {
-  return new Promise((resolve, reject) => {
-    let out = ''
-    const t = setTimeout(() => reject(new Error(`${what} did not start:\n${out}`)), 30_000)
-    const on = (d: Buffer): void => {
-      out += d.toString()
-      const m = re.exec(out)
-      if (m !== null) { clearTimeout(t); resolve(m) }
-    }
-    p.stdout?.on('data', on)
-    p.stderr?.on('data', on)
-    p.once('exit', (code) => { clearTimeout(t); reject(new Error(`${what} exited with ${code}:\n${out}`)) })
-  })
-}
-
-function stopProc (p: ChildProcess): Promise<void> {
-  stopping.add(p)
-  return new Promise((resolve) => {
-    if (p.exitCode !== null || p.signalCode !== null) return resolve()
-    const t = setTimeout(() => p.kill('SIGKILL'), 10_000)
-    p.once('exit', () => { clearTimeout(t); resolve() })
-    p.kill('SIGTERM')
-  })
-}
-
-/** utime+stime of a process in ms, and its RSS in MiB, from /proc. */
-function procStats (pid: number): { cpuMs: number, rssMiB: number } {
-  if (!fs.existsSync(`/proc/${pid}/stat`)) return { cpuMs: NaN, rssMiB: NaN }
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  const ticks = Number(fields[11]) + Number(fields[12])
-  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8')
-  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0)
-  return { cpuMs: ticks * 10, rssMiB: rssKb / 1024 }
-}
-
-async function http<T = any> (base: string, method: string, url: string, body?: unknown, contentType = 'application/json'): Promise<T> { // eslint-disable-line @typescript-eslint/no-explicit-any
-  // The bench owns its datasets: replacing their grants does not need the current ETag.
-  const res = await fetch(base + url, { method, headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': contentType, ...(method === 'PUT' ? { 'if-match': '*' } : {}) }, ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}) })
-  const text = await res.text()
-  if (res.status >= 300) throw new Error(`${method} ${url}: ${res.status} ${text}`)
-  return (text.length > 0 ? JSON.parse(text) : null) as T
-}
-
 const CONN_PRINCIPALS = 100
 
 /** BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the Node.js systems under test (streamgate, bare Aedes). */
@@ -130,7 +55,17 @@ async function startStreamgate (): Promise<Sut> {
   const proc = track(spawn(process.execPath, [...nodeArgs(), path.join(root, 'dist/bin/streamgate.js')], {
     env: {
       ...process.env, STREAMGATE_BIND: '127.0.0.1', STREAMGATE_MQTT_PORT: '0', STREAMGATE_WS_PORT: '0', STREAMGATE_HTTP_PORT: '0',
-      STREAMGATE_DATA_DIR: dataDir, STREAMGATE_ADMIN_KEY: ADMIN_KEY, STREAMGATE_LOG_LEVEL: 'warn'
+      STREAMGATE_DATA_DIR: dataDir, STREAMGATE_ADMIN_KEY: ADMIN_KEY, STREAMGATE_LOG_LEVEL: 'warn',
+      // Provisioning makes ~220 API requests at once; the API limits are not what is measured.
+      STREAMGATE_API_RATE: '0', STREAMGATE_API_RATE_PER_ADDRESS: '0',
+      // --replication: the journal replicated to a RabbitMQ stream before each acknowledgement.
+      ...(replication
+        ? {
+            STREAMGATE_AMQP_URL: process.env.BENCH_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672', STREAMGATE_REPLICATION: 'rabbitmq-stream',
+            STREAMGATE_NODE_ID: `bench-${process.pid}`, STREAMGATE_RABBITMQ_AUTH_PORT: '0',
+            STREAMGATE_AMQP_INGEST_EXCHANGE: `bench-${process.pid}.ingest`, STREAMGATE_AMQP_RECORDS_EXCHANGE: `bench-${process.pid}.records`, STREAMGATE_AMQP_INGEST_QUEUE: `bench-${process.pid}.ingest`
+          }
+        : {})
     },
     stdio: ['ignore', 'pipe', 'pipe']
   }), 'streamgate')
@@ -221,25 +156,6 @@ async function startMosquitto (): Promise<Sut | null> {
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
   return anonymous('mosquitto', proc, port, () => fs.rmSync(dir, { recursive: true, force: true }))
-}
-
-function forkLoad (): ChildProcess {
-  return track(fork(path.join(root, 'bench/load.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }))
-}
-
-function next<K extends LoadReport['kind']> (p: ChildProcess, kind: K): Promise<Extract<LoadReport, { kind: K }>> {
-  return new Promise((resolve, reject) => {
-    const on = (r: LoadReport): void => {
-      if (r.kind === kind) { p.off('message', on); resolve(r as Extract<LoadReport, { kind: K }>) } else if (r.kind === 'error') { p.off('message', on); reject(new Error(r.message)) }
-    }
-    p.on('message', on)
-    p.once('exit', (code) => reject(new Error(`load generator exited (${code}) before reporting ${kind}`)))
-  })
-}
-
-function pct (sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!
 }
 
 interface RunResult {
@@ -459,7 +375,6 @@ function summarize (runs: RunResult[]): Summary {
   return { median: rates[Math.floor(rates.length / 2)]!, min: rates[0]!, max: rates.at(-1)!, runs }
 }
 
-const failures: string[] = []
 const fmt = (l: { p50: number, p99: number, p999: number } | null): string => l === null ? '–' : `${l.p50.toFixed(2)} / ${l.p99.toFixed(2)} / ${l.p999.toFixed(2)}`
 
 async function main (): Promise<void> {
@@ -544,10 +459,12 @@ async function main (): Promise<void> {
   }
 }
 
-process.on('SIGINT', () => { for (const c of children) c.kill('SIGKILL'); process.exit(130) })
-main().catch((err: unknown) => {
-  process.stderr.write(String(err instanceof Error ? err.stack : err) + '\n')
-  process.exitCode = 1
-}).finally(() => {
-  for (const c of children) c.kill('SIGKILL')
-})
+if (argv.includes('--cluster')) {
+  await import('./cluster.js') // one node against two (bench/cluster.ts)
+} else if (argv.includes('--durability')) {
+  await import('./durability.js') // the journal's cost against RabbitMQ queues (bench/durability.ts)
+} else if (argv.includes('--sink')) {
+  await import('./sink-drain.js') // the sink alone: journal to embedded store (bench/sink-drain.ts)
+} else {
+  runMain(main)
+}

@@ -11,7 +11,7 @@ import { Rpc } from './sink-rpc.js'
 
 export type SinkSpec =
   | { readonly kind: 'embedded', readonly dataDir: string, readonly memoryLimit: string }
-  | { readonly kind: 'questdb', readonly ilp: string, readonly pg: string, readonly timeoutMs: number, readonly resetMs: number }
+  | { readonly kind: 'questdb', readonly ilp: string, readonly pg: string, readonly timeoutMs: number, readonly resetMs: number, readonly nodeId: string }
 
 /** What the worker is started with (structured-cloned). */
 export interface SinkWorkerInit {
@@ -21,6 +21,8 @@ export interface SinkWorkerInit {
   readonly sink: SinkSpec
   readonly consumer: { readonly maxEntries: number, readonly maxRows: number, readonly lingerMs: number }
   readonly limits: { readonly maxBatch: number, readonly maxString: number }
+  /** Claims on message ids shared by the nodes (STREAMGATE_REDIS_URL): see OriginClaims. */
+  readonly claims?: { readonly redisUrl: string, readonly ttlS: number, readonly nodeId: string }
 }
 
 export interface SinkThreadOptions extends Omit<SinkWorkerInit, 'shared'> {

@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events'
 import { getHeapStatistics } from 'node:v8'
 import { parentPort, workerData } from 'node:worker_threads'
-import { createPgExecutor, QuestdbSink, RecordStore, type SqlExecutor, type StoreRefusal } from '../bridges/index.js'
+import { createPgExecutor, QuestdbSink, RecordStore, RedisClaims, type SqlExecutor, type StoreRefusal } from '../bridges/index.js'
 import {
   Catalog, type ConsumerJournal, type Dataset, JournalFollower, JournalReader, type QueryPlan, type RecordQuery, type Sink, SinkConsumer
 } from '../gateway/index.js'
@@ -82,7 +82,7 @@ async function main (): Promise<void> {
   let store: RecordStore | null = null
   let sql: SqlExecutor | null = null
   if (init.sink.kind === 'embedded') {
-    store = await RecordStore.open({ dataDir: init.sink.dataDir, memoryLimit: init.sink.memoryLimit, maxString: init.limits.maxString })
+    store = await RecordStore.open({ dataDir: init.sink.dataDir, memoryLimit: init.sink.memoryLimit })
     sink = store
     records = store
   } else {
@@ -98,10 +98,13 @@ async function main (): Promise<void> {
       onRefused: (refusals: readonly StoreRefusal[]) => rpc.emit('refused', refusals),
       timeoutMs: q.timeoutMs,
       resetMs: q.resetMs,
+      nodeId: q.nodeId,
       log
     })
   }
-  const consumer = new SinkConsumer(journal, sink, catalog, { ...init.consumer, log })
+  // Several nodes: entries with a message id are stored only by the copy holding its claim.
+  const claims = init.claims !== undefined ? new RedisClaims(init.claims.redisUrl, init.claims.ttlS) : null
+  const consumer = new SinkConsumer(journal, sink, catalog, { ...init.consumer, log, ...(claims !== null ? { claims: { store: claims, nodeId: init.claims!.nodeId } } : {}) })
 
   // Status goes to the gateway on every stored batch, and every 250 ms when it changed otherwise
   // (failures, breaker transitions).
@@ -156,6 +159,7 @@ async function main (): Promise<void> {
     journal.close()
     await sink.close()
     await sql?.close()
+    await claims?.close()
   })
   rpc.emit('ready', null)
 }

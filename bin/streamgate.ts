@@ -16,13 +16,13 @@ async function main (): Promise<void> {
   }
   const sg = await startStreamgate(config)
   const a = sg.addresses
+  // One write: whoever waits for the listening line gets the admin key with it.
   process.stdout.write(`streamgate listening: mqtt ${config.bind}:${a.mqtt.port}, mqtt-over-websocket ws://${config.bind}:${a.ws.port}/mqtt, http http://${config.bind}:${a.http.port}` +
-    (a.mqtts !== null ? `, mqtts :${a.mqtts.port}` : '') + (a.wss !== null ? `, wss :${a.wss.port}` : '') + '\n')
-  if (sg.generatedAdminKey !== null) {
-    process.stdout.write(
-      '\n  First start: generated the admin key (principal "admin"). It is shown only this once; only its hash is stored.\n' +
-      `  STREAMGATE_ADMIN_KEY=${sg.generatedAdminKey}\n\n`)
-  }
+    (a.mqtts !== null ? `, mqtts :${a.mqtts.port}` : '') + (a.wss !== null ? `, wss :${a.wss.port}` : '') + (a.https !== null ? `, https :${a.https.port}` : '') + '\n' +
+    (sg.generatedAdminKey === null
+      ? ''
+      : '\n  First start: generated the admin key (principal "admin"). It is shown only this once; only its hash is stored.\n' +
+        `  STREAMGATE_ADMIN_KEY=${sg.generatedAdminKey}\n\n`))
   let stopping = false
   const stop = (signal: string): void => {
     if (stopping) {
@@ -30,12 +30,25 @@ async function main (): Promise<void> {
       process.exit(1)
     }
     stopping = true
-    sg.log.info({ signal }, 'shutting down')
+    sg.log.info({ signal, timeoutMs: config.limits.shutdownTimeoutMs }, 'shutting down')
+    // Closing drains the sinks for up to STREAMGATE_SHUTDOWN_TIMEOUT_MS; past that and a margin, something hangs.
+    setTimeout(() => {
+      process.stderr.write('streamgate: shutdown did not finish in time, exiting\n')
+      process.exit(1)
+    }, config.limits.shutdownTimeoutMs + 15_000).unref()
     sg.close().then(() => process.exit(0), (err: unknown) => {
       sg.log.error({ err: String(err) }, 'shutdown failed')
       process.exit(1)
     })
   }
+  // SIGHUP: new certificates for new connections; open connections keep theirs.
+  process.on('SIGHUP', () => {
+    try {
+      sg.reloadTls()
+    } catch (err) {
+      sg.log.error({ err: (err as Error).message }, 'TLS reload failed; the certificates in use stay')
+    }
+  })
   process.on('SIGTERM', () => stop('SIGTERM'))
   process.on('SIGINT', () => stop('SIGINT'))
 }

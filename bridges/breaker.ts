@@ -1,7 +1,26 @@
-// The operator's view of an opossum breaker, shared by every bridge that has one.
+// The operator's view of an opossum breaker, shared by every bridge that has one: its state, its
+// failures, and how often it changed state (counted as it happens, so /metrics misses no open and
+// close between two scrapes).
 import type CircuitBreaker from 'opossum'
 import type { BreakerStatus } from '../gateway/index.js'
 
+const transitions = new WeakMap<CircuitBreaker, { open: number, 'half-open': number, closed: number }>()
+
+/** Counts the breaker's state changes from now on; call once, right after creating it. */
+export function countTransitions<B extends CircuitBreaker> (b: B): B {
+  const t = { open: 0, 'half-open': 0, closed: 0 }
+  transitions.set(b, t)
+  b.on('open', () => { t.open++ })
+  b.on('halfOpen', () => { t['half-open']++ })
+  b.on('close', () => { t.closed++ })
+  return b
+}
+
 export function breakerStatus (b: CircuitBreaker, lastError: string | null): BreakerStatus {
-  return { state: b.opened ? 'open' : b.halfOpen ? 'half-open' : 'closed', failures: b.stats.failures + b.stats.timeouts + b.stats.rejects, lastError }
+  return {
+    state: b.opened ? 'open' : b.halfOpen ? 'half-open' : 'closed',
+    failures: b.stats.failures + b.stats.timeouts + b.stats.rejects,
+    lastError,
+    transitions: { ...(transitions.get(b) ?? { open: 0, 'half-open': 0, closed: 0 }) }
+  }
 }

@@ -1,6 +1,8 @@
 // The one place that reads configuration. Parsed once at start with zod, frozen, passed down.
 // Variable names are part of the public contract (README "Configuration").
 import { readFileSync } from 'node:fs'
+import os from 'node:os'
+import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 
 const KiB = 1024
@@ -20,21 +22,32 @@ export const configSchema = z.object({
   STREAMGATE_HTTP_PORT: port.default(8080),
   STREAMGATE_MQTTS_PORT: port.default(8883),
   STREAMGATE_WSS_PORT: port.default(8084),
+  STREAMGATE_HTTPS_PORT: port.default(8443),
   STREAMGATE_TLS_CERT: optionalPath,
   STREAMGATE_TLS_KEY: optionalPath,
   STREAMGATE_TLS_CA: optionalPath,
+  STREAMGATE_TLS_CLIENT_AUTH: z.enum(['none', 'optional', 'require']).default('none'),
   STREAMGATE_DATA_DIR: z.string().min(1).default('./data'),
   STREAMGATE_ADMIN_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
   STREAMGATE_QUESTDB: z.string().min(1).optional().describe('@questdb/nodejs-client config string, e.g. http::addr=127.0.0.1:9000'),
   STREAMGATE_QUESTDB_PG: z.string().url().default('postgres://admin:quest@127.0.0.1:8812/qdb'),
   STREAMGATE_QUESTDB_TIMEOUT_MS: positiveInt.default(15_000),
   STREAMGATE_QUESTDB_RESET_MS: positiveInt.default(5_000),
+  STREAMGATE_NODE_ID: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, '1 to 64 letters, digits, dots, dashes or underscores').optional(),
+  STREAMGATE_REDIS_URL: z.string().regex(/^rediss?:\/\//, 'a redis:// or rediss:// URL').optional(),
+  STREAMGATE_METADATA_URL: z.string().regex(/^postgres(ql)?:\/\//, 'a postgres:// or postgresql:// URL').optional(),
+  STREAMGATE_DEDUP_TTL_S: positiveInt.default(86_400),
   STREAMGATE_AMQP_URL: z.string().regex(/^amqps?:\/\//, 'an amqp:// or amqps:// URL').optional(),
   STREAMGATE_AMQP_INGEST_EXCHANGE: z.string().min(1).max(255).default('streamgate.ingest'),
   STREAMGATE_AMQP_RECORDS_EXCHANGE: z.string().min(1).max(255).default('streamgate.records'),
   STREAMGATE_AMQP_INGEST_QUEUE: z.string().min(1).max(255).default('streamgate.ingest'),
   STREAMGATE_AMQP_PREFETCH: positiveInt.max(65535).default(200),
   STREAMGATE_AMQP_PUBLISH_TIMEOUT_MS: positiveInt.default(10_000),
+  STREAMGATE_AMQP_HEARTBEAT_S: positiveInt.max(65535).default(15),
+  STREAMGATE_AMQP_CONNECTION_NAME: z.string().min(1).max(255).optional(),
+  STREAMGATE_REPLICATION: z.enum(['none', 'rabbitmq-stream']).default('none'),
+  STREAMGATE_REPLICATION_TIMEOUT_MS: positiveInt.default(5000),
+  STREAMGATE_REPLICATION_MAX_AGE: z.string().regex(/^\d{1,6}[YMDhms]$/, 'a RabbitMQ x-max-age, e.g. 7D, 12h or 30m').default('7D'),
   STREAMGATE_RABBITMQ_AUTH_PORT: port.default(8089),
   STREAMGATE_RABBITMQ_AUTH_BIND: z.string().min(1).default('127.0.0.1'),
   STREAMGATE_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -45,6 +58,7 @@ export const configSchema = z.object({
   STREAMGATE_MAX_STRING: positiveInt.default(4 * KiB),
   STREAMGATE_MAX_CLIENT_ID: positiveInt.max(65_535).default(256),
   STREAMGATE_DRAIN_TIMEOUT_MS: positiveInt.default(10_000),
+  STREAMGATE_SHUTDOWN_TIMEOUT_MS: positiveInt.default(30_000),
   STREAMGATE_CONNECT_TIMEOUT_MS: positiveInt.default(30_000),
   STREAMGATE_JOURNAL_MAX_BYTES: positiveInt.default(2 * GiB),
   STREAMGATE_JOURNAL_SEGMENT_BYTES: positiveInt.min(64 * KiB).default(64 * MiB),
@@ -69,31 +83,51 @@ export const configSchema = z.object({
   STREAMGATE_CORS_ORIGINS: z.string().default(''),
   STREAMGATE_API_RATE: nonNegativeInt.default(100),
   STREAMGATE_API_RATE_PER_ADDRESS: nonNegativeInt.default(200),
+  STREAMGATE_API_RATE_DEVICE: nonNegativeInt.optional(),
+  STREAMGATE_API_RATE_SERVICE: nonNegativeInt.optional(),
+  STREAMGATE_API_RATE_ADMIN: nonNegativeInt.optional(),
   STREAMGATE_MQTT_CONNECT_RATE_DEVICE: nonNegativeInt.default(100),
   STREAMGATE_MQTT_CONNECT_RATE_SERVICE: nonNegativeInt.default(0),
   STREAMGATE_MQTT_CONNECT_RATE_ADMIN: nonNegativeInt.default(0),
   STREAMGATE_AUTH_FAILURES_PER_MINUTE: nonNegativeInt.default(60),
+  STREAMGATE_API_AUTH_FAILURES_PER_MINUTE: nonNegativeInt.default(0),
+  STREAMGATE_MQTT_MAX_CONNECTIONS_PER_ADDRESS: nonNegativeInt.default(0),
+  STREAMGATE_MQTT_ACCEPT_RATE_PER_ADDRESS: nonNegativeInt.default(0),
   STREAMGATE_MQTT_PUBLISH_RATE_DEVICE: nonNegativeInt.default(10_000),
   STREAMGATE_MQTT_PUBLISH_RATE_SERVICE: nonNegativeInt.default(0),
   STREAMGATE_MQTT_PUBLISH_RATE_ADMIN: nonNegativeInt.default(0)
 })
 
 type Raw = z.infer<typeof configSchema>
-export type PortName = 'mqtt' | 'ws' | 'http' | 'mqtts' | 'wss' | 'rabbitmqAuth'
+export type PortName = 'mqtt' | 'ws' | 'http' | 'mqtts' | 'wss' | 'https' | 'rabbitmqAuth'
 
 export interface Config {
   readonly bind: string
-  readonly ports: { readonly mqtt: number, readonly ws: number, readonly http: number, readonly mqtts: number, readonly wss: number }
+  readonly ports: { readonly mqtt: number, readonly ws: number, readonly http: number, readonly mqtts: number, readonly wss: number, readonly https: number }
   /** Ports given explicitly (a taken explicit port fails the start; a taken default one falls back). */
   readonly explicitPorts: ReadonlySet<PortName>
-  readonly tls: { readonly cert: string, readonly key: string, readonly ca?: string } | null
+  /** TLS listeners (MQTTS, WSS, HTTPS) when set; `clientAuth` asks MQTT clients for certificates (CN = principal id). */
+  readonly tls: { readonly cert: string, readonly key: string, readonly ca?: string, readonly clientAuth: 'none' | 'optional' | 'require' } | null
   readonly dataDir: string
   readonly adminKey: string | undefined
+  /** Shared MQTT state for several nodes (sessions, subscriptions, queued QoS 1 messages, fan-out), when STREAMGATE_REDIS_URL is set. */
+  readonly redis: { readonly url: string } | null
+  /** Metadata shared by several nodes in PostgreSQL (datasets, principals, keys, grants, audit, Idempotency-Key answers), when STREAMGATE_METADATA_URL is set. */
+  readonly metadataUrl: string | null
+  /** How long a message id's claim is kept in Redis (several nodes): the window in which copies of one message on two nodes are stored once. */
+  readonly dedupTtlS: number
+  /** This node's name in GET /v1/cluster; null: one made at the first start, kept in the data directory. */
+  readonly nodeId: string | null
   /** The RabbitMQ bridge, when STREAMGATE_AMQP_URL is set; its auth backend listens on `authPort`. */
   readonly amqp: {
     readonly url: string, readonly ingestExchange: string, readonly recordsExchange: string, readonly ingestQueue: string,
-    readonly prefetch: number, readonly publishTimeoutMs: number, readonly authPort: number, readonly authBind: string
+    readonly prefetch: number, readonly publishTimeoutMs: number, readonly heartbeatS: number, readonly connectionName: string, readonly authPort: number, readonly authBind: string
   } | null
+  /**
+   * The journal replicated to a RabbitMQ stream per node before each acknowledgement
+   * (STREAMGATE_REPLICATION=rabbitmq-stream, over STREAMGATE_AMQP_URL); null: the local journal alone.
+   */
+  readonly replication: { readonly url: string, readonly timeoutMs: number, readonly maxAge: string } | null
   /** QuestDB replaces the embedded store for time series when set. */
   readonly questdb: { readonly ilp: string, readonly pg: string, readonly timeoutMs: number, readonly resetMs: number } | null
   readonly logLevel: Raw['STREAMGATE_LOG_LEVEL']
@@ -105,6 +139,8 @@ export interface Config {
     /** Longest MQTT client id accepted (CONNACK 2 beyond it). */
     readonly maxClientId: number
     readonly drainTimeoutMs: number
+    /** On SIGTERM: how long the sinks may take to store what the journal holds before the process exits. */
+    readonly shutdownTimeoutMs: number
     readonly connectTimeoutMs: number
     readonly httpBodyLimit: number
     /** Longest an HTTP client (API, MQTT over WebSocket) may take to send its headers, and its whole request (slowloris). */
@@ -125,7 +161,10 @@ export interface Config {
     /** Origins allowed by CORS; empty: CORS off. */
     readonly corsOrigins: readonly string[]
     /** Requests a second per principal and per source address (0: unlimited). */
-    readonly ratePerPrincipal: number
+    /** API requests a second per principal, by its kind. */
+    readonly ratePerPrincipal: { readonly device: number, readonly service: number, readonly admin: number }
+    /** Failed logins a minute from one address before its requests with credentials get 429 (0: off). */
+    readonly authFailuresPerMinute: number
     readonly ratePerAddress: number
   }
   readonly mqttLimits: {
@@ -133,6 +172,9 @@ export interface Config {
     readonly connectRate: { readonly device: number, readonly service: number, readonly admin: number }
     /** Failed MQTT logins a minute per source address before its CONNECTs are refused (0: unlimited). */
     readonly authFailuresPerMinute: number
+    /** MQTT connections (TCP, TLS, WebSocket) open at once and accepted a second per source address (0: unlimited). */
+    readonly maxConnectionsPerAddress: number
+    readonly acceptRatePerAddress: number
     /** PUBLISHes a second per principal, by kind (0: unlimited). */
     readonly publishRate: { readonly device: number, readonly service: number, readonly admin: number }
   }
@@ -151,8 +193,8 @@ export class ConfigError extends Error {
 export type Env = Readonly<Record<string, string | undefined>>
 
 /**
- * Builds the config from the environment and, when `STREAMGATE_CONFIG` names one, a JSON file whose keys
- * are the same variable names. Variables win over the file. Throws ConfigError naming each bad variable.
+ * Builds the config from the environment and, when `STREAMGATE_CONFIG` names one, a YAML (or JSON) file
+ * whose keys are the same variable names (config/streamgate.yaml is the documented example). Variables win over the file. Throws ConfigError naming each bad variable.
  */
 export function loadConfig (env: Env = process.env): Config {
   const fromFile = env.STREAMGATE_CONFIG ? readConfigFile(env.STREAMGATE_CONFIG) : {}
@@ -177,12 +219,20 @@ export function loadConfig (env: Env = process.env): Config {
     const issue = 'STREAMGATE_JWT_ISSUER: give exactly one of STREAMGATE_JWT_JWKS and STREAMGATE_JWT_SECRET'
     throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
   }
+  if (r.STREAMGATE_REPLICATION !== 'none' && r.STREAMGATE_AMQP_URL === undefined) {
+    const issue = 'STREAMGATE_REPLICATION: rabbitmq-stream needs STREAMGATE_AMQP_URL (the RabbitMQ holding the streams)'
+    throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
+  }
   if ((r.STREAMGATE_TLS_CERT === undefined) !== (r.STREAMGATE_TLS_KEY === undefined)) {
     const issue = 'STREAMGATE_TLS_CERT and STREAMGATE_TLS_KEY: set both or neither'
     throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
   }
+  if (r.STREAMGATE_TLS_CLIENT_AUTH !== 'none' && (r.STREAMGATE_TLS_CERT === undefined || r.STREAMGATE_TLS_CA === undefined)) {
+    const issue = 'STREAMGATE_TLS_CLIENT_AUTH: needs STREAMGATE_TLS_CERT, STREAMGATE_TLS_KEY and STREAMGATE_TLS_CA (the CA that signs client certificates)'
+    throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
+  }
   const explicit = new Set<PortName>()
-  for (const [k, name] of [['STREAMGATE_MQTT_PORT', 'mqtt'], ['STREAMGATE_WS_PORT', 'ws'], ['STREAMGATE_HTTP_PORT', 'http'], ['STREAMGATE_MQTTS_PORT', 'mqtts'], ['STREAMGATE_WSS_PORT', 'wss'], ['STREAMGATE_RABBITMQ_AUTH_PORT', 'rabbitmqAuth']] as const) {
+  for (const [k, name] of [['STREAMGATE_MQTT_PORT', 'mqtt'], ['STREAMGATE_WS_PORT', 'ws'], ['STREAMGATE_HTTP_PORT', 'http'], ['STREAMGATE_MQTTS_PORT', 'mqtts'], ['STREAMGATE_WSS_PORT', 'wss'], ['STREAMGATE_HTTPS_PORT', 'https'], ['STREAMGATE_RABBITMQ_AUTH_PORT', 'rabbitmqAuth']] as const) {
     if (merged[k] !== undefined) explicit.add(name)
   }
   return deepFreeze(toConfig(r, explicit))
@@ -197,13 +247,18 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       ws: r.STREAMGATE_WS_PORT,
       http: r.STREAMGATE_HTTP_PORT,
       mqtts: r.STREAMGATE_MQTTS_PORT,
-      wss: r.STREAMGATE_WSS_PORT
+      wss: r.STREAMGATE_WSS_PORT,
+      https: r.STREAMGATE_HTTPS_PORT
     },
     tls: r.STREAMGATE_TLS_CERT !== undefined && r.STREAMGATE_TLS_KEY !== undefined
-      ? { cert: r.STREAMGATE_TLS_CERT, key: r.STREAMGATE_TLS_KEY, ...(r.STREAMGATE_TLS_CA !== undefined ? { ca: r.STREAMGATE_TLS_CA } : {}) }
+      ? { cert: r.STREAMGATE_TLS_CERT, key: r.STREAMGATE_TLS_KEY, ...(r.STREAMGATE_TLS_CA !== undefined ? { ca: r.STREAMGATE_TLS_CA } : {}), clientAuth: r.STREAMGATE_TLS_CLIENT_AUTH }
       : null,
     dataDir: r.STREAMGATE_DATA_DIR,
     adminKey: r.STREAMGATE_ADMIN_KEY,
+    redis: r.STREAMGATE_REDIS_URL === undefined ? null : { url: r.STREAMGATE_REDIS_URL },
+    metadataUrl: r.STREAMGATE_METADATA_URL ?? null,
+    dedupTtlS: r.STREAMGATE_DEDUP_TTL_S,
+    nodeId: r.STREAMGATE_NODE_ID ?? null,
     amqp: r.STREAMGATE_AMQP_URL === undefined
       ? null
       : {
@@ -213,9 +268,14 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
           ingestQueue: r.STREAMGATE_AMQP_INGEST_QUEUE,
           prefetch: r.STREAMGATE_AMQP_PREFETCH,
           publishTimeoutMs: r.STREAMGATE_AMQP_PUBLISH_TIMEOUT_MS,
+          heartbeatS: r.STREAMGATE_AMQP_HEARTBEAT_S,
+          connectionName: r.STREAMGATE_AMQP_CONNECTION_NAME ?? `streamgate ${os.hostname()} ${process.pid}`,
           authPort: r.STREAMGATE_RABBITMQ_AUTH_PORT,
           authBind: r.STREAMGATE_RABBITMQ_AUTH_BIND
         },
+    replication: r.STREAMGATE_REPLICATION === 'none' || r.STREAMGATE_AMQP_URL === undefined
+      ? null
+      : { url: r.STREAMGATE_AMQP_URL, timeoutMs: r.STREAMGATE_REPLICATION_TIMEOUT_MS, maxAge: r.STREAMGATE_REPLICATION_MAX_AGE },
     questdb: r.STREAMGATE_QUESTDB === undefined
       ? null
       : { ilp: r.STREAMGATE_QUESTDB, pg: r.STREAMGATE_QUESTDB_PG, timeoutMs: r.STREAMGATE_QUESTDB_TIMEOUT_MS, resetMs: r.STREAMGATE_QUESTDB_RESET_MS },
@@ -227,6 +287,7 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       maxString: r.STREAMGATE_MAX_STRING,
       maxClientId: r.STREAMGATE_MAX_CLIENT_ID,
       drainTimeoutMs: r.STREAMGATE_DRAIN_TIMEOUT_MS,
+      shutdownTimeoutMs: r.STREAMGATE_SHUTDOWN_TIMEOUT_MS,
       connectTimeoutMs: r.STREAMGATE_CONNECT_TIMEOUT_MS,
       httpBodyLimit: r.STREAMGATE_HTTP_BODY_LIMIT,
       httpHeadersTimeoutMs: r.STREAMGATE_HTTP_HEADERS_TIMEOUT_MS,
@@ -247,12 +308,15 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       tokenTtlS: r.STREAMGATE_TOKEN_TTL_S,
       tokenSecret: r.STREAMGATE_TOKEN_SECRET ?? null,
       corsOrigins: r.STREAMGATE_CORS_ORIGINS.split(',').map((o) => o.trim()).filter((o) => o !== ''),
-      ratePerPrincipal: r.STREAMGATE_API_RATE,
-      ratePerAddress: r.STREAMGATE_API_RATE_PER_ADDRESS
+      ratePerPrincipal: { device: r.STREAMGATE_API_RATE_DEVICE ?? r.STREAMGATE_API_RATE, service: r.STREAMGATE_API_RATE_SERVICE ?? r.STREAMGATE_API_RATE, admin: r.STREAMGATE_API_RATE_ADMIN ?? r.STREAMGATE_API_RATE },
+      ratePerAddress: r.STREAMGATE_API_RATE_PER_ADDRESS,
+      authFailuresPerMinute: r.STREAMGATE_API_AUTH_FAILURES_PER_MINUTE
     },
     mqttLimits: {
       connectRate: { device: r.STREAMGATE_MQTT_CONNECT_RATE_DEVICE, service: r.STREAMGATE_MQTT_CONNECT_RATE_SERVICE, admin: r.STREAMGATE_MQTT_CONNECT_RATE_ADMIN },
       authFailuresPerMinute: r.STREAMGATE_AUTH_FAILURES_PER_MINUTE,
+      maxConnectionsPerAddress: r.STREAMGATE_MQTT_MAX_CONNECTIONS_PER_ADDRESS,
+      acceptRatePerAddress: r.STREAMGATE_MQTT_ACCEPT_RATE_PER_ADDRESS,
       publishRate: { device: r.STREAMGATE_MQTT_PUBLISH_RATE_DEVICE, service: r.STREAMGATE_MQTT_PUBLISH_RATE_SERVICE, admin: r.STREAMGATE_MQTT_PUBLISH_RATE_ADMIN }
     },
     storeMemory: r.STREAMGATE_STORE_MEMORY,
@@ -268,11 +332,13 @@ function readConfigFile (path: string): Record<string, unknown> {
     throw new ConfigError(`STREAMGATE_CONFIG: cannot read ${path}: ${(err as Error).message}`, ['STREAMGATE_CONFIG'])
   }
   try {
-    const value: unknown = JSON.parse(text)
-    if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('expected a JSON object')
-    return value as Record<string, unknown>
+    // YAML 1.2 (a JSON file is YAML too). Values keep their YAML types; the schema coerces them.
+    const value: unknown = parseYaml(text) ?? {} // a file of comments only is empty
+    if (typeof value !== 'object' || Array.isArray(value)) throw new Error('expected a mapping')
+    // `KEY:` with no value is YAML null: the key is not set (its default applies), never 0 or "".
+    return Object.fromEntries(Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== null))
   } catch (err) {
-    throw new ConfigError(`STREAMGATE_CONFIG: ${path} is not a JSON object of STREAMGATE_* keys: ${(err as Error).message}`, ['STREAMGATE_CONFIG'])
+    throw new ConfigError(`STREAMGATE_CONFIG: ${path} is not a YAML or JSON mapping of STREAMGATE_* keys: ${(err as Error).message}`, ['STREAMGATE_CONFIG'])
   }
 }
 

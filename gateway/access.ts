@@ -122,6 +122,10 @@ export class AccessState {
   }
 
   datasetGrants (dataset: string): Grant[] { return [...(this.grantDocs.get(dataset)?.values() ?? [])] }
+  /** A principal's grants, by dataset id. */
+  principalGrants (principal: string): Grant[] {
+    return this.grantedDatasets(principal).sort().flatMap((d) => this.grantDocs.get(d)?.get(principal) ?? [])
+  }
 
   /** Datasets on which the principal holds any grant. */
   grantedDatasets (principal: string): string[] { return [...(this.grants.get(principal)?.keys() ?? [])] }

@@ -67,6 +67,11 @@ export interface AuditStore {
   listAudit (filter: AuditFilter, limit: number): Promise<AuditEntry[]>
   /** Oldest first, from `fromSeq`. */
   auditRange (fromSeq: number, limit: number): Promise<AuditEntry[]>
+  /**
+   * A store several gateways append to (PostgreSQL): it places the entries after the chain's last one,
+   * whoever wrote it, assigning seq, prevHash and hash (the ones given are this node's provisional ones).
+   */
+  appendChained? (entries: readonly AuditEntry[]): Promise<AuditEntry[]>
 }
 
 export const GENESIS = '0'.repeat(64)
@@ -108,6 +113,11 @@ export class AuditLog {
   private closed = false
   private readonly denials = new Map<string, { n: number, sample: AuditInput }>()
   private denialWindow = Date.now()
+  private denialTimer: NodeJS.Timeout | null = null
+  private closing = false
+  private unkeyedDenials = 0
+  /** With a shared store: the last entry this log stored, as the store chained it. */
+  private lastStored: AuditEntry | null = null
 
   private constructor (private readonly store: AuditStore, last: AuditEntry | null, private readonly opts: AuditLogOptions) {
     this.seq = last?.seq ?? 0
@@ -119,7 +129,7 @@ export class AuditLog {
     return new AuditLog(store, await store.lastAudit(), opts)
   }
 
-  /** The chain position is fixed at once (call order); the entry is written shortly after. */
+  /** The chain position is fixed at once (call order); the entry is written shortly after. With a shared store (appendChained) the seq returned is this node's own count, not the chain's. */
   record (input: AuditInput): AuditEntry {
     if (input.outcome === 'denied' && !this.admitDenial(input)) return this.chain(input, false)
     if (input.outcome === 'denied' && this.pending.length >= (this.opts.maxPending ?? 10_000)) {
@@ -137,26 +147,43 @@ export class AuditLog {
 
   /** Counts a denial in this minute's window; false once its actor, address and action are over the limit. */
   private admitDenial (input: AuditInput): boolean {
-    const now = Date.now()
-    if (now - this.denialWindow >= 60_000) {
-      for (const { n, sample } of this.denials.values()) {
-        const over = n - (this.opts.denialsPerMinute ?? 20)
-        if (over > 0) {
-          this.chain({ ...sample, detail: `${over} more denials like this one in the minute from ${new Date(this.denialWindow).toISOString()} were counted, not recorded one by one`, requestId: null }, true)
-        }
-      }
-      this.denials.clear()
-      this.denialWindow = now
+    if (Date.now() - this.denialWindow >= 60_000) this.endDenialWindow()
+    // The window's summaries are written when it ends, even if no denial follows.
+    if (this.denialTimer === null && !this.closing) {
+      this.denialTimer = setTimeout(() => { this.denialTimer = null; this.endDenialWindow() }, Math.max(0, this.denialWindow + 60_000 - Date.now()))
+      this.denialTimer.unref()
     }
     const key = `${input.actor ?? ''}\n${input.address ?? ''}\n${input.action}`
     let d = this.denials.get(key)
     if (d === undefined) {
-      // Bounded: beyond 10,000 distinct sources a minute, new ones are counted under one key.
-      if (this.denials.size >= 10_000) return false
+      // Bounded: beyond 10,000 distinct sources a minute, new ones are only counted (one summary).
+      if (this.denials.size >= 10_000) {
+        this.unkeyedDenials++
+        return false
+      }
       this.denials.set(key, d = { n: 0, sample: input })
     }
     d.n++
     return d.n <= (this.opts.denialsPerMinute ?? 20)
+  }
+
+  /** Summarizes the window's denials that were counted rather than recorded, and starts a new window. */
+  private endDenialWindow (): void {
+    const from = new Date(this.denialWindow).toISOString()
+    for (const { n, sample } of this.denials.values()) {
+      const over = n - (this.opts.denialsPerMinute ?? 20)
+      if (over > 0) this.chain({ ...sample, detail: `${over} more denials like this one in the minute from ${from} were counted, not recorded one by one`, requestId: null }, true)
+    }
+    if (this.unkeyedDenials > 0) {
+      this.chain({ actor: 'system', address: null, action: 'audit.denials_summarized', resource: 'audit', outcome: 'ok', before: null, after: null, detail: `${this.unkeyedDenials} denied accesses from beyond 10,000 distinct sources in the minute from ${from} were counted, not recorded one by one`, requestId: null }, true)
+      this.unkeyedDenials = 0
+    }
+    this.denials.clear()
+    this.denialWindow = Date.now()
+    if (this.denialTimer !== null) {
+      clearTimeout(this.denialTimer)
+      this.denialTimer = null
+    }
   }
 
   private chain (input: AuditInput, keep: boolean): AuditEntry {
@@ -186,7 +213,8 @@ export class AuditLog {
         const batch = this.pending
         this.pending = []
         try {
-          await this.store.appendAudit(batch)
+          if (this.store.appendChained !== undefined) this.lastStored = (await this.store.appendChained(batch)).at(-1) ?? this.lastStored
+          else await this.store.appendAudit(batch)
           this.durableSeq = batch.at(-1)!.seq
         } catch (err) {
           this.pending = batch.concat(this.pending)
@@ -234,13 +262,22 @@ export class AuditLog {
       }
     }
     // Entries removed from the end leave a chain that holds: compare with what this log wrote last.
+    if (this.store.appendChained !== undefined) {
+      // Shared: other nodes append too; this log's seq numbers are its own, the store's are lastStored's.
+      const last = this.lastStored
+      if (last !== null && expected - 1 < last.seq) return { ok: false, checked, lastSeq: expected - 1, firstBroken: { seq: expected, reason: `entries ${expected}..${last.seq} are missing` } }
+      return { ok: true, checked, lastSeq: expected - 1, firstBroken: null }
+    }
     if (expected - 1 < this.durableSeq) return { ok: false, checked, lastSeq: expected - 1, firstBroken: { seq: expected, reason: `entries ${expected}..${this.durableSeq} are missing` } }
     if (expected - 1 === this.durableSeq && prev !== this.lastHash && this.pending.length === 0) return { ok: false, checked, lastSeq: expected - 1, firstBroken: { seq: expected - 1, reason: 'the last entry differs from the one this gateway wrote' } }
     return { ok: true, checked, lastSeq: expected - 1, firstBroken: null }
   }
 
   async close (): Promise<void> {
-    if (this.closed) return
+    if (this.closed || this.closing) return
+    this.closing = true
+    // What the current minute counted is summarized now rather than lost (no new window starts after).
+    this.endDenialWindow()
     await this.flush().catch(() => undefined)
     this.closed = true
   }

@@ -1,7 +1,6 @@
 // The MQTT side: an Aedes broker whose hooks call the ACL and the pipeline, and its listeners
 // (TCP, WebSocket, and TLS variants). Aedes speaks MQTT 3.1 and 3.1.1.
 import './quiet-debug.js'
-import { readFileSync } from 'node:fs'
 import http from 'node:http'
 import https from 'node:https'
 import net from 'node:net'
@@ -9,12 +8,14 @@ import tls from 'node:tls'
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket, type Subscription } from 'aedes'
 import websocketStream from 'websocket-stream'
 import type { Config } from '../config/index.js'
-import type { AccessState, ApiKey } from './access.js'
+import type { AccessState, ApiKey, Principal } from './access.js'
 import { RejectReason } from './errors.js'
 import { listen } from './listen.js'
 import type { Management } from './management.js'
 import type { Pipeline } from './pipeline.js'
-import { Buckets, FailureWindow, type TokenBucket } from './limits.js'
+import type { SharedRates } from './ports.js'
+import { AddressGate, type Bucket, Buckets, FailureWindow, LeasedBucket } from './limits.js'
+import { certificateIdentity, mqttTlsOptions } from './tls.js'
 import { classifyFilter, datasetOfTopic, parsePublishTopic } from './topics.js'
 
 /** Where a refused publish is sent so Aedes acknowledges it without delivering it: no filter a client may hold matches a `$` topic ([MQTT-4.7.2-1]). */
@@ -22,10 +23,12 @@ export const DROP_TOPIC = '$streamgate/dropped'
 
 export interface Session {
   readonly principal: string
-  readonly keyId: string
+  /** The API key it logged in with; null: a client certificate (whose expiry is `certNotAfter`). */
+  readonly keyId: string | null
+  readonly certNotAfter: number | null
   readonly connectedAt: string
   /** The principal's publish bucket (shared by its sessions); null: no publish limit for its kind. */
-  readonly publishes: TokenBucket | null
+  readonly publishes: Bucket | null
 }
 
 /** How long a publisher may be behind its rate (throttled) before it is disconnected. */
@@ -62,6 +65,10 @@ export interface BrokerDeps {
   readonly pipeline: Pipeline
   readonly management: Management
   readonly log: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }
+  /** Aedes' emitter and persistence shared with other nodes (Redis); in memory when absent. */
+  readonly shared?: { readonly mq: unknown, readonly persistence: unknown }
+  /** Connect and publish rates per principal counted across every node (Redis); this node's own when absent. */
+  readonly rates?: SharedRates
 }
 
 /** The client's source address (TCP or TLS socket, or the WebSocket's request). */
@@ -89,18 +96,25 @@ export class Broker {
   /** Sockets of clients waiting for a durable PUBACK, corked while a commit acknowledges them. */
   private readonly awaitingAck = new Set<Client>()
   private corked: net.Socket[] = []
-  readonly stats = { connects: 0, authFailures: 0, protocolErrors: 0, throttled: 0, rateLimitedDisconnects: 0, connectsRefusedRate: 0 }
+  readonly stats = { connects: 0, authFailures: 0, protocolErrors: 0, throttled: 0, rateLimitedDisconnects: 0, connectsRefusedRate: 0, connectionsRefusedAddress: 0 }
   private readonly connectBuckets: Buckets
   private readonly publishBuckets: Buckets
   private readonly loginFailures: FailureWindow
+  private readonly gate: AddressGate
+  /** The MQTTS and WSS servers, whose certificates SIGHUP reloads. */
+  readonly tlsServers: tls.Server[] = []
 
   private constructor (aedes: Aedes, private readonly deps: BrokerDeps) {
     this.aedes = aedes
     const kindOf = (principal: string): 'device' | 'service' | 'admin' => deps.access.getPrincipal(principal)?.kind ?? 'device'
     const { connectRate, publishRate, authFailuresPerMinute } = deps.config.mqttLimits
     this.connectBuckets = new Buckets((p) => connectRate[kindOf(p)])
-    this.publishBuckets = new Buckets((p) => publishRate[kindOf(p)])
+    const rates = deps.rates
+    this.publishBuckets = rates === undefined
+      ? new Buckets((p) => publishRate[kindOf(p)])
+      : new Buckets((p) => publishRate[kindOf(p)], (rate, p) => new LeasedBucket(rate, async (points) => (await rates.take(`mqtt-publish:${p}`, rate, points)).ok))
     this.loginFailures = new FailureWindow(authFailuresPerMinute, 60_000)
+    this.gate = new AddressGate(deps.config.mqttLimits.maxConnectionsPerAddress, deps.config.mqttLimits.acceptRatePerAddress)
   }
 
   static async create (deps: BrokerDeps): Promise<Broker> {
@@ -108,6 +122,7 @@ export class Broker {
     // The hooks are bound to the Broker once it exists; Aedes reads them from its options at construction.
     const holder: { b?: Broker } = {}
     const aedes = await Aedes.createBroker({
+      ...(deps.shared !== undefined ? { mq: deps.shared.mq, persistence: deps.shared.persistence } : {}),
       drainTimeout: config.limits.drainTimeoutMs,
       connectTimeout: config.limits.connectTimeoutMs,
       maxTopicLevels: config.limits.maxTopicLevels,
@@ -133,15 +148,23 @@ export class Broker {
    */
   private readonly sweep = setInterval(() => {
     const now = Date.now()
+    this.gate.sweep()
     for (const set of this.byPrincipal.values()) {
       for (const c of [...set]) {
         const s = sessionOf(c)
-        const key = s === undefined ? undefined : this.deps.access.getKey(s.keyId)
-        const principal = s === undefined ? undefined : this.deps.access.getPrincipal(s.principal)
-        if (key === undefined || key.revokedAt !== null || (key.expiresAt !== null && Date.parse(key.expiresAt) <= now) || principal === undefined || principal.disabled) c.close()
+        if (s === undefined || !this.stillValid(s, now)) c.close()
       }
     }
   }, 1000).unref()
+
+  /** May the session go on: its principal enabled, its key not revoked or expired (or its certificate not expired)? */
+  private stillValid (s: Session, now: number): boolean {
+    const principal = this.deps.access.getPrincipal(s.principal)
+    if (principal === undefined || principal.disabled) return false
+    if (s.keyId === null) return s.certNotAfter === null || s.certNotAfter > now
+    const key = this.deps.access.getKey(s.keyId)
+    return key !== undefined && key.revokedAt === null && (key.expiresAt === null || Date.parse(key.expiresAt) > now)
+  }
 
   private wire (): void {
     const { management } = this.deps
@@ -151,9 +174,8 @@ export class Broker {
       let set = this.byPrincipal.get(s.principal)
       if (set === undefined) this.byPrincipal.set(s.principal, set = new Set())
       set.add(client as SessionClient)
-      // A key revoked between CONNECT and CONNACK must not leave a live session.
-      const still = this.deps.access.getKey(s.keyId)
-      if (still === undefined || still.revokedAt !== null) client.close()
+      // A key revoked (or a principal disabled) between CONNECT and CONNACK must not leave a live session.
+      if (!this.stillValid(s, Date.now())) client.close()
     })
     this.aedes.on('clientDisconnect', (client: Client) => {
       this.awaitingAck.delete(client)
@@ -231,16 +253,38 @@ export class Broker {
       return refuse(2, `client id refused: at most STREAMGATE_MAX_CLIENT_ID=${this.deps.config.limits.maxClientId} characters of well-formed UTF-8 without NUL`, false)
     }
     if (this.loginFailures.blocked(address ?? '')) return refuse(3, 'too many failed logins from this address; retry in a minute', false)
-    if (username === undefined || password === undefined || password.length === 0 || password.length > 1024) return refuse(4, 'username and password (an API key) are required', true)
+    const admit = (principal: Principal, keyId: string | null, certNotAfter: number | null): void => {
+      const overRate = (): void => {
+        this.stats.connectsRefusedRate++
+        refuse(3, `${principal.id} connects faster than STREAMGATE_MQTT_CONNECT_RATE_${principal.kind.toUpperCase()}`, false)
+      }
+      const accept = (): void => {
+        (client as SessionClient)[SESSION] = { principal: principal.id, keyId, certNotAfter, connectedAt: new Date().toISOString(), publishes: this.publishBuckets.get(principal.id) }
+        this.stats.connects++
+        done(null, true)
+      }
+      const rate = this.deps.config.mqttLimits.connectRate[principal.kind]
+      if (this.deps.rates !== undefined && rate > 0) {
+        // Counted across every node; should even the fallback fail, the connect is let in.
+        this.deps.rates.take(`mqtt-connect:${principal.id}`, rate).then((r) => { if (r.ok) accept(); else overRate() }, accept)
+        return
+      }
+      if (this.connectBuckets.get(principal.id)?.tryTake() === false) return overRate()
+      accept()
+    }
+    // A verified client certificate (STREAMGATE_TLS_CLIENT_AUTH) and no password: its CN is the principal.
+    const cert = password === undefined || password.length === 0 ? certificateIdentity(client.conn, client.req) : null
+    if (cert !== null) {
+      if (username !== undefined && username !== '' && username !== cert.cn) return refuse(4, 'the username is not the client certificate\'s CN', true)
+      const principal = this.deps.access.getPrincipal(cert.cn)
+      if (principal === undefined) return refuse(4, 'unknown_principal', true)
+      if (principal.disabled) return refuse(5, 'disabled', true)
+      return admit(principal, null, cert.notAfter)
+    }
+    if (username === undefined || password === undefined || password.length === 0 || password.length > 1024) return refuse(4, 'username and password (an API key) are required, or a client certificate', true)
     const r = this.deps.access.authenticate(username, password.toString('utf8'), Date.now())
     if (!r.ok) return refuse(r.reason === 'disabled' ? 5 : 4, r.reason, true)
-    if (this.connectBuckets.get(r.principal.id)?.tryTake() === false) {
-      this.stats.connectsRefusedRate++
-      return refuse(3, `${r.principal.id} connects faster than STREAMGATE_MQTT_CONNECT_RATE_${r.principal.kind.toUpperCase()}`, false)
-    }
-    (client as SessionClient)[SESSION] = { principal: r.principal.id, keyId: r.key.id, connectedAt: new Date().toISOString(), publishes: this.publishBuckets.get(r.principal.id) }
-    this.stats.connects++
-    done(null, true)
+    admit(r.principal, r.key.id, null)
   }
 
   private authorizePublish (client: Client | null, packet: PublishPacket, done: (err?: Error | null) => void): void {
@@ -368,10 +412,24 @@ export class Broker {
   async listen (): Promise<Listeners> {
     const { config } = this.deps
     const handle = this.aedes.handle
-    const tcp = net.createServer({ noDelay: true }, handle)
+    // Per-address admission, before a byte is read (TLS: before the handshake).
+    const gate = this.gate
+    const admitted = (socket: net.Socket): boolean => {
+      const address = socket.remoteAddress ?? ''
+      if (gate.admit(address) !== 'ok') {
+        this.stats.connectionsRefusedAddress++
+        socket.destroy()
+        return false
+      }
+      socket.once('close', () => gate.release(address))
+      return true
+    }
+    const gateListener = (server: net.Server): void => { if (gate.enabled) server.prependListener('connection', admitted) }
+    const tcp = net.createServer({ noDelay: true }, gate.enabled ? (s) => { if (admitted(s)) handle(s) } : handle)
     // Slowloris: a client gets this long for its upgrade request's headers and the request.
     const httpLimits = { headersTimeout: config.limits.httpHeadersTimeoutMs, requestTimeout: config.limits.httpRequestTimeoutMs, connectionsCheckingInterval: 1000 }
     const wsHttp = http.createServer(httpLimits)
+    gateListener(wsHttp)
     wsHttp.on('connection', (s: net.Socket) => s.setNoDelay(true))
     websocketStream.createServer({ server: wsHttp, path: '/mqtt', perMessageDeflate: false }, handle as never)
     const mqtt = await this.bind(tcp, 'mqtt', config.ports.mqtt)
@@ -379,15 +437,15 @@ export class Broker {
     let mqtts: net.AddressInfo | null = null
     let wss: net.AddressInfo | null = null
     if (config.tls !== null) {
-      const opts: tls.TlsOptions = {
-        cert: readFileSync(config.tls.cert),
-        key: readFileSync(config.tls.key),
-        ...(config.tls.ca !== undefined ? { ca: readFileSync(config.tls.ca) } : {})
-      }
+      const opts = mqttTlsOptions(config.tls)
       const tlsServer = tls.createServer(opts, handle)
+      this.tlsServers.push(tlsServer)
+      gateListener(tlsServer)
       tlsServer.on('secureConnection', (s: tls.TLSSocket) => s.setNoDelay(true))
       mqtts = await this.bind(tlsServer, 'mqtts', config.ports.mqtts)
       const wssHttp = https.createServer({ ...opts, ...httpLimits })
+      this.tlsServers.push(wssHttp)
+      gateListener(wssHttp)
       wssHttp.on('secureConnection', (s: tls.TLSSocket) => s.setNoDelay(true))
       websocketStream.createServer({ server: wssHttp, path: '/mqtt', perMessageDeflate: false }, handle as never)
       wss = await this.bind(wssHttp, 'wss', config.ports.wss)
@@ -401,12 +459,17 @@ export class Broker {
     return listen(server, name, port, config.bind, config.explicitPorts.has(name), log)
   }
 
+  /** Stops accepting connections; connected clients go on (shutdown: their in-flight publishes finish). */
+  stopAccepting (): void {
+    for (const s of this.servers) if (s.listening) s.close()
+  }
+
   /** Stops accepting connections, then closes every client and the broker. Idempotent. */
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
     clearInterval(this.sweep)
-    for (const s of this.servers) s.close()
+    this.stopAccepting()
     for (const s of this.servers) if ('closeAllConnections' in s) s.closeAllConnections()
     await new Promise<void>((resolve) => this.aedes.close(() => resolve()))
   }

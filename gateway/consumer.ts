@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events'
 import type { Catalog, Row } from './datasets.js'
 import type { JournalEntry, JournalReader, JournalSource } from './journal.js'
-import type { ConsumerStatus, JournalConsumer, Sink, SinkEntry } from './ports.js'
+import type { ConsumerStatus, JournalConsumer, OriginClaims, Sink, SinkEntry } from './ports.js'
 
 /** The journal as a consumer sees it: the gateway's own, or one followed from another thread. */
 export interface ConsumerJournal extends JournalSource {
@@ -24,13 +24,16 @@ export interface ConsumerOptions {
   /** Stop adding entries to a batch once it holds this many rows. */
   readonly maxRows: number
   /**
-   * After writing a batch smaller than a quarter of maxRows, wait this long before the next one, so
-   * that stores pay their per-transaction cost over more rows (DuckDB: ~4 ms a commit).
+   * After writing a batch smaller than a quarter of maxRows that took everything there was, wait this
+   * long before the next one, so that stores pay their per-transaction cost (DuckDB: a commit and its
+   * WAL fsync) over more rows. A batch cut short by maxEntries or maxRows (a backlog) is followed at once.
    */
   readonly lingerMs?: number
   readonly retryMinMs?: number
   readonly retryMaxMs?: number
   readonly log?: { warn: (obj: object, msg: string) => void }
+  /** Several nodes: entries carrying a message id are stored only by the copy holding its claim. */
+  readonly claims?: { readonly store: OriginClaims, readonly nodeId: string }
 }
 
 const NO_ROWS: Row[] = []
@@ -48,6 +51,8 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
   lastError: string | null = null
   failures = 0
   skipped = 0
+  /** Entries not stored because another node's copy of the same message (same id) holds its claim. */
+  duplicates = 0
 
   constructor (private readonly journal: ConsumerJournal, readonly sink: Sink, private readonly catalog: Catalog, private readonly opts: ConsumerOptions) {
     super()
@@ -89,6 +94,9 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
         continue
       }
       let entries: JournalEntry[]
+      // What was committed before this read: a batch ending before it was cut short (by maxEntries,
+      // maxRows or the reader's byte limit) and is followed at once.
+      const committedBefore = this.journal.committedSeq
       try {
         entries = await reader.read(this.opts.maxEntries)
       } catch (err) {
@@ -109,7 +117,9 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
         continue
       }
       const batch = this.decode(entries)
+      if (this.opts.claims !== undefined) batch.entries = await this.claimed(batch.entries, this.opts.claims)
       const last = batch.lastSeq
+      const cut = last < committedBefore
       // The rest of what was read goes back to the reader for the next batch.
       if (last < (entries.at(-1) as JournalEntry).seq) reader.seek(last + 1)
       const started = performance.now()
@@ -130,8 +140,35 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
       this.journal.ack(this.name, last)
       this.emit('written', { ms: performance.now() - started, rows: batch.rows })
       this.emit('progress', last)
-      if ((this.opts.lingerMs ?? 0) > 0 && batch.rows < this.opts.maxRows / 4 && !this.closed) await this.sleep(this.opts.lingerMs!)
+      if ((this.opts.lingerMs ?? 0) > 0 && batch.rows < this.opts.maxRows / 4 && !cut && !this.closed) await this.sleep(this.opts.lingerMs!)
     }
+  }
+
+  /**
+   * The entries this node's copy may store: those without a message id, and those whose claim it holds
+   * (a copy of the same message in another node's journal took it first otherwise). Entries recovered
+   * from a lost node claim as that node. When the claims cannot be reached, everything is stored (at
+   * least once) rather than held up.
+   */
+  private async claimed (entries: SinkEntry[], claims: NonNullable<ConsumerOptions['claims']>): Promise<SinkEntry[]> {
+    const asked: { i: number, principal: string, origin: string, owner: string }[] = []
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i]!
+      if (e.origin === undefined || e.principal === undefined || e.origin.startsWith('replica:')) continue
+      asked.push({ i, principal: e.principal, origin: e.origin, owner: `${claims.nodeId}:${e.seq}` })
+    }
+    if (asked.length === 0) return entries
+    let held: boolean[]
+    try {
+      held = await claims.store.claim(asked)
+    } catch (err) {
+      this.opts.log?.warn({ err: (err as Error).message, entries: asked.length }, 'message-id claims unreachable: storing without them (a duplicate from another node is possible)')
+      return entries
+    }
+    const drop = new Set<number>()
+    for (let k = 0; k < asked.length; k++) if (held[k] !== true) drop.add(asked[k]!.i)
+    this.duplicates += drop.size
+    return drop.size === 0 ? entries : entries.filter((_, i) => !drop.has(i))
   }
 
   /**
@@ -162,7 +199,7 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
         }
         rows += decoded.length
       }
-      out.push({ seq: e.seq, dataset: e.dataset, version: e.version, device: e.device, payload: e.payload, rows: decoded })
+      out.push({ seq: e.seq, dataset: e.dataset, version: e.version, device: e.device, payload: e.payload, rows: decoded, origin: e.origin, principal: e.principal })
     }
     return { entries: out, lastSeq, rows }
   }

@@ -20,9 +20,15 @@ const fieldSpecSchema = z.union([
 
 export const datasetSchemaSchema = z.strictObject({
   timestamp: columnName.optional().describe('payload field holding the reading time (epoch ms or ISO 8601); absent: arrival time'),
+  messageId: columnName.optional().describe('a tag or a string or long field identifying each message: a message whose id its principal sent before is acknowledged and not stored again (a resend after a reconnect, a restart or the loss of a node); for an array, the first record\'s id. Absent: every message is new'),
   tags: z.array(columnName).max(32).default([]),
   fields: z.record(columnName, fieldSpecSchema)
 }).superRefine((s, ctx) => {
+  if (s.messageId !== undefined) {
+    const spec = s.fields[s.messageId]
+    const kind = spec === undefined ? (s.tags.includes(s.messageId) ? 'string' : undefined) : (typeof spec === 'string' ? spec : spec.type)
+    if (kind !== 'string' && kind !== 'long') ctx.addIssue({ code: 'custom', path: ['messageId'], message: `${s.messageId} must be a tag, or a string or long field of the schema` })
+  }
   const seen = new Set<string>()
   const names = [...s.tags.map((t) => ['tags', t] as const), ...Object.keys(s.fields).map((f) => ['fields', f] as const)]
   if (Object.keys(s.fields).length === 0) ctx.addIssue({ code: 'custom', path: ['fields'], message: 'needs at least one field' })
@@ -116,17 +122,25 @@ export function schemaColumns (schema: DatasetSchema): Column[] {
 }
 
 /** What a dataset has taken in (read by /metrics). */
-export interface DatasetStats { messages: number, records: number }
+export interface DatasetStats {
+  /** What reached the pipeline for this dataset, accepted or not: MQTT and AMQP messages, HTTP batch records. */
+  received: number
+  /** Accepted into the journal: messages (HTTP batches: journal entries) and the records in them. */
+  messages: number
+  records: number
+}
 
 export class CompiledSchema {
   readonly columns: readonly Column[]
   /** Entries of this dataset id at or below this journal position belong to an earlier dataset. */
   readonly sinceSeq: number
   /** Shared by every version of the dataset; the pipeline counts here (no lookup per message). */
-  stats: DatasetStats = { messages: 0, records: 0 }
+  stats: DatasetStats = { received: 0, messages: 0, records: 0 }
   private readonly byKey: Map<string, Column>
   private readonly required: readonly Column[]
   private readonly tsKey: string | undefined
+  /** The payload field identifying a message (schema.messageId), if any. */
+  private readonly idKey: string | undefined
 
   /** Most records one message (and so one journal entry) may hold. */
   get maxBatch (): number { return this.limits.maxBatch }
@@ -138,6 +152,19 @@ export class CompiledSchema {
     this.byKey = new Map(cols.map((c) => [c.name, c]))
     this.required = cols.filter((c) => c.required)
     this.tsKey = schema.timestamp
+    this.idKey = schema.messageId
+  }
+
+  /**
+   * The message's id (schema.messageId) of a payload decode() accepted: the first record's, with the
+   * record count for an array (a resent batch is the same batch); undefined without one.
+   */
+  messageIdOf (value: unknown): string | undefined {
+    if (this.idKey === undefined) return undefined
+    const first = Array.isArray(value) ? value[0] as Record<string, unknown> : value as Record<string, unknown>
+    const v = first[this.idKey]
+    if (typeof v !== 'string' && typeof v !== 'number') return undefined
+    return `${this.dataset}/${String(v)}${Array.isArray(value) ? `#${value.length}` : ''}`
   }
 
   /**
@@ -252,7 +279,7 @@ export class Catalog {
     const prior = this.datasets.get(dataset.id)
     const versions = prior?.versions ?? new Map<number, CompiledSchema>()
     const history = prior?.history ?? new Map<number, Dataset>()
-    const stats = prior?.stats ?? { messages: 0, records: 0 }
+    const stats = prior?.stats ?? { received: 0, messages: 0, records: 0 }
     compiled.stats = stats
     versions.set(dataset.version, compiled)
     history.set(dataset.version, dataset)

@@ -3,8 +3,10 @@
 //
 // Entry layout (little endian):
 //   u32 bodyLen | u32 crc32(body) | body
-//   body = u8 format(1) | u8 dsLen | u8 devLen | u8 principalLen | u32 version | f64 seq | f64 arrivalUs
-//          | dataset | device | principal (ASCII ids) | payload (bytes as received)
+//   body = u8 format | u8 dsLen | u8 devLen | u8 principalLen | u32 version | f64 seq | f64 arrivalUs
+//          | dataset | device | principal (ASCII ids) | [format 2: u8 originLen | origin (UTF-8)] | payload
+//   format 1: no origin (MQTT, HTTP); format 2: the message's id at its origin (an AMQP message_id),
+//   so a redelivered message is recognised across a restart.
 //
 // Segments are files named by their first sequence number. Recovery scans the last segment, keeps every
 // entry whose length and checksum hold and truncates the rest (a torn tail from a crash mid-write).
@@ -16,6 +18,8 @@ import { crc32 } from 'node:zlib'
 import { StreamgateError } from './errors.js'
 
 export interface JournalRecord {
+  /** The message's id where it came from (AMQP message_id), for recognising redeliveries. */
+  readonly origin?: string | undefined
   readonly arrivalUs: number
   readonly dataset: string
   readonly version: number
@@ -37,6 +41,19 @@ export interface JournalOptions {
   readonly segmentBytes: number
   /** Sequence numbers at or below this were already consumed (e.g. the journal directory was lost). */
   readonly floorSeq?: number
+  /**
+   * Copies each commit elsewhere before it is acknowledged (a replica that outlives this node's disk):
+   * called with the commit's encoded entries once they are fdatasync'd; the appends' callbacks wait
+   * for it. When it fails, the commit is rolled back (cut from the segment; its sequence numbers are
+   * skipped, never reused: a dataset's sinceSeq may already lie beyond them) and refused to its
+   * callers, as a failed write is.
+   */
+  readonly replicate?: (commit: { readonly firstSeq: number, readonly lastSeq: number, readonly bytes: Buffer }) => Promise<void>
+  /**
+   * Told which sequence numbers an undo took back (they are never used again), before the next
+   * commit is replicated: a commit whose confirm came too late may be in the replica after all.
+   */
+  readonly onUndo?: (undone: { readonly firstSeq: number, readonly lastSeq: number }) => void
   readonly log?: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }
 }
 
@@ -65,6 +82,9 @@ export interface JournalSource {
 const HEAD = 8
 const FIXED = 24
 const FORMAT = 1
+const FORMAT_ORIGIN = 2
+/** Longest origin kept (bytes); a longer message id is not used for deduplication. */
+export const MAX_ORIGIN = 255
 const READ_CHUNK = 1 << 20
 const SEG_SUFFIX = '.seg'
 const SEG_NAME = /^\d{16}\.seg$/
@@ -91,7 +111,8 @@ function segmentsFrom (segments: readonly SegmentRef[], seq: number): readonly S
 }
 
 function entrySize (r: JournalRecord): number {
-  return HEAD + FIXED + r.dataset.length + r.device.length + r.principal.length + r.payload.length
+  const origin = r.origin === undefined ? 0 : 1 + Buffer.byteLength(r.origin)
+  return HEAD + FIXED + r.dataset.length + r.device.length + r.principal.length + origin + r.payload.length
 }
 
 // CRC-32 (IEEE) of the few header bytes in JS, so the payload's CRC can continue from it in zlib's
@@ -120,7 +141,7 @@ const f64Bytes = new Uint8Array(f64.buffer)
 /** Encodes one entry at `off` (layout in the header comment); returns the offset after it. */
 function encodeInto (buf: Buffer, off: number, seq: number, r: JournalRecord): number {
   const b = off + HEAD
-  buf[b] = FORMAT
+  buf[b] = r.origin === undefined ? FORMAT : FORMAT_ORIGIN
   buf[b + 1] = r.dataset.length
   buf[b + 2] = r.device.length
   buf[b + 3] = r.principal.length
@@ -133,6 +154,11 @@ function encodeInto (buf: Buffer, off: number, seq: number, r: JournalRecord): n
   p += writeAscii(buf, p, r.dataset)
   p += writeAscii(buf, p, r.device)
   p += writeAscii(buf, p, r.principal)
+  if (r.origin !== undefined) {
+    const n = buf.write(r.origin, p + 1, 'utf8')
+    buf[p] = n
+    p += 1 + n
+  }
   const headCrc = crcBytes(buf, b, p)
   buf.set(r.payload, p)
   p += r.payload.length
@@ -163,7 +189,8 @@ function decodeAt (buf: Buffer, off: number): Decoded {
   const bodyStart = off + HEAD
   const end = bodyStart + bodyLen
   if (end > buf.length) return { entry: null, next: off, reason: 'incomplete' }
-  if (crc32(buf.subarray(bodyStart, end)) !== buf.readUInt32LE(off + 4) || buf.readUInt8(bodyStart) !== FORMAT) {
+  const format = buf.readUInt8(bodyStart)
+  if (crc32(buf.subarray(bodyStart, end)) !== buf.readUInt32LE(off + 4) || (format !== FORMAT && format !== FORMAT_ORIGIN)) {
     return { entry: null, next: off, reason: 'corrupt' }
   }
   const dsLen = buf.readUInt8(bodyStart + 1)
@@ -174,7 +201,15 @@ function decodeAt (buf: Buffer, off: number): Decoded {
   const dataset = buf.toString('latin1', p, p += dsLen)
   const device = buf.toString('latin1', p, p += devLen)
   const principal = buf.toString('latin1', p, p += prLen)
+  let origin: string | undefined
+  if (format === FORMAT_ORIGIN) {
+    const n = buf.readUInt8(p)
+    if (p + 1 + n > end) return { entry: null, next: off, reason: 'corrupt' }
+    origin = buf.toString('utf8', p + 1, p + 1 + n)
+    p += 1 + n
+  }
   const entry: JournalEntry = {
+    origin,
     seq: buf.readDoubleLE(bodyStart + 8),
     arrivalUs: buf.readDoubleLE(bodyStart + 16),
     dataset,
@@ -185,6 +220,37 @@ function decodeAt (buf: Buffer, off: number): Decoded {
     payload: Buffer.from(buf.subarray(p, end))
   }
   return { entry, next: end }
+}
+
+/** Every entry of a buffer of whole encoded entries (a replicated commit); throws on a damaged one. */
+export function decodeEntries (buf: Buffer): JournalEntry[] {
+  const out: JournalEntry[] = []
+  let off = 0
+  while (off < buf.length) {
+    const d = decodeAt(buf, off)
+    if (d.entry === null) throw new StreamgateError('SG_ERR_INTERNAL', `damaged journal entry at byte ${off} of ${buf.length} (${d.reason})`)
+    out.push(d.entry)
+    off = d.next
+  }
+  return out
+}
+
+/** Most commits waiting for the replica at once (the next ones wait in `pending`, joining one commit). */
+const REPLICATING = 4
+/** Largest replicated commit (one RabbitMQ message; its default limit is 16 MiB in 4.x, 128 MiB in 3.x). */
+const REPLICA_COMMIT_BYTES = 4 << 20
+
+interface Replicating {
+  readonly batch: JournalRecord[]
+  readonly cbs: AppendCallback[]
+  readonly firstSeq: number
+  /** Where in the segment its bytes start, and how many. */
+  readonly start: number
+  readonly bytes: number
+  readonly seg: Segment
+  readonly fd: number
+  settled: boolean
+  error: Error | null
 }
 
 /** How many recent commits remember the arrival time of their first entry (for consumers' lag in seconds). */
@@ -207,6 +273,9 @@ export class Journal extends EventEmitter {
   private pendingBytes = 0
   private scheduled = false
   private inFlight = false
+  /** Commits written and fdatasync'd, waiting for the replica (STREAMGATE_REPLICATION), oldest first. */
+  private readonly replicating: Replicating[] = []
+  private undoing = false
   private failure: Error | null = null
   private closed = false
   /** Per recent commit: its last sequence number and the arrival time of its first entry (ring buffers). */
@@ -216,6 +285,11 @@ export class Journal extends EventEmitter {
   private readonly acks = new Map<string, number>()
   private readonly commitNow = (): void => { this.scheduled = false; this.commit() }
   readonly stats = { appended: 0, commits: 0, refusedFull: 0 }
+  /**
+   * The latest arrival time (epoch µs) among the entries of the last segment found at open (0: none):
+   * arrival times go on from it, even when the wall clock is behind it after a restart.
+   */
+  lastArrivalUs = 0
   /** What the last open found and repaired (GET /v1/status shows it). */
   recovery: RecoveryReport = { segments: 0, entries: 0, truncatedBytes: 0, droppedSeqs: [], nextSeq: 1 }
 
@@ -236,6 +310,7 @@ export class Journal extends EventEmitter {
     let truncatedBytes = 0
     const droppedSeqs: number[] = []
     let lastSeq = -1
+    let lastArrivalUs = 0
     const last = segments.at(-1)
     if (last !== undefined) {
       // Only the last segment can hold a torn write: earlier ones were complete when the next was created.
@@ -247,6 +322,7 @@ export class Journal extends EventEmitter {
         const d = decodeAt(buf, off)
         if (d.entry !== null && d.entry.seq > seq) {
           keep.push([off, d.next])
+          if (d.entry.arrivalUs > lastArrivalUs) lastArrivalUs = d.entry.arrivalUs
           // A jump means entries between were damaged and skipped below.
           seq = d.entry.seq
           off = d.next
@@ -281,6 +357,7 @@ export class Journal extends EventEmitter {
       lastSeq = seq
     }
     const journal = new Journal(opts, { segments, nextSeq })
+    journal.lastArrivalUs = lastArrivalUs
     journal.recovery = { segments: segments.length, entries, truncatedBytes, droppedSeqs, nextSeq }
     // Appends continue the last segment only when the sequence does; after a gap (consumers are ahead
     // of what is on disk) a new segment starts, so every segment stays a contiguous run.
@@ -307,6 +384,10 @@ export class Journal extends EventEmitter {
       cb(this.failure !== null ? new StreamgateError('SG_ERR_UNAVAILABLE', 'journal has failed: ' + this.failure.message, {}, { cause: this.failure }) : new StreamgateError('SG_ERR_UNAVAILABLE', 'journal is closed'))
       return
     }
+    if (record.origin !== undefined && Buffer.byteLength(record.origin) > MAX_ORIGIN) {
+      cb(new StreamgateError('SG_ERR_BAD_REQUEST', `an origin id is at most ${MAX_ORIGIN} bytes`))
+      return
+    }
     const size = entrySize(record)
     if (this.totalBytes + this.pendingBytes + size > this.opts.maxBytes) {
       this.stats.refusedFull++
@@ -325,15 +406,26 @@ export class Journal extends EventEmitter {
 
   private commit (): void {
     if (this.pending.length === 0 || this.inFlight) return
-    const batch = this.pending
-    const cbs = this.pendingCbs
-    const bytes = this.pendingBytes
-    this.pending = []
-    this.pendingCbs = []
-    this.pendingBytes = 0
-
+    // Replicated commits in flight: at most REPLICATING of them, none while one failed (it and every
+    // later one are being undone), and within one segment (an undo cuts one file).
+    if (this.replicating.length >= REPLICATING || this.undoing) return
+    // A replicated commit is one message: keep it well below RabbitMQ's message size limit.
+    let take = this.pending.length
+    let bytes = this.pendingBytes
+    if (this.opts.replicate !== undefined && bytes > REPLICA_COMMIT_BYTES) {
+      bytes = 0
+      take = 0
+      while (take < this.pending.length && (take === 0 || bytes + entrySize(this.pending[take]!) <= REPLICA_COMMIT_BYTES)) bytes += entrySize(this.pending[take++]!)
+    }
     const active = this.segments.at(-1)
-    if (active !== undefined && active.size > 0 && active.size + bytes > this.opts.segmentBytes) {
+    const newSegment = active !== undefined && active.size > 0 && active.size + bytes > this.opts.segmentBytes
+    if (newSegment && this.replicating.length > 0) return // taken up again once they are confirmed
+    const batch = take === this.pending.length ? this.pending : this.pending.slice(0, take)
+    const cbs = take === this.pending.length ? this.pendingCbs : this.pendingCbs.slice(0, take)
+    this.pending = take === this.pending.length ? [] : this.pending.slice(take)
+    this.pendingCbs = take === this.pendingCbs.length ? [] : this.pendingCbs.slice(take)
+    this.pendingBytes -= bytes
+    if (newSegment) {
       try {
         this.createSegment(this.nextSeq)
       } catch (err) {
@@ -363,22 +455,95 @@ export class Journal extends EventEmitter {
     fs.fdatasync(this.fd, (err) => {
       this.inFlight = false
       if (err !== null) {
-        // After a failed fsync the page cache state is unknown (the "fsyncgate" lesson): stop accepting.
-        this.failAll(cbs, new StreamgateError('SG_ERR_UNAVAILABLE', 'journal fdatasync failed: ' + err.message, {}, { cause: err }), true)
+        // After a failed fsync the page cache state is unknown (the "fsyncgate" lesson): stop accepting,
+        // and refuse the commits still waiting for the replica too (they were written before this one).
+        const waiting = this.replicating.splice(0).flatMap((w) => w.cbs)
+        this.undoing = false
+        this.failAll([...waiting, ...cbs], new StreamgateError('SG_ERR_UNAVAILABLE', 'journal fdatasync failed: ' + err.message, {}, { cause: err }), true)
         return
       }
-      this.stats.commits++
-      this.stats.appended += batch.length
-      this.lastCommitted = firstSeq + batch.length - 1
-      const slot = this.arrivalCount++ % ARRIVALS
-      this.arrivalSeq[slot] = this.lastCommitted
-      this.arrivalUs[slot] = (batch[0] as JournalRecord).arrivalUs
-      // Listeners may cork sockets so the acknowledgements below leave in one write per client.
-      this.emit('acking')
-      for (let i = 0; i < cbs.length; i++) (cbs[i] as AppendCallback)(null)
-      this.emit('commit', this.lastCommitted)
+      if (this.opts.replicate === undefined) {
+        this.committed(batch, cbs, firstSeq)
+        if (this.pending.length > 0) this.commit()
+        return
+      }
+      // Nothing is acknowledged, and no consumer reads it (committedSeq stays), until the replica has
+      // it. Meanwhile the next commit is written and replicated (commits are confirmed in order).
+      const wait: Replicating = { batch, cbs, firstSeq, start, bytes: off, seg, fd: this.fd, settled: false, error: null }
+      this.replicating.push(wait)
+      if (this.undoing) {
+        // Written while an earlier commit failed: undone with it.
+        wait.settled = true
+        wait.error = new Error('an earlier commit was not replicated')
+        this.drainReplicated()
+        return
+      }
+      this.opts.replicate({ firstSeq, lastSeq: firstSeq + batch.length - 1, bytes: buf.subarray(0, off) }).then(
+        () => { wait.settled = true; this.drainReplicated() },
+        (rerr: Error) => { wait.settled = true; wait.error = rerr; this.drainReplicated() })
       if (this.pending.length > 0) this.commit()
     })
+  }
+
+  /**
+   * Acknowledges replicated commits in order. When one failed, it and every later one (written after
+   * it, maybe already confirmed) are undone once all have settled: cut from the segment, their
+   * sequence numbers skipped (never reused), refused to their callers.
+   */
+  private drainReplicated (): void {
+    while (this.replicating.length > 0 && !this.undoing) {
+      const head = this.replicating[0]!
+      if (!head.settled) return
+      if (head.error !== null) { this.undoing = true; break }
+      this.replicating.shift()
+      this.committed(head.batch, head.cbs, head.firstSeq)
+    }
+    if (this.undoing) {
+      // A commit being written joins the undo when its fdatasync returns.
+      if (this.inFlight || this.replicating.some((w) => !w.settled)) return
+      const undone = this.replicating.splice(0)
+      const first = undone[0]!
+      const err = new StreamgateError('SG_ERR_UNAVAILABLE', 'journal replication failed: ' + first.error!.message, { retryAfter: 5 }, { cause: first.error })
+      const bytes = undone.reduce((n, w) => n + w.bytes, 0)
+      const cbs = undone.flatMap((w) => w.cbs)
+      this.undoing = false
+      if (this.fd === first.fd && first.seg === this.segments.at(-1)) {
+        try {
+          fs.ftruncateSync(first.fd, first.start)
+          fs.fdatasyncSync(first.fd)
+          first.seg.size -= bytes
+          this.totalBytes -= bytes
+          // The undone sequence numbers are skipped, not reused (a dataset created meanwhile starts
+          // after them): the next commit goes to a new segment named after the next number, so the
+          // jump survives a restart.
+          this.opts.onUndo?.({ firstSeq: first.firstSeq, lastSeq: this.nextSeq - 1 })
+          this.createSegment(this.nextSeq)
+        } catch (terr) {
+          this.failAll(cbs, new StreamgateError('SG_ERR_UNAVAILABLE', 'journal rollback failed: ' + (terr as Error).message, {}, { cause: terr }), true)
+          return
+        }
+      } else {
+        // Never expected (commits wait while one is undone, and stay in one segment): stop rather than guess.
+        this.failAll(cbs, new StreamgateError('SG_ERR_UNAVAILABLE', 'journal rollback impossible: ' + err.message), true)
+        return
+      }
+      this.failAll(cbs, err, false)
+    }
+    if (this.pending.length > 0) this.commit()
+  }
+
+  /** A commit is durable (and replicated, when configured): acknowledge it and let consumers read it. */
+  private committed (batch: JournalRecord[], cbs: AppendCallback[], firstSeq: number): void {
+    this.stats.commits++
+    this.stats.appended += batch.length
+    this.lastCommitted = firstSeq + batch.length - 1
+    const slot = this.arrivalCount++ % ARRIVALS
+    this.arrivalSeq[slot] = this.lastCommitted
+    this.arrivalUs[slot] = (batch[0] as JournalRecord).arrivalUs
+    // Listeners may cork sockets so the acknowledgements below leave in one write per client.
+    this.emit('acking')
+    for (let i = 0; i < cbs.length; i++) (cbs[i] as AppendCallback)(null)
+    this.emit('commit', this.lastCommitted)
   }
 
   private failAll (cbs: AppendCallback[], err: Error, fatal: boolean): void {
@@ -432,6 +597,30 @@ export class Journal extends EventEmitter {
     return new JournalReader(this, fromSeq)
   }
 
+  /**
+   * The origins (and principals) of the entries in the last `segments` segments, oldest first: what
+   * a bridge needs to recognise messages redelivered after a restart.
+   */
+  async recentOrigins (segments = 2): Promise<{ principal: string, origin: string }[]> {
+    const out: { principal: string, origin: string }[] = []
+    for (const seg of this.segments.slice(-segments)) {
+      const buf = await fsp.readFile(seg.file).catch(() => Buffer.alloc(0))
+      let off = 0
+      for (;;) {
+        const d = decodeAt(buf, off)
+        if (d.entry === null) {
+          const after = d.reason === 'corrupt' ? resync(buf, off) : -1
+          if (after < 0) break
+          off = after
+          continue
+        }
+        if (d.entry.origin !== undefined) out.push({ principal: d.entry.principal, origin: d.entry.origin })
+        off = d.next
+      }
+    }
+    return out
+  }
+
   /** The segments that may hold `seq` onwards (for readers). */
   segmentsFrom (seq: number): readonly SegmentRef[] {
     return segmentsFrom(this.segments, seq)
@@ -463,10 +652,26 @@ export class Journal extends EventEmitter {
     this.acks.delete(consumer)
   }
 
+  /** Resolves true once every entry up to `seq` is committed, false after `timeoutMs` or when the journal failed. */
+  whenCommitted (seq: number, timeoutMs: number): Promise<boolean> {
+    if (this.lastCommitted >= seq) return Promise.resolve(true)
+    if (this.failure !== null) return Promise.resolve(false)
+    return new Promise((resolve) => {
+      const done = (ok: boolean): void => {
+        clearTimeout(timer)
+        this.off('commit', onCommit)
+        resolve(ok)
+      }
+      const onCommit = (committed: number): void => { if (committed >= seq) done(true) }
+      const timer = setTimeout(() => done(false), timeoutMs)
+      this.on('commit', onCommit)
+    })
+  }
+
   /** Waits for the commit in flight and closes the file. Appends after close are refused. Idempotent. */
   async close (): Promise<void> {
     if (this.closed) return
-    while (this.inFlight || this.pending.length > 0 || this.scheduled) {
+    while (this.inFlight || this.pending.length > 0 || this.scheduled || this.replicating.length > 0) {
       await new Promise<void>((resolve) => setTimeout(resolve, 1))
       if (this.failure !== null) break
     }

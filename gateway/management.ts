@@ -13,7 +13,7 @@ import {
 import type { AuditLog } from './audit.js'
 import { type Catalog, type Dataset, type DatasetSchema, datasetInputSchema, datasetSchemaSchema, fieldSpec as kind } from './datasets.js'
 import { StreamgateError } from './errors.js'
-import type { DatasetTables, MetadataStore } from './ports.js'
+import { type DatasetTables, isShared, type MetadataChange, type MetadataStore } from './ports.js'
 import type { Rejects } from './rejects.js'
 import { PRINCIPAL_ID } from './topics.js'
 
@@ -146,12 +146,21 @@ export interface ManagementDeps {
   readonly queuedSeq: () => number
   /** Resolves once the records sink has stored everything up to `seq`; rejects after `timeoutMs`. */
   readonly drained: (seq: number, timeoutMs: number) => Promise<void>
+  /**
+   * The sinks' tables are this node's own (the embedded store), not shared with other nodes (QuestDB):
+   * a dataset another node deletes is dropped here too. Only matters with a shared metadata store.
+   */
+  readonly localTables?: boolean
 }
 
 export class Management extends EventEmitter<ManagementEvents> {
   readonly access: AccessState
   readonly catalog: Catalog
   private readonly locks = new Map<string, Promise<unknown>>()
+  /** Datasets loaded from a shared store without this node's sinceSeq: added by settle(). */
+  private unsettled: Dataset[][] = []
+  /** Other nodes' changes that arrive before settle(): applied by it. */
+  private early: MetadataChange[] | null = []
 
   constructor (private readonly deps: ManagementDeps) {
     super()
@@ -194,19 +203,138 @@ export class Management extends EventEmitter<ManagementEvents> {
       if (list === undefined) grouped.set(g.dataset, list = [])
       list.push(g)
     }
-    // Earlier versions first: entries accepted under them may still wait in the journal.
     const current = new Map(snap.datasets.map((d) => [d.id, d]))
-    const earlier = snap.datasetVersions.filter((v) => current.has(v.id) && v.version < current.get(v.id)!.version)
-      .sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : a.version - b.version)
-    for (const v of earlier) {
-      this.catalog.putVersion(v)
-      for (const s of this.deps.sinks) await s.prepareDataset(v)
+    const versions = new Map<string, Dataset[]>()
+    for (const v of snap.datasetVersions) {
+      if (!current.has(v.id) || v.version >= current.get(v.id)!.version) continue
+      let list = versions.get(v.id)
+      if (list === undefined) versions.set(v.id, list = [])
+      list.push(v)
     }
     for (const d of snap.datasets) {
-      this.catalog.put(d)
       this.access.setDatasetGrants(d.id, grouped.get(d.id) ?? [])
-      for (const s of this.deps.sinks) await s.prepareDataset(d)
+      // Earlier versions first: entries accepted under them may still wait in the journal.
+      const all = [...(versions.get(d.id) ?? []).sort((a, b) => a.version - b.version), d]
+      // From a shared store, a dataset this node never had: its sinceSeq is this node's journal end (settle()).
+      if (d.sinceSeq === -1) this.unsettled.push(all)
+      else await this.putDataset(all)
     }
+  }
+
+  /** Puts a dataset's versions (oldest first, current last) into the catalog and every sink. */
+  private async putDataset (all: readonly Dataset[]): Promise<void> {
+    for (const v of all) {
+      for (const s of this.deps.sinks) await s.prepareDataset(v)
+      this.catalog.putVersion(v)
+    }
+  }
+
+  /**
+   * With a shared store, once the journal is open (`seq` is its end): datasets this node did not have
+   * yet start there, and the changes other nodes made meanwhile are applied. Without one, nothing to do.
+   */
+  async settle (seq: number): Promise<void> {
+    for (const all of this.unsettled.splice(0)) await this.adopt(all, seq)
+    const early = this.early ?? []
+    this.early = null
+    for (const c of early) await this.remote(c)
+  }
+
+  /** A dataset new to this node, from a shared store: its entries start after `seq` in this node's journal. */
+  private async adopt (all: readonly Dataset[], seq: number): Promise<void> {
+    const own = all.map((v) => ({ ...v, sinceSeq: seq }))
+    const store = this.deps.store
+    if (isShared(store)) await store.saveSince(own.at(-1)!)
+    await this.putDataset(own)
+  }
+
+  /**
+   * Applies a change another node made to the shared store: reads the resource back and updates what
+   * the data path reads, announcing it like a local change (a revoked key disconnects its sessions
+   * here too). Idempotent: applying the current state again changes nothing and announces nothing.
+   */
+  async remote (c: MetadataChange): Promise<void> {
+    const store = this.deps.store
+    if (!isShared(store)) return
+    if (this.early !== null) { this.early.push(c); return }
+    switch (c.kind) {
+      case 'principal': return this.exclusive(`principals/${c.id}`, async () => {
+        const p = await store.getPrincipal(c.id)
+        const cur = this.access.getPrincipal(c.id)
+        if (p === null) {
+          if (cur === undefined) return
+          const datasets = this.access.grantedDatasets(c.id)
+          this.access.deletePrincipal(c.id)
+          this.emit('principalLocked', c.id)
+          for (const d of datasets) this.emit('grantsChanged', d)
+          return
+        }
+        this.access.putPrincipal(p)
+        if (p.disabled && cur?.disabled !== true) this.emit('principalLocked', c.id)
+      })
+      case 'key': {
+        const found = await store.getKey(c.id)
+        const principal = found?.principal ?? this.access.getKey(c.id)?.principal
+        if (principal === undefined) return
+        return this.exclusive(`principals/${principal}`, async () => {
+          // Read again under the lock: a local change to the key may have been made meanwhile.
+          const k = await store.getKey(c.id)
+          const cur = this.access.getKey(c.id)
+          if (k === null) {
+            this.access.deleteKey(c.id)
+            if (cur !== undefined) this.emit('keyRevoked', cur)
+            return
+          }
+          this.access.putKey(k)
+          if (k.revokedAt !== null && cur?.revokedAt == null) this.emit('keyRevoked', k)
+        })
+      }
+      case 'grants': return this.exclusive('grants', async () => {
+        const grants = await store.getGrants(c.id)
+        if (this.catalog.get(c.id) === undefined && grants.length === 0) return
+        this.access.setDatasetGrants(c.id, grants)
+        this.emit('grantsChanged', c.id)
+      })
+      case 'dataset': return this.exclusive(`datasets/${c.id}`, async () => {
+        const r = await store.getDataset(c.id)
+        const cur = this.catalog.get(c.id)
+        if (cur !== undefined && (r === null || r.current.createdAt !== cur.createdAt)) {
+          // Deleted (and maybe created again) on another node.
+          this.catalog.take(c.id)
+          this.access.setDatasetGrants(c.id, [])
+          this.deps.rejects.forget(c.id)
+          if (this.deps.localTables === true) for (const s of this.deps.sinks) await s.dropDataset(cur)
+          this.emit('grantsChanged', c.id)
+          this.emit('datasetDeleted', c.id)
+        }
+        if (r === null) return
+        const all = [...r.versions.filter((v) => v.version < r.current.version), r.current]
+        const known = this.catalog.get(c.id)
+        if (known === undefined) {
+          await this.adopt(all, this.deps.queuedSeq())
+          this.access.setDatasetGrants(c.id, await store.getGrants(c.id))
+          this.emit('grantsChanged', c.id)
+          return
+        }
+        // The same dataset, updated or given a new version: this node keeps its own sinceSeq.
+        await this.putDataset(all.filter((v) => v.version >= known.version).map((v) => ({ ...v, sinceSeq: known.sinceSeq ?? 0 })))
+      })
+    }
+  }
+
+  /** Re-reads every resource from the shared store (after notifications may have been missed). */
+  async resync (): Promise<void> {
+    const store = this.deps.store
+    if (!isShared(store)) return
+    const snap = await store.load()
+    const ids = (kind: MetadataChange['kind'], a: Iterable<string>, b: Iterable<string>): MetadataChange[] => [...new Set([...a, ...b])].map((id) => ({ kind, id }))
+    const changes = [
+      ...ids('principal', snap.principals.map((p) => p.id), this.access.listPrincipals().map((p) => p.id)),
+      ...ids('key', snap.keys.map((k) => k.id), this.access.listPrincipals().flatMap((p) => this.access.keysOf(p.id).map((k) => k.id))),
+      ...ids('dataset', snap.datasets.map((d) => d.id), this.catalog.list().map((d) => d.id)),
+      ...ids('grants', snap.grants.map((g) => g.dataset), this.catalog.list().map((d) => d.id))
+    ]
+    for (const c of changes) await this.remote(c)
   }
 
   /**

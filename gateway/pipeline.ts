@@ -5,7 +5,8 @@ import { isUtf8 } from 'node:buffer'
 import type { AccessState } from './access.js'
 import type { Catalog } from './datasets.js'
 import { RejectReason, StreamgateError } from './errors.js'
-import type { AppendCallback, Journal } from './journal.js'
+import { type AppendCallback, type Journal, MAX_ORIGIN } from './journal.js'
+import type { RecentOrigins } from './origins.js'
 import type { Rejects } from './rejects.js'
 import { isPrincipalId } from './topics.js'
 
@@ -17,7 +18,12 @@ export interface Refusal {
   readonly denied: boolean
 }
 
+/** Not refused: the message's id was ingested already (acknowledge it; store and deliver nothing). */
+export interface Duplicate { readonly duplicate: true, readonly denied: false }
+
 export interface PipelineLimits { readonly maxPayload: number }
+
+const DUPLICATE: Duplicate = { duplicate: true, denied: false }
 
 export interface RecordRefusal { readonly index: number, readonly reason: RejectReason, readonly detail: string, readonly field?: string }
 export interface BatchResult { readonly accepted: number, readonly rejected: readonly RecordRefusal[] }
@@ -30,6 +36,11 @@ const NOT_AUTHORIZED: RejectReason = RejectReason.NOT_AUTHORIZED
  */
 export class ArrivalClock {
   private last = 0
+  /** Arrival times from now on are later than `us` (the journal's last, after a restart). */
+  advanceTo (us: number): void {
+    if (us > this.last) this.last = us
+  }
+
   now (): number {
     const t = Date.now() * 1000
     this.last = t > this.last ? t : this.last + 1
@@ -43,14 +54,16 @@ export type Fanout = (dataset: string, device: string, payload: Buffer) => void
 export class Pipeline {
   readonly clock = new ArrivalClock()
   private fanout: Fanout | null = null
-  readonly stats = { accepted: 0, records: 0, refused: 0 }
+  readonly stats = { accepted: 0, records: 0, refused: 0, duplicates: 0 }
 
   constructor (
     private readonly catalog: Catalog,
     private readonly access: AccessState,
     private readonly journal: Journal,
     private readonly rejects: Rejects,
-    private readonly limits: PipelineLimits
+    private readonly limits: PipelineLimits,
+    /** Message ids ingested lately (datasets with a messageId field): a resend is recognised. */
+    private readonly origins?: RecentOrigins
   ) {}
 
   /**
@@ -58,12 +71,13 @@ export class Pipeline {
    * when it was handed to the journal (`cb` fires when durable, or with the journal's refusal), or the
    * refusal (already counted and logged; `cb` is not called).
    */
-  ingest (principal: string, dataset: string, device: string, payload: Buffer, topic: string | null, cb: AppendCallback): Refusal | null {
+  ingest (principal: string, dataset: string, device: string, payload: Buffer, topic: string | null, cb: AppendCallback, origin?: string): Refusal | Duplicate | null {
     const compiled = this.catalog.current(dataset)
     if (compiled === undefined) {
       // Counted globally: a dataset that does not exist must not grow the per-dataset counters.
       return this.refuse(principal, null, device, topic, payload, RejectReason.UNKNOWN_DATASET, `dataset ${dataset} does not exist`, undefined, true)
     }
+    compiled.stats.received++
     if (!this.access.canPublish(principal, dataset, device)) {
       return this.refuse(principal, dataset, device, topic, payload, NOT_AUTHORIZED, `${principal} may not publish to ${dataset} as device ${device}`, undefined, true)
     }
@@ -83,12 +97,29 @@ export class Pipeline {
     // Validation only: the journal keeps the payload as received, and sinks decode it into rows.
     const bad = compiled.decode(value, device, arrivalUs, null)
     if (bad !== null) return this.refuse(principal, dataset, device, topic, payload, bad.reason, bad.detail, bad.field)
+    let done = cb
+    if (origin === undefined) {
+      // The dataset's own message id: a resend of a message ingested already is acknowledged only.
+      const id = compiled.messageIdOf(value)
+      if (id !== undefined && Buffer.byteLength(id) <= MAX_ORIGIN) {
+        origin = id
+        const origins = this.origins
+        const claim = origins?.begin(principal, id)
+        if (claim === 'done') {
+          this.stats.duplicates++
+          return DUPLICATE
+        }
+        // 'pending' (being journaled now, e.g. resent on a new connection at once): journaled again;
+        // with several nodes the store keeps one copy (claims), on one node both are stored.
+        if (claim === 'new') done = (err) => { if (err === null) origins!.commit(principal, id); else origins!.abort(principal, id); cb(err) }
+      }
+    }
     const n = Array.isArray(value) ? value.length : 1
     this.stats.accepted++
     this.stats.records += n
     compiled.stats.messages++
     compiled.stats.records += n
-    this.journal.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload }, cb)
+    this.journal.append({ origin, arrivalUs, dataset, version: compiled.version, device, principal, payload }, done)
     return null
   }
 
@@ -109,6 +140,7 @@ export class Pipeline {
   async ingestRecords (principal: string, dataset: string, records: readonly unknown[]): Promise<BatchResult> {
     const compiled = this.catalog.current(dataset)
     if (compiled === undefined) throw new StreamgateError('SG_ERR_NOT_FOUND', `dataset ${dataset} does not exist`)
+    compiled.stats.received += records.length
     const rejected: RecordRefusal[] = []
     const byDevice = new Map<string, unknown[]>()
     // One arrival time for the request: a replay decodes each entry's payload with its entry's arrival

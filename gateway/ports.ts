@@ -27,6 +27,47 @@ export interface MetadataStore {
   saveGrants (dataset: string, grants: readonly Grant[]): Promise<void>
 }
 
+/** A metadata change another node made to a shared store (its id only: the current state is read back). */
+export type MetadataChange =
+  | { readonly kind: 'dataset', readonly id: string }
+  | { readonly kind: 'principal', readonly id: string }
+  | { readonly kind: 'key', readonly id: string }
+  | { readonly kind: 'grants', readonly id: string }
+
+/**
+ * A metadata store several gateway nodes share (PostgreSQL). Every save is announced to the other
+ * nodes, which read the resource back and apply it. A dataset's `sinceSeq` is a position in one
+ * node's journal, so it is kept per node: read back as -1 where this node has not set it yet.
+ */
+export interface SharedMetadataStore extends MetadataStore {
+  readonly shared: true
+  getDataset (id: string): Promise<{ current: Dataset, versions: Dataset[] } | null>
+  getPrincipal (id: string): Promise<Principal | null>
+  getKey (id: string): Promise<ApiKey | null>
+  getGrants (dataset: string): Promise<Grant[]>
+  /** Records this node's `sinceSeq` for the dataset (its current incarnation). */
+  saveSince (dataset: Dataset): Promise<void>
+  /**
+   * Calls `onChange` for each change another node commits, and `onResync` whenever changes may have
+   * been missed (the notification connection was lost and is back): the caller reloads everything.
+   */
+  watch (onChange: (c: MetadataChange) => void, onResync: () => void): Promise<void>
+  close (): Promise<void>
+}
+
+export function isShared (store: MetadataStore): store is SharedMetadataStore {
+  return (store as Partial<SharedMetadataStore>).shared === true
+}
+
+/**
+ * Rates counted across every node (Redis): `take` uses `points` of the key's allowance of `perSecond`
+ * in the current second, or refuses when fewer are left. A store that cannot answer falls back to a
+ * count in this node's memory (each node then allows the full rate).
+ */
+export interface SharedRates {
+  take (key: string, perSecond: number, points?: number): Promise<{ readonly ok: boolean, readonly remaining: number, readonly msBeforeNext: number }>
+}
+
 /** One journal entry's rows, ready for a sink. */
 export interface SinkEntry {
   readonly seq: number
@@ -37,6 +78,29 @@ export interface SinkEntry {
   readonly payload: Buffer
   /** The rows it holds, decoded with its schema version (none for payload-only sinks). */
   readonly rows: readonly Row[]
+  /** The entry's origin id: an AMQP message_id, or `replica:<node>:<seq>` for an entry recovered from a lost node's replica. */
+  readonly origin?: string | undefined
+  /** Who published it (with `origin`, the message's identity). */
+  readonly principal?: string | undefined
+}
+
+/**
+ * Claims on message identities (principal, origin id) shared by every node (Redis): the records sink
+ * stores an entry carrying an id only while its own copy holds the claim, so a message that reached
+ * two nodes' journals (RabbitMQ redelivering to another node what the first had journaled before it
+ * died) is stored once. `claim` answers, per entry, whether `owner` (node:seq) holds the claim, taking
+ * it when nobody does.
+ */
+export interface OriginClaims {
+  claim (entries: readonly { readonly principal: string, readonly origin: string, readonly owner: string }[]): Promise<boolean[]>
+}
+
+/** The node and journal position an entry recovered from a lost node's replica had there (its origin `replica:<node>:<seq>`). */
+export function replicaIdentity (origin: string | undefined): { node: string, seq: number } | null {
+  if (origin === undefined || !origin.startsWith('replica:')) return null
+  const at = origin.lastIndexOf(':')
+  const seq = Number(origin.slice(at + 1))
+  return at > 8 && Number.isSafeInteger(seq) ? { node: origin.slice(8, at), seq } : null
 }
 
 /** What the management side asks of every store of records when datasets come and go. */
@@ -113,7 +177,13 @@ export interface CheckpointStore {
 }
 
 /** A circuit breaker's state as operators see it. */
-export interface BreakerStatus { readonly state: 'closed' | 'open' | 'half-open', readonly failures: number, readonly lastError: string | null }
+export interface BreakerStatus {
+  readonly state: 'closed' | 'open' | 'half-open'
+  readonly failures: number
+  readonly lastError: string | null
+  /** State changes since the process started, by the state entered. */
+  readonly transitions: { readonly open: number, readonly 'half-open': number, readonly closed: number }
+}
 
 /** A journal consumer as operators see it (GET /v1/status). */
 export interface ConsumerStatus {
@@ -140,4 +210,15 @@ export interface JournalConsumer {
   pause (): Promise<void>
   resume (): void
   close (): Promise<void>
+}
+
+/** A gateway node as GET /v1/cluster lists it. */
+export interface NodeInfo {
+  readonly id: string
+  readonly startedAt: string
+  /** When the node last wrote its entry (ISO 8601). */
+  readonly seenAt: string
+  readonly addresses: Readonly<Record<string, number | null>>
+  readonly sessions: number
+  readonly consumers: readonly { readonly name: string, readonly lag: number, readonly lagSeconds: number | null, readonly breaker: string | null }[]
 }

@@ -43,7 +43,7 @@ export interface QueryPlan {
   readonly groupBy: readonly PlanColumn[]
   readonly order: 'asc' | 'desc'
   readonly limit: number
-  /** Keyset position after which the page starts: raw [ts, _seq, _idx]; aggregate [bucket?, ...groups]. */
+  /** Keyset position after which the page starts: raw [ts, _seq, _idx, _node]; aggregate [bucket?, ...groups]. */
   readonly after: readonly (string | number)[] | null
 }
 
@@ -177,7 +177,7 @@ export function planQuery (ds: Dataset, input: unknown, limits: { maxRows: numbe
     }
   }
 
-  const keyTypes: ('number' | 'string')[] = !aggregating ? ['number', 'number', 'number'] : [...(bucketUs !== null ? ['number' as const] : []), ...groupBy.map(() => 'string' as const)]
+  const keyTypes: ('number' | 'string')[] = !aggregating ? ['number', 'number', 'number', 'string'] : [...(bucketUs !== null ? ['number' as const] : []), ...groupBy.map(() => 'string' as const)]
   const after = q.cursor === undefined ? null : decodeCursor(q.cursor, keyTypes)
   return { dataset: ds, fromUs, toUs, mode: aggregating ? 'aggregate' : 'raw', columns, where, bucketUs, aggregates, groupBy, order: q.order, limit, after }
 }

@@ -21,6 +21,9 @@ export function testEnv (dataDir: string, extra: Env = {}): Env {
     STREAMGATE_MQTT_PORT: '0',
     STREAMGATE_WS_PORT: '0',
     STREAMGATE_HTTP_PORT: '0',
+    STREAMGATE_MQTTS_PORT: '0',
+    STREAMGATE_WSS_PORT: '0',
+    STREAMGATE_HTTPS_PORT: '0',
     STREAMGATE_DATA_DIR: dataDir,
     STREAMGATE_ADMIN_KEY: ADMIN_KEY,
     STREAMGATE_LOG_LEVEL: 'silent',
@@ -34,7 +37,8 @@ export interface TestGateway {
   readonly mqttUrl: string
   readonly wsUrl: string
   readonly httpUrl: string
-  stop (): Promise<void>
+  /** Closes the gateway (waiting up to `drainMs` for its sinks, default STREAMGATE_SHUTDOWN_TIMEOUT_MS) and removes its data. */
+  stop (drainMs?: number): Promise<void>
 }
 
 export async function startTestGateway (extra: Env = {}, dataDir = tmpDataDir()): Promise<TestGateway> {
@@ -46,8 +50,8 @@ export async function startTestGateway (extra: Env = {}, dataDir = tmpDataDir())
     mqttUrl: `mqtt://127.0.0.1:${sg.addresses.mqtt.port}`,
     wsUrl: `ws://127.0.0.1:${sg.addresses.ws.port}/mqtt`,
     httpUrl: `http://127.0.0.1:${sg.addresses.http.port}`,
-    async stop () {
-      await sg.close()
+    async stop (drainMs?: number) {
+      await sg.close(drainMs)
       fs.rmSync(dataDir, { recursive: true, force: true })
     }
   }
@@ -92,8 +96,11 @@ export function uniqueId (prefix: string): string {
   return `${prefix}_${randomUUID().replaceAll('-', '').slice(0, 12)}`
 }
 
-/** Creates a dataset, a principal of the given kind and a key; returns the key's secret. */
-export async function createPrincipalWithKey (gw: TestGateway, id: string, kind: 'device' | 'service' | 'admin' = 'device'): Promise<{ id: string, key: string, keyId: string }> {
+/** Any gateway the API reaches: one in this process, or a child (`{ httpUrl: 'http://127.0.0.1:<port>' }`). */
+export type ApiTarget = Pick<TestGateway, 'httpUrl'>
+
+/** Creates a principal of the given kind and a key; returns the key's secret. */
+export async function createPrincipalWithKey (gw: ApiTarget, id: string, kind: 'device' | 'service' | 'admin' = 'device'): Promise<{ id: string, key: string, keyId: string }> {
   const p = await api(gw.httpUrl, ADMIN_KEY, 'POST', '/v1/principals', { id, kind })
   if (p.status !== 201) throw new Error(`create principal ${id}: ${p.status} ${JSON.stringify(p.body)}`)
   const k = await api(gw.httpUrl, ADMIN_KEY, 'POST', `/v1/principals/${id}/keys`, {})
@@ -101,13 +108,13 @@ export async function createPrincipalWithKey (gw: TestGateway, id: string, kind:
   return { id, key: k.body.key, keyId: k.body.id }
 }
 
-export async function createDataset (gw: TestGateway, id: string, schema: unknown = WEATHER_SCHEMA): Promise<void> {
+export async function createDataset (gw: ApiTarget, id: string, schema: unknown = WEATHER_SCHEMA): Promise<void> {
   const r = await api(gw.httpUrl, ADMIN_KEY, 'POST', '/v1/datasets', { id, schema })
   if (r.status !== 201) throw new Error(`create dataset ${id}: ${r.status} ${JSON.stringify(r.body)}`)
 }
 
 /** Replaces every grant on a dataset the way a client should: read the ETag, then PUT with If-Match. */
-export async function setGrants (gw: TestGateway, dataset: string, grants: unknown[]): Promise<void> {
+export async function setGrants (gw: ApiTarget, dataset: string, grants: unknown[]): Promise<void> {
   const current = await api(gw.httpUrl, ADMIN_KEY, 'GET', `/v1/datasets/${dataset}/access`)
   const etag = current.headers.get('etag')
   if (current.status !== 200 || etag === null) throw new Error(`grants on ${dataset}: GET ${current.status} ${JSON.stringify(current.body)}`)

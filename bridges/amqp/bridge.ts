@@ -4,19 +4,23 @@
 // Inbound: producers publish to the durable topic exchange `streamgate.ingest` with routing key
 // `<dataset>.<device>`, a JSON body (one record or an array), and the AMQP `user_id` property set to
 // their principal id (RabbitMQ checks it against the connection's user). Each message runs through the
-// same pipeline as MQTT and is acked only once it is in the journal. Bad data or a missing grant: acked
+// same pipeline as MQTT and is acked only once it is in the journal. A message with a `message_id`
+// is ingested once per principal and id: a redelivery (the gateway crashed after journaling it, before
+// its ack reached RabbitMQ) or a producer's resend is acked and counted as a duplicate (the ids of the
+// last 100,000 messages, and those in the journal's last two segments after a restart). Bad data or a missing grant: acked
 // and written to the rejects log (never requeued in a loop). Journal full: nacked with requeue, and
 // consumption pauses until there is room.
 //
 // Outbound: a journal consumer publishes every accepted entry (whatever protocol brought it) to the
 // durable topic exchange `streamgate.records`, persistent, on a confirm channel; its checkpoint moves
-// only once RabbitMQ confirmed. `message_id` is the entry's journal position, stable across replays.
+// only once RabbitMQ confirmed. `message_id` is `<node id>:<journal position>`, stable across replays
+// and unique among the nodes of a cluster (their journals number entries alike).
 import amqp, { type AmqpConnectionManager, type ChannelWrapper } from 'amqp-connection-manager'
 import type { Channel, ConsumeMessage } from 'amqplib'
 import CircuitBreaker from 'opossum'
-import { breakerStatus } from '../breaker.js'
+import { breakerStatus, countTransitions } from '../breaker.js'
 import type { BreakerStatus, CheckpointStore, Dataset, Pipeline, Sink, SinkEntry } from '../../gateway/index.js'
-import { JournalFullError, RejectReason } from '../../gateway/index.js'
+import { JournalFullError, MAX_ORIGIN, RecentOrigins, RejectReason } from '../../gateway/index.js'
 import type { Exchanges } from './auth.js'
 
 export interface AmqpOptions {
@@ -26,6 +30,10 @@ export interface AmqpOptions {
   readonly prefetch: number
   /** How long a batch of publishes may wait for confirms. */
   readonly publishTimeoutMs: number
+  /** AMQP heartbeat: a connection silent for two intervals is dropped and reconnected. */
+  readonly heartbeatS: number
+  /** The connection's name in RabbitMQ (client property `connection_name`, shown by its management UI). */
+  readonly connectionName: string
   readonly log?: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }
 }
 
@@ -38,6 +46,10 @@ export interface AmqpStatus {
   readonly acked: number
   readonly rejected: number
   readonly requeued: number
+  /** Messages acked without ingesting them: their message_id was ingested already. */
+  readonly duplicates: number
+  /** Channels RabbitMQ closed (or consumers it cancelled) while the connection stayed: each one reconnects. */
+  readonly channelErrors: number
 }
 
 const PAUSE_MS = 1000
@@ -53,11 +65,16 @@ export class AmqpBridge {
   private paused = false
   private pauseTimer: NodeJS.Timeout | null = null
   private closed = false
-  private readonly counts = { received: 0, acked: 0, rejected: 0, requeued: 0 }
+  private reconnecting = false
+  private readonly counts = { received: 0, acked: 0, rejected: 0, requeued: 0, duplicates: 0, channelErrors: 0 }
 
-  constructor (private readonly opts: AmqpOptions, private readonly pipeline: Pipeline) {
+  constructor (private readonly opts: AmqpOptions, private readonly pipeline: Pipeline, private readonly origins = new RecentOrigins()) {
     const { exchanges } = opts
-    this.connection = amqp.connect([opts.url], { heartbeatIntervalInSeconds: 15, reconnectTimeInSeconds: 1 })
+    this.connection = amqp.connect([opts.url], { heartbeatIntervalInSeconds: opts.heartbeatS,
+      reconnectTimeInSeconds: 1,
+      // TCP_NODELAY: small frames (acks, confirms, single publishes) must not wait for Nagle.
+      connectionOptions: { noDelay: true, clientProperties: { connection_name: opts.connectionName } }
+    })
     this.connection.on('connect', () => {
       this.state = 'connected'
       opts.log?.info({ amqp: 'connected' }, 'amqp connected')
@@ -65,7 +82,9 @@ export class AmqpBridge {
     this.connection.on('disconnect', ({ err }: { err?: Error }) => {
       if (this.closed) return
       this.state = 'disconnected'
-      this.lastError = err?.message ?? 'disconnected'
+      // A reconnect we forced keeps its cause (the channel error) as the last error.
+      if (!this.reconnecting) this.lastError = err?.message ?? 'disconnected'
+      this.reconnecting = false
       this.consumerTag = null
       this.channel = null
       opts.log?.warn({ amqp: 'disconnected', err: this.lastError }, 'amqp disconnected; reconnecting')
@@ -75,6 +94,10 @@ export class AmqpBridge {
       this.lastError = err?.message ?? 'connect failed'
     })
     const declare = async (ch: Channel): Promise<void> => {
+      // RabbitMQ may close one channel and keep the connection (a channel error). amqp-connection-manager
+      // opens a new channel only on a new connection, so a lone closed channel would stop consumption
+      // (or confirms) for good while everything looks connected: reconnect instead.
+      ch.on('error', (err: Error) => { this.onChannelError(err) })
       await ch.assertExchange(exchanges.ingest, 'topic', { durable: true })
       await ch.assertExchange(exchanges.records, 'topic', { durable: true })
     }
@@ -95,8 +118,22 @@ export class AmqpBridge {
     this.outbound.on('error', (err: Error) => { this.lastError = err.message })
   }
 
+  private onChannelError (err: Error): void {
+    if (this.closed) return
+    this.counts.channelErrors++
+    this.lastError = err.message
+    this.consumerTag = null
+    this.reconnecting = true
+    this.opts.log?.warn({ amqp: 'channel closed', err: err.message }, 'RabbitMQ closed a channel; reconnecting')
+    try { this.connection.reconnect() } catch { /* closed meanwhile */ }
+  }
+
   private async consume (ch: Channel): Promise<void> {
-    const { consumerTag } = await ch.consume(this.opts.ingestQueue, (msg) => { if (msg !== null) this.onMessage(ch, msg) })
+    const { consumerTag } = await ch.consume(this.opts.ingestQueue, (msg) => {
+      if (msg !== null) this.onMessage(ch, msg)
+      // null: RabbitMQ cancelled the consumer (its queue was deleted, or a mirror failed over).
+      else this.onChannelError(new Error(`RabbitMQ cancelled the consumer of ${this.opts.ingestQueue}`))
+    })
     this.consumerTag = consumerTag
   }
 
@@ -116,18 +153,44 @@ export class AmqpBridge {
       this.refuse(ch, msg, () => this.pipeline.refuse(principal, null, null, topic, msg.content, RejectReason.BAD_TOPIC, 'routing keys are <dataset>.<device>', undefined, true))
       return
     }
+    const origin = originOf(msg)
+    const claim = origin === undefined ? 'new' : this.origins.begin(principal, origin)
+    if (claim === 'done') {
+      // Ingested already (a redelivery after a crash or a lost ack, or a producer's resend).
+      this.counts.duplicates++
+      this.ack(ch, msg)
+      return
+    }
+    if (claim === 'pending') {
+      // The same id is being journaled now and may still fail: give this copy back rather than ack it.
+      // It comes again in a moment and is then acked as a duplicate, or ingested if the first failed.
+      this.counts.requeued++
+      try { ch.nack(msg, false, true) } catch { /* channel gone: RabbitMQ redelivers */ }
+      return
+    }
     const refusal = this.pipeline.ingest(principal, dataset, device, msg.content, topic, (err) => {
       if (err === null) {
+        if (origin !== undefined) this.origins.commit(principal, origin)
         this.ack(ch, msg)
         this.pipeline.fanoutAccepted(dataset, device, msg.content)
         return
       }
+      if (origin !== undefined) this.origins.abort(principal, origin)
       // Transient (journal full, failed disk): give it back and stop taking more for a while.
       this.counts.requeued++
       try { ch.nack(msg, false, true) } catch { /* channel gone: RabbitMQ redelivers */ }
       if (err instanceof JournalFullError) this.pause()
-    })
-    if (refusal !== null) this.refuse(ch, msg, () => undefined)
+    }, origin)
+    if (refusal !== null) {
+      if (origin !== undefined) this.origins.abort(principal, origin)
+      if ('duplicate' in refusal) {
+        // The dataset's own message id (schema.messageId) was ingested already.
+        this.counts.duplicates++
+        this.ack(ch, msg)
+      } else {
+        this.refuse(ch, msg, () => undefined)
+      }
+    }
   }
 
   private ack (ch: Channel, msg: ConsumeMessage): void {
@@ -185,6 +248,19 @@ export class AmqpBridge {
   }
 }
 
+/**
+ * The message's id for deduplication: a non-empty AMQP message_id. AMQP 0-9-1 carries it as a
+ * shortstr (at most 255 bytes), so every id fits MAX_ORIGIN; the length check only guards the journal.
+ */
+function originOf (msg: ConsumeMessage): string | undefined {
+  const id: unknown = msg.properties.messageId
+  if (typeof id !== 'string' || id === '') return undefined
+  // `replica:` origins name entries recovered from a lost node (stored under its identity): a
+  // producer's id may not pass for one.
+  const origin = id.startsWith('replica:') ? `amqp:${id}` : id
+  return Buffer.byteLength(origin) > MAX_ORIGIN ? undefined : origin
+}
+
 /** The outbound journal consumer's sink: one persistent AMQP message per journal entry. */
 export class AmqpSink implements Sink {
   readonly name = 'amqp'
@@ -197,14 +273,20 @@ export class AmqpSink implements Sink {
     private readonly opts: AmqpOptions,
     private readonly checkpoints: CheckpointStore & { getCheckpointOrNull: (c: string) => Promise<number | null> },
     /** Where a sink that never ran starts: the journal's end (it delivers what is accepted from now on). */
-    private readonly startAt: () => number
+    private readonly startAt: () => number,
+    /** This node's id (STREAMGATE_NODE_ID), the first part of every message_id. */
+    private readonly nodeId: string
   ) {
-    this.breakerImpl = new CircuitBreaker((entries: readonly SinkEntry[]) => this.publish(entries), {
+    this.breakerImpl = countTransitions(new CircuitBreaker((entries: readonly SinkEntry[]) => this.publish(entries), {
       timeout: opts.publishTimeoutMs,
       resetTimeout: 2000,
       errorThresholdPercentage: 50,
       volumeThreshold: 3
-    })
+    }))
+    // The breaker's error rate lags behind a busy sink's many good batches; a lost connection is
+    // known at once: open on it, close when RabbitMQ is back.
+    bridge.connection.on('disconnect', () => { if (!this.breakerImpl.opened) this.breakerImpl.open() })
+    bridge.connection.on('connect', () => { if (!this.breakerImpl.closed) this.breakerImpl.close() })
   }
 
   breaker (): BreakerStatus {
@@ -229,10 +311,10 @@ export class AmqpSink implements Sink {
     // One channel, in order: per device the order of the journal is kept.
     await Promise.all(entries.map((e) => this.bridge.outbound.publish(ex, `${e.dataset}.${e.device}`, e.payload, {
       persistent: true,
-      messageId: String(e.seq),
+      messageId: `${this.nodeId}:${e.seq}`,
       contentType: 'application/json',
       timestamp: Math.floor(Date.now() / 1000),
-      headers: { dataset: e.dataset, schemaVersion: e.version, device: e.device }
+      headers: { dataset: e.dataset, schemaVersion: e.version, device: e.device, node: this.nodeId, seq: e.seq }
     })))
   }
 

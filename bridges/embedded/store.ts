@@ -10,22 +10,15 @@ import type {
   RejectCount, RejectEntry, RejectStore
 } from '../../gateway/index.js'
 import { DuckFile, toNumber } from './duck.js'
+import { AUDIT_COLUMNS, auditListQuery, auditRow } from '../sql/audit.js'
+
+const row = (r: Record<string, DuckDBValue>): AuditEntry => auditRow(r, toNumber(r.seq!))
 
 export interface EmbeddedStoreOptions {
   readonly dataDir: string
   readonly rejectsKeep: number
   /** DuckDB's memory_limit for this file (metadata is small: default 128MB). */
   readonly memoryLimit?: string
-}
-
-const AUDIT_COLUMNS = 'seq, "at", actor, address, action, resource, outcome, before_etag, after_etag, detail, request_id, prev_hash, hash'
-
-function auditRow (r: Record<string, DuckDBValue>): AuditEntry {
-  return {
-    seq: toNumber(r.seq!), at: r.at as string, actor: r.actor as string | null, address: r.address as string | null, action: r.action as string,
-    resource: r.resource as string, outcome: r.outcome as AuditEntry['outcome'], before: r.before_etag as string | null, after: r.after_etag as string | null,
-    detail: r.detail as string | null, requestId: r.request_id as string | null, prevHash: r.prev_hash as string, hash: r.hash as string
-  }
 }
 
 export class EmbeddedStore implements MetadataStore, RejectStore, IdempotencyStore, CheckpointStore, AuditStore {
@@ -232,28 +225,17 @@ export class EmbeddedStore implements MetadataStore, RejectStore, IdempotencySto
 
   async lastAudit (): Promise<AuditEntry | null> {
     const rows = await this.db.objects(`SELECT ${AUDIT_COLUMNS} FROM sg_audit ORDER BY seq DESC LIMIT 1`)
-    return rows.length === 0 ? null : auditRow(rows[0]!)
+    return rows.length === 0 ? null : row(rows[0]!)
   }
 
   async listAudit (f: AuditFilter, limit: number): Promise<AuditEntry[]> {
-    const where: string[] = []
-    const params: DuckDBValue[] = []
-    const add = (sql: string, v: DuckDBValue): void => { params.push(v); where.push(sql.replace('?', `$${params.length}`)) }
-    if (f.actor !== undefined) add('actor = ?', f.actor)
-    if (f.action !== undefined) add('action = ?', f.action)
-    if (f.resource !== undefined) add('starts_with(resource, ?)', f.resource)
-    if (f.outcome !== undefined) add('outcome = ?', f.outcome)
-    if (f.since !== undefined) add('"at" >= ?', f.since)
-    if (f.until !== undefined) add('"at" < ?', f.until)
-    if (f.beforeSeq !== undefined) add('seq < ?', BigInt(f.beforeSeq))
-    params.push(limit)
-    const rows = await this.db.objects(`SELECT ${AUDIT_COLUMNS} FROM sg_audit ${where.length > 0 ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY seq DESC LIMIT $${params.length}`, params)
-    return rows.map(auditRow)
+    const { sql, params } = auditListQuery(f, limit, BigInt)
+    return (await this.db.objects(sql, params)).map(row)
   }
 
   async auditRange (fromSeq: number, limit: number): Promise<AuditEntry[]> {
     const rows = await this.db.objects(`SELECT ${AUDIT_COLUMNS} FROM sg_audit WHERE seq >= $1 ORDER BY seq LIMIT $2`, [BigInt(fromSeq), limit])
-    return rows.map(auditRow)
+    return rows.map(row)
   }
 
   /** Waits for queued writes and closes DuckDB. Idempotent. */

@@ -2,8 +2,11 @@
 // the consumer calls write() one batch at a time), DDL over PGWire. Tables are created from the dataset
 // schema before the first write, so ILP never creates or widens a column.
 //
-// Exactly once: every row carries `_seq` (journal position) and `_idx` (index in its entry), and the
-// table's DEDUP UPSERT KEYS(ts, _seq, _idx) make a replayed row overwrite itself. The checkpoint is kept
+// Exactly once: every row carries `_node` (the gateway node whose journal it came from), `_seq` (its
+// position in that journal) and `_idx` (index in its entry), and the table's DEDUP UPSERT KEYS(ts,
+// _node, _seq, _idx) make a replayed row overwrite itself, while rows of several nodes sharing the
+// table never do (their journals number entries alike). Tables made before `_node` existed get the
+// column and the keys on the next start (their old rows have no `_node`). The checkpoint is kept
 // in the embedded store and advanced after a successful flush; a crash in between replays the batch.
 //
 // Failures: flush() runs inside an opossum breaker with a timeout. 4xx answers (bad data) are permanent:
@@ -13,11 +16,11 @@
 // and retries with backoff while the breaker is open.
 import { Sender } from '@questdb/nodejs-client'
 import CircuitBreaker from 'opossum'
-import { breakerStatus } from '../breaker.js'
+import { breakerStatus, countTransitions } from '../breaker.js'
 import type {
   BreakerStatus, CheckpointStore, Dataset, FieldType, RejectReason, Row, Sink, SinkEntry
 } from '../../gateway/index.js'
-import { RejectReason as Reasons, schemaColumns, tableName } from '../../gateway/index.js'
+import { RejectReason as Reasons, replicaIdentity, schemaColumns, tableName } from '../../gateway/index.js'
 import { q } from '../sql/compile.js'
 
 export interface SqlExecutor {
@@ -45,8 +48,12 @@ export interface QuestdbSinkOptions {
   readonly timeoutMs: number
   /** How long the breaker stays open before letting one flush through. */
   readonly resetMs: number
+  /** This gateway node's id (STREAMGATE_NODE_ID): written as `_node` on every row. */
+  readonly nodeId: string
   readonly log?: { warn: (obj: object, msg: string) => void, info: (obj: object, msg: string) => void }
 }
+
+const DEDUP_KEYS = '"ts", "_node", "_seq", "_idx"'
 
 type Kind = FieldType | 'tag'
 const QDB_TYPE: Record<Kind, string> = { double: 'DOUBLE', long: 'LONG', boolean: 'BOOLEAN', string: 'VARCHAR', timestamp: 'TIMESTAMP', tag: 'SYMBOL' }
@@ -119,7 +126,7 @@ export class QuestdbSink implements Sink {
 
   constructor (private readonly opts: QuestdbSinkOptions) {
     this.conf = senderConfig(opts.ilp)
-    this.breakerImpl = new CircuitBreaker((sender: Sender) => sender.flush(), {
+    this.breakerImpl = countTransitions(new CircuitBreaker((sender: Sender) => sender.flush(), {
       timeout: opts.timeoutMs,
       resetTimeout: opts.resetMs,
       errorThresholdPercentage: 50,
@@ -127,7 +134,7 @@ export class QuestdbSink implements Sink {
       rollingCountTimeout: 30_000,
       // Bad data is the data's fault, not QuestDB's: it does not open the breaker.
       errorFilter: (err: unknown) => isPermanent(err)
-    })
+    }))
     this.breakerImpl.on('open', () => opts.log?.warn({ sink: this.name }, 'questdb breaker open'))
     this.breakerImpl.on('close', () => opts.log?.info({ sink: this.name }, 'questdb breaker closed'))
   }
@@ -162,8 +169,11 @@ export class QuestdbSink implements Sink {
   private async ensureTable (id: string): Promise<void> {
     const cols = this.columns.get(id)
     if (cols === undefined || !this.pendingDdl.has(id)) return
-    const defs = ['"ts" TIMESTAMP', '"device" SYMBOL', ...cols.map((c) => `${q(c.name)} ${QDB_TYPE[c.kind]}`), '"_seq" LONG', '"_idx" INT']
-    await this.opts.sql.query(`CREATE TABLE IF NOT EXISTS ${q(id)} (${defs.join(', ')}) TIMESTAMP("ts") PARTITION BY DAY WAL DEDUP UPSERT KEYS("ts", "_seq", "_idx")`)
+    const defs = ['"ts" TIMESTAMP', '"device" SYMBOL', ...cols.map((c) => `${q(c.name)} ${QDB_TYPE[c.kind]}`), '"_node" SYMBOL', '"_seq" LONG', '"_idx" INT']
+    await this.opts.sql.query(`CREATE TABLE IF NOT EXISTS ${q(id)} (${defs.join(', ')}) TIMESTAMP("ts") PARTITION BY DAY WAL DEDUP UPSERT KEYS(${DEDUP_KEYS})`)
+    // A table made before `_node`: the column, then the keys (DEDUP ENABLE on a deduplicated table replaces its keys).
+    await this.opts.sql.query(`ALTER TABLE ${q(id)} ADD COLUMN IF NOT EXISTS "_node" SYMBOL`)
+    await this.opts.sql.query(`ALTER TABLE ${q(id)} DEDUP ENABLE UPSERT KEYS(${DEDUP_KEYS})`)
     for (const c of cols) {
       try {
         await this.opts.sql.query(`ALTER TABLE ${q(id)} ADD COLUMN IF NOT EXISTS ${q(c.name)} ${QDB_TYPE[c.kind]}`)
@@ -223,7 +233,10 @@ export class QuestdbSink implements Sink {
     for (const u of units) {
       const cols = this.columns.get(u.table)!
       const row = u.row
-      sender.table(u.table).symbol('device', row.device)
+      // An entry recovered from a lost node's replica keeps that node's identity: its rows replace any
+      // that node had stored already (DEDUP keys), so recovering twice or too far back writes nothing twice.
+      const as = replicaIdentity(u.entry.origin)
+      sender.table(u.table).symbol('device', row.device).symbol('_node', as?.node ?? this.opts.nodeId)
       for (const c of cols) if (c.kind === 'tag' && row[c.name] !== undefined) sender.symbol(c.name, row[c.name])
       for (const c of cols) {
         const v = row[c.name]
@@ -237,7 +250,7 @@ export class QuestdbSink implements Sink {
           case 'timestamp': sender.timestampColumn(c.name, v as number, 'us'); break
         }
       }
-      sender.intColumn('_seq', u.entry.seq).intColumn('_idx', u.idx)
+      sender.intColumn('_seq', as?.seq ?? u.entry.seq).intColumn('_idx', u.idx)
       await sender.at(row.ts, 'us')
     }
     try {

@@ -88,16 +88,20 @@ export function compileQuery (plan: QueryPlan, dialect: Dialect): CompiledSql {
   const table = b.table(tableName(plan.dataset.id, plan.dataset.version))
 
   if (plan.mode === 'raw') {
+    // A row is (ts, _seq, _idx) in one node's store; QuestDB, shared by several nodes, adds _node.
+    const shared = dialect === 'questdb'
     if (plan.after !== null) {
-      const [ts, seq, idx] = plan.after as [number, number, number]
-      where.push(after(['"ts"', '"_seq"', '"_idx"'], [b.tsParam(ts), b.param(seq), b.param(idx)], cmp))
+      const [ts, seq, idx, node] = plan.after as [number, number, number, string]
+      where.push(shared
+        ? after(['"ts"', '"_seq"', '"_idx"', '"_node"'], [b.tsParam(ts), b.param(seq), b.param(idx), b.param(node)], cmp)
+        : after(['"ts"', '"_seq"', '"_idx"'], [b.tsParam(ts), b.param(seq), b.param(idx)], cmp))
     }
     // Timestamps leave as epoch µs under names of their own, so ORDER BY "ts" stays on the designated
     // timestamp (QuestDB then reads in time order instead of sorting the whole table).
     const select = plan.columns.map((c) => c.type === 'timestamp' ? `${b.us(q(c.name))} AS ${q(US_PREFIX + c.name)}` : `${b.col(c)} AS ${q(c.name)}`)
-    const sql = `SELECT ${select.join(', ')}, "_seq", "_idx" FROM ${table}` +
+    const sql = `SELECT ${select.join(', ')}, "_seq", "_idx"${shared ? ', "_node"' : ''} FROM ${table}` +
       (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') +
-      ` ORDER BY "ts" ${dir}, "_seq" ${dir}, "_idx" ${dir} LIMIT ${plan.limit + 1}`
+      ` ORDER BY "ts" ${dir}, "_seq" ${dir}, "_idx" ${dir}${shared ? `, "_node" ${dir}` : ''} LIMIT ${plan.limit + 1}`
     return { sql, params: b.params }
   }
 
@@ -163,7 +167,7 @@ export function toStoredRows (rows: readonly Record<string, unknown>[], limit: n
   return rows.slice(0, limit).map((r) => {
     const out: Record<string, string | number | boolean> = {}
     for (const [k, v] of Object.entries(unalias(r))) {
-      if (k === '_seq' || k === '_idx' || v === null || v === undefined || (typeof v === 'number' && Number.isNaN(v))) continue
+      if (k === '_seq' || k === '_idx' || k === '_node' || v === null || v === undefined || (typeof v === 'number' && Number.isNaN(v))) continue
       out[k] = typeof v === 'bigint' ? Number(v) : v as string | number | boolean
     }
     return out as Row
@@ -201,7 +205,7 @@ export function shapeRows (plan: QueryPlan, rows: readonly Record<string, unknow
   const out = page.map((r) => {
     const o: Record<string, Cell> = {}
     for (const [key, raw] of Object.entries(r)) {
-      if (key === '_seq' || key === '_idx') continue
+      if (key === '_seq' || key === '_idx' || key === '_node') continue
       const k = key.startsWith(US_PREFIX) ? key.slice(US_PREFIX.length) : key
       let v = cell(numeric(raw))
       if (tsCols.has(k) && typeof v === 'number') v = isoFromUs(v)
@@ -215,7 +219,7 @@ export function shapeRows (plan: QueryPlan, rows: readonly Record<string, unknow
   const last = page.at(-1)
   if (more && last !== undefined) {
     const n = (v: unknown): number => Number(numeric(v))
-    if (plan.mode === 'raw') nextCursor = encodeCursor([n(last[US_PREFIX + 'ts']), n(last._seq), n(last._idx)])
+    if (plan.mode === 'raw') nextCursor = encodeCursor([n(last[US_PREFIX + 'ts']), n(last._seq), n(last._idx), String(last._node ?? '')])
     else nextCursor = encodeCursor([...(plan.bucketUs !== null ? [n(last.bucket)] : []), ...plan.groupBy.map((g) => String(last[g.name] ?? ''))])
   }
   return { rows: out, nextCursor }

@@ -44,10 +44,12 @@ class ResponseChecker {
   private readonly ajv = new Ajv2020({ strict: false, validateFormats: false, allErrors: true })
   readonly seen = new Set<string>()
   readonly failures: string[] = []
+  /** Requests with a JSON body the gateway accepted (2xx), by "METHOD template": for the request-side check. */
+  readonly accepted = new Map<string, { url: string, body: unknown, op: Json }>()
 
   constructor (private readonly spec: Json) {}
 
-  private operationFor (method: string, path: string): { template: string, op: Json } | null {
+  operationFor (method: string, path: string): { template: string, op: Json } | null {
     for (const [template, item] of Object.entries(this.spec.paths as Json)) {
       const root = Array.isArray(item.servers) && item.servers[0]?.url === '/'
       const full = (root ? '' : '/v1') + template
@@ -57,13 +59,18 @@ class ResponseChecker {
     return null
   }
 
-  check (method: string, url: string, status: number, contentType: string | null, body: unknown): void {
+  check (method: string, url: string, status: number, headers: Headers, body: unknown): void {
+    const contentType = headers.get('content-type')
     const path = new URL(url).pathname
     const found = this.operationFor(method.toLowerCase(), path)
     if (found === null) { this.failures.push(`${method} ${path}: not in the spec`); return }
     this.seen.add(`${method.toUpperCase()} ${found.template} ${status}`)
     const response = (found.op.responses as Json)[String(status)]
     if (response === undefined) { this.failures.push(`${method} ${found.template}: status ${status} is not documented`); return }
+    // Every header the answer documents (ETag for If-Match above all) is sent.
+    for (const name of Object.keys((response.headers ?? {}) as Json)) {
+      if (!headers.has(name)) this.failures.push(`${method} ${found.template} ${status}: no ${name} header, documented`)
+    }
     if (response.content === undefined) return
     const [type, media] = Object.entries(response.content as Json)[0] as [string, Json]
     if (contentType !== null && !contentType.startsWith(type.split(';')[0]!)) this.failures.push(`${method} ${found.template} ${status}: content-type ${contentType}, documented ${type}`)
@@ -84,14 +91,26 @@ beforeAll(async () => {
 })
 afterAll(async () => { await gw?.stop() })
 
+const sent = new WeakMap<Request, string>()
+
 function client (key: string | null): ReturnType<typeof createClient<paths>> {
   const c = createClient<paths>({ baseUrl: `${gw.httpUrl}/v1`, headers: key === null ? {} : { authorization: `Bearer ${key}` } })
   const check: Middleware = {
+    async onRequest ({ request }) {
+      const text = await request.clone().text()
+      if (text.length > 0) sent.set(request, text)
+      return undefined
+    },
     async onResponse ({ request, response }) {
+      const raw = sent.get(request)
+      if (raw !== undefined && response.status >= 200 && response.status < 300) {
+        const found = checker.operationFor(request.method.toLowerCase(), new URL(request.url).pathname)
+        if (found !== null) checker.accepted.set(`${request.method} ${found.template}`, { url: request.url, body: JSON.parse(raw), op: found.op })
+      }
       const text = await response.clone().text()
       let body: unknown = text
       try { body = text.length > 0 ? JSON.parse(text) : undefined } catch { /* not JSON */ }
-      checker.check(request.method, request.url, response.status, response.headers.get('content-type'), body)
+      checker.check(request.method, request.url, response.status, response.headers, body)
       return undefined
     }
   }
@@ -109,7 +128,8 @@ describe('OpenAPI contract', () => {
   })
 
   it('names every route the gateway serves, and no route it does not', () => {
-    const docs = ['GET /docs', 'GET /docs/init.js', 'GET /v1/openapi.json'] // the document and its browser
+    const docs = ['GET /docs', 'GET /docs/init.js', 'GET /v1/openapi.json', // the document and its browser
+      'GET /console', 'GET /console/config.json', 'GET /console/vendor/mqtt.esm.js'] // the console (test/e2e)
     const served = expressRoutes(gw.sg.api).filter((r) => !docs.includes(r))
     expect(served).toEqual(specRoutes(spec))
     expect(served.length).toBeGreaterThan(30)
@@ -133,6 +153,8 @@ describe('OpenAPI contract', () => {
     const etag = got.response.headers.get('etag')!
     const updated = await admin.PUT('/datasets/{id}', { params: { path: { id: ds }, header: { 'If-Match': etag } }, body: { description: 'contract test' } })
     expect(updated.response.status).toBe(200)
+    const check = await admin.POST('/datasets/{id}/compatibility', { params: { path: { id: ds } }, body: { schema: { timestamp: 'ts', tags: ['site'], fields: { temp: 'long' } } } })
+    expect(check.data).toEqual({ compatible: false, problems: ['field temp changes type from double to long', 'field n is removed'] })
     const v2 = await admin.POST('/datasets/{id}/versions', { params: { path: { id: ds } }, body: { schema: { timestamp: 'ts', tags: ['site'], fields: { temp: 'double', n: 'long', note: 'string' } } } })
     expect(v2.data?.version).toBe(2)
     expect((await admin.GET('/datasets/{id}/versions', { params: { path: { id: ds } } })).data?.versions.map((v) => [v.version, v.current])).toEqual([[2, true], [1, false]])
@@ -191,6 +213,9 @@ describe('OpenAPI contract', () => {
 
     // operations
     expect((await admin.GET('/status')).response.status).toBe(200)
+    expect((await admin.GET('/cluster')).data?.nodes.map((n) => n.sessions)).toHaveLength(1)
+    // without STREAMGATE_REPLICATION there is nothing to recover from (test/integration/replication.test.ts recovers)
+    expect((await admin.POST('/cluster/nodes/{id}/recover', { params: { path: { id: 'lost-node' } } })).response.status).toBe(409)
     const audit = await admin.GET('/audit', { params: { query: { resource: `datasets/${ds}`, limit: 100 } } })
     expect(audit.data?.entries.map((e) => e.action)).toEqual(expect.arrayContaining(['dataset.create', 'dataset.update', 'access.grant', 'access.set']))
     expect((await admin.GET('/audit/verify')).data?.ok).toBe(true)
@@ -206,11 +231,53 @@ describe('OpenAPI contract', () => {
     for (const path of ['/healthz', '/readyz', '/metrics']) {
       const r = await fetch(gw.httpUrl + path)
       const text = await r.text()
-      checker.check('GET', gw.httpUrl + path, r.status, r.headers.get('content-type'), r.headers.get('content-type')?.includes('json') === true ? JSON.parse(text) : text)
+      checker.check('GET', gw.httpUrl + path, r.status, r.headers, r.headers.get('content-type')?.includes('json') === true ? JSON.parse(text) : text)
     }
     expect(checker.failures).toEqual([])
     // every operation was called at least once
     const called = new Set([...checker.seen].map((s) => s.split(' ').slice(0, 2).join(' ')))
     expect(specRoutes(spec).filter((r) => !called.has(r))).toEqual([])
+  })
+
+  it('validates requests as the document describes them: what it accepts fits the spec, and what the spec refuses is refused', async () => {
+    // Runs on the bodies the walk above sent and the gateway accepted.
+    expect(checker.accepted.size).toBeGreaterThan(10)
+    const ajv = new Ajv2020({ strict: false, validateFormats: false, allErrors: true })
+    const disagreements: string[] = []
+    let mutations = 0
+    const resolve = (schema: Json): Json => {
+      let sch = schema
+      while (typeof sch.$ref === 'string') sch = (spec.components.schemas as Json)[(sch.$ref as string).split('/').pop()!] as Json
+      return sch
+    }
+    for (const [name, { url, body, op }] of checker.accepted) {
+      const media = op.requestBody?.content?.['application/json']
+      if (media === undefined) continue
+      const validate = ajv.compile({ ...media.schema, components: spec.components })
+      if (!validate(body)) { disagreements.push(`${name}: accepted a body the spec refuses (${ajv.errorsText(validate.errors)})`); continue }
+      const schema = resolve(media.schema as Json)
+      if (schema.type !== 'object' || typeof body !== 'object' || body === null || Array.isArray(body)) continue
+      const variants: [string, Json][] = []
+      for (const prop of Object.keys((schema.properties ?? {}) as Json)) {
+        // A value of a type the spec refuses for this property.
+        const wrong = [12345, 'not-this', true, [], { a: 1 }, null].find((v) => !validate({ ...body, [prop]: v }))
+        if (wrong !== undefined) variants.push([`${prop} = ${JSON.stringify(wrong)}`, { ...body, [prop]: wrong }])
+      }
+      for (const prop of (schema.required ?? []) as string[]) {
+        const { [prop]: _gone, ...rest } = body as Json
+        variants.push([`without ${prop}`, rest])
+      }
+      if (schema.additionalProperties === false) variants.push(['an unknown property', { ...body, notInTheSpec: 1 }])
+      for (const [what, variant] of variants) {
+        if (validate(variant)) continue
+        mutations++
+        const r = await fetch(url, { method: name.split(' ')[0]!, headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json', 'if-match': '*' }, body: JSON.stringify(variant) })
+        const problem = await r.json().catch(() => null) as { type?: string } | null
+        if (r.status !== 400 || problem?.type !== 'https://streamgate.dev/problems/validation') disagreements.push(`${name} with ${what}: the spec refuses it, the gateway answered ${r.status} ${problem?.type ?? ''}`)
+      }
+    }
+    process.stdout.write(`  request validation against the spec: ${checker.accepted.size} accepted requests checked, ${mutations} refused variants sent\n`)
+    expect(disagreements).toEqual([])
+    expect(mutations).toBeGreaterThan(30)
   })
 })

@@ -69,6 +69,7 @@ describe('metrics', () => {
       for (let i = 0; i < 4; i++) await c.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ n: 'x' }), { qos: 1 })
       await c.publishAsync(`datasets/${ds}/${dev.id}`, '{not json', { qos: 1 })
       const after = await scrape(gw)
+      expect(value(after, 'streamgate_messages_received_total', { dataset: ds })).toBe(31)
       expect(value(after, 'streamgate_messages_accepted_total', { dataset: ds })).toBe(26)
       expect(value(after, 'streamgate_records_accepted_total', { dataset: ds })).toBe(28)
       expect(value(after, 'streamgate_records_rejected_total', { dataset: ds, reason: 'wrong_type' })).toBe(4)
@@ -110,7 +111,7 @@ describe('metrics', () => {
 
   it('/healthz and /readyz answer without credentials', async () => {
     expect((await api(gw.httpUrl, null, 'GET', '/healthz')).body).toEqual({ status: 'ok', journal: 'ok' })
-    expect((await api(gw.httpUrl, null, 'GET', '/readyz')).body).toEqual({ ready: true, checks: { listeners: true, journal: true, sinkThread: true } })
+    expect((await api(gw.httpUrl, null, 'GET', '/readyz')).body).toEqual({ ready: true, checks: { listeners: true, journal: true, sinkThread: true, 'sink:embedded': true } })
   })
 })
 

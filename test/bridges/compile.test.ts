@@ -9,7 +9,7 @@ const ds: Dataset = {
   id: 'weather', description: '', version: 1, createdAt: '', updatedAt: '',
   schema: datasetSchemaSchema.parse({ timestamp: 'ts', tags: ['site'], fields: { temp: 'double', count: 'long', ok: 'boolean', note: 'string', at: 'timestamp' } })
 }
-const ALLOWED_IDENTS = new Set(['ts', 'device', 'site', 'temp', 'count', 'ok', 'note', 'at', '_seq', '_idx', 'bucket', 'ts_order', 'data', 'weather'])
+const ALLOWED_IDENTS = new Set(['ts', 'device', 'site', 'temp', 'count', 'ok', 'note', 'at', '_seq', '_idx', '_node', 'bucket', 'ts_order', 'data', 'weather'])
 const EVIL = `x'); DROP TABLE weather; --`
 
 const queries: unknown[] = [
@@ -17,7 +17,7 @@ const queries: unknown[] = [
   { from: 0, to: '2030-01-01T00:00:00Z', select: ['temp', 'site'], where: [{ column: 'note', op: '=', value: EVIL }, { column: 'device', op: 'in', value: [EVIL, 'd1'] }, { column: 'temp', op: '<', value: 3 }], order: 'desc', limit: 10 },
   { bucket: '15m', groupBy: ['device', 'site'], aggregate: { temp: ['avg', 'first', 'last', 'count'], at: ['min'] }, where: [{ column: 'at', op: '>=', value: 5 }] },
   { aggregate: { count: ['sum'] } },
-  { select: ['count'], cursor: Buffer.from(JSON.stringify([1700000000000000, 5, 0])).toString('base64url') },
+  { select: ['count'], cursor: Buffer.from(JSON.stringify([1700000000000000, 5, 0, EVIL])).toString('base64url') },
   { bucket: '1h', groupBy: ['site'], aggregate: { temp: ['max'] }, cursor: Buffer.from(JSON.stringify([3600000000, EVIL])).toString('base64url') }
 ]
 

@@ -49,7 +49,7 @@ async function rig (opts: { timeoutMs?: number, resetMs?: number, sqlFailing?: b
   sql.failing = opts.sqlFailing ?? false
   const store = await EmbeddedStore.open({ dataDir: dir, rejectsKeep: 100 })
   const refused: StoreRefusal[] = []
-  const sink = new QuestdbSink({ ilp: server.ilp, sql, checkpoints: store, onRefused: (r) => refused.push(...r), timeoutMs: opts.timeoutMs ?? 1000, resetMs: opts.resetMs ?? 200 })
+  const sink = new QuestdbSink({ ilp: server.ilp, sql, checkpoints: store, onRefused: (r) => refused.push(...r), timeoutMs: opts.timeoutMs ?? 1000, resetMs: opts.resetMs ?? 200, nodeId: 'node-t' })
   await sink.prepareDataset(ds)
   const catalog = catalogWith(ds)
   const { journal } = await Journal.open({ dir: path.join(dir, 'journal'), maxBytes: 1 << 30, segmentBytes: 1 << 20 })
@@ -91,9 +91,11 @@ function catalogWith (d: Dataset): Catalog {
 const allKeys = (entries: number): string[] => Array.from({ length: entries }, (_, i) => [`readings/${i + 1}/0`, `readings/${i + 1}/1`]).flat()
 
 describe('QuestDB sink', () => {
-  it('creates the table from the schema with DEDUP keys, and writes every row with _seq, _idx and µs timestamps', async () => {
+  it('creates the table from the schema with DEDUP keys, and writes every row with _node, _seq, _idx and µs timestamps', async () => {
     const r = await rig()
-    expect(r.sql.statements[0]).toBe('CREATE TABLE IF NOT EXISTS "readings" ("ts" TIMESTAMP, "device" SYMBOL, "site" SYMBOL, "temp" DOUBLE, "count" LONG, "ok" BOOLEAN, "note" VARCHAR, "at" TIMESTAMP, "_seq" LONG, "_idx" INT) TIMESTAMP("ts") PARTITION BY DAY WAL DEDUP UPSERT KEYS("ts", "_seq", "_idx")')
+    expect(r.sql.statements[0]).toBe('CREATE TABLE IF NOT EXISTS "readings" ("ts" TIMESTAMP, "device" SYMBOL, "site" SYMBOL, "temp" DOUBLE, "count" LONG, "ok" BOOLEAN, "note" VARCHAR, "at" TIMESTAMP, "_node" SYMBOL, "_seq" LONG, "_idx" INT) TIMESTAMP("ts") PARTITION BY DAY WAL DEDUP UPSERT KEYS("ts", "_node", "_seq", "_idx")')
+    // A table made by an older streamgate (without _node) gets the column and the keys.
+    expect(r.sql.statements.slice(1, 3)).toEqual(['ALTER TABLE "readings" ADD COLUMN IF NOT EXISTS "_node" SYMBOL', 'ALTER TABLE "readings" DEDUP ENABLE UPSERT KEYS("ts", "_node", "_seq", "_idx")'])
     expect(r.sql.statements).toContain('ALTER TABLE "readings" ADD COLUMN IF NOT EXISTS "note" VARCHAR')
     await r.append(120)
     await r.consumer.waitFor(120)
@@ -101,7 +103,7 @@ describe('QuestDB sink', () => {
     expect(await r.store.getCheckpoint('questdb')).toBe(120)
     const first = r.server.accepted.find((x) => x.seq === 1 && x.idx === 0)!.line
     // symbols first, then typed columns; designated timestamp in ns (protocol v1 sends nanoseconds)
-    expect(first).toBe('readings,device=d0,site=s1 temp=0,count=0i,ok=t,note="fine",at=1700000000000000t,_seq=1i,_idx=0i 1700000000000000000')
+    expect(first).toBe('readings,device=d0,_node=node-t,site=s1 temp=0,count=0i,ok=t,note="fine",at=1700000000000000t,_seq=1i,_idx=0i 1700000000000000000')
     expect(r.sink.breaker().state).toBe('closed')
   })
 
@@ -118,6 +120,12 @@ describe('QuestDB sink', () => {
     await r.consumer.waitFor(30, 10_000)
     expect([...r.server.keys()].sort()).toEqual(allKeys(30).sort())
     expect(r.sink.breaker().state).toBe('closed')
+    // Every change counted as it happened (for /metrics), however briefly a state lasted.
+    const t = r.sink.breaker().transitions
+    expect(t.open).toBeGreaterThanOrEqual(1)
+    expect(t['half-open']).toBeGreaterThanOrEqual(1)
+    expect(t.closed).toBeGreaterThanOrEqual(1)
+    expect(t.open).toBe(t['half-open'])
   })
 
   it('gives up on a hanging flush after the timeout, never reuses that Sender, and catches up', async () => {
@@ -126,9 +134,31 @@ describe('QuestDB sink', () => {
     await r.append(10)
     await waitUntil(() => r.consumer.failures >= 1, 5000, 'a timed-out flush')
     expect(r.consumer.lastError).toMatch(/[Tt]imed out|timeout/)
+    // Flushes that keep hanging open the breaker (timeouts count as failures).
+    await waitUntil(() => r.sink.breaker().transitions.open >= 1, 10_000, 'the breaker to open on hangs')
     r.server.mode = 'ok'
     r.server.releaseHung()
     await r.consumer.waitFor(10, 10_000)
+    expect([...r.server.keys()].sort()).toEqual(allKeys(10).sort())
+  })
+
+  it('sends a batch QuestDB committed but answered too late again with the same rows, so DEDUP keeps one copy', async () => {
+    const r = await rig({ timeoutMs: 300, resetMs: 100 })
+    r.server.mode = 'late'
+    r.server.lateMs = 600
+    await r.append(10)
+    await waitUntil(() => r.consumer.failures >= 1, 5000, 'a flush timed out after QuestDB committed it')
+    r.server.mode = 'ok'
+    await r.consumer.waitFor(10, 10_000)
+    // The same keys arrived more than once (the late commit, then the retry) ...
+    expect(r.server.accepted.length).toBeGreaterThan(r.server.keys().size)
+    // ... each time as the same line, so QuestDB's DEDUP UPSERT KEYS leave exactly one row per key.
+    const lines = new Map<string, Set<string>>()
+    for (const a of r.server.accepted) {
+      const k = `${a.table}/${a.seq}/${a.idx}`
+      lines.set(k, (lines.get(k) ?? new Set()).add(a.line))
+    }
+    expect([...lines.values()].filter((l) => l.size > 1)).toEqual([])
     expect([...r.server.keys()].sort()).toEqual(allKeys(10).sort())
   })
 

@@ -2,13 +2,13 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { ConfigError, loadConfig } from '../../config/index.js'
+import { ConfigError, configSchema, loadConfig } from '../../config/index.js'
 
 describe('config', () => {
   it('applies the documented defaults', () => {
     const c = loadConfig({})
     expect(c.bind).toBe('0.0.0.0')
-    expect(c.ports).toEqual({ mqtt: 1883, ws: 8083, http: 8080, mqtts: 8883, wss: 8084 })
+    expect(c.ports).toEqual({ mqtt: 1883, ws: 8083, http: 8080, mqtts: 8883, wss: 8084, https: 8443 })
     expect(c.dataDir).toBe('./data')
     expect(c.limits.maxPayload).toBe(256 * 1024)
     expect(c.tls).toBeNull()
@@ -41,5 +41,50 @@ describe('config', () => {
     expect(() => loadConfig({ STREAMGATE_CONFIG: file + '.missing' })).toThrow(/STREAMGATE_CONFIG/)
     fs.writeFileSync(file, JSON.stringify({ STREAMGATE_MQTT_PROT: 1999 }))
     expect(() => loadConfig({ STREAMGATE_CONFIG: file })).toThrow(/STREAMGATE_MQTT_PROT: not a streamgate setting/)
+  })
+
+  it('documents every variable in the README', () => {
+    const readme = fs.readFileSync(path.join(import.meta.dirname, '../../README.md'), 'utf8')
+    const documented = new Set<string>()
+    for (const row of readme.split('\n').filter((l) => l.startsWith('| `STREAMGATE_'))) {
+      const cell = row.split('|')[1]!
+      const names = [...cell.matchAll(/`([^`]+)`/g)].map((m) => m[1]!)
+      const first = names[0]!
+      for (const n of names) {
+        // "`STREAMGATE_X_DEVICE`, `…_SERVICE`": the rest share the first one's prefix.
+        documented.add(n.startsWith('…_') ? first.slice(0, first.lastIndexOf('_')) + n.slice(1) : n)
+      }
+    }
+    const missing = Object.keys(configSchema.shape).filter((k) => !documented.has(k))
+    expect(missing).toEqual([])
+    const unknown = [...documented].filter((k) => !(k in configSchema.shape))
+    expect(unknown).toEqual([])
+  })
+
+  it('reads YAML: the documented example, as shipped (all commented) and with every default uncommented', () => {
+    const example = path.join(import.meta.dirname, '../../config/streamgate.yaml')
+    const text = fs.readFileSync(example, 'utf8')
+    const keys = [...text.matchAll(/^# (STREAMGATE_[A-Z0-9_]+):/gm)].map((m) => m[1]!)
+    expect(keys.sort()).toEqual(Object.keys(configSchema.shape).sort())
+    const defaults = loadConfig({})
+    expect(loadConfig({ STREAMGATE_CONFIG: example })).toEqual(defaults)
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-yaml-'))
+    try {
+      const uncommented = text.replace(/^# (STREAMGATE_[A-Z0-9_]+: .+)$/gm, '$1')
+      fs.writeFileSync(path.join(dir, 'all.yaml'), uncommented)
+      // the same values, only the ports now count as set on purpose
+      expect({ ...loadConfig({ STREAMGATE_CONFIG: path.join(dir, 'all.yaml') }), explicitPorts: null }).toEqual({ ...defaults, explicitPorts: null })
+      fs.writeFileSync(path.join(dir, 'some.yaml'), 'STREAMGATE_MQTT_PORT: 1999\nSTREAMGATE_BIND: 127.0.0.1\n')
+      const c = loadConfig({ STREAMGATE_CONFIG: path.join(dir, 'some.yaml'), STREAMGATE_BIND: '::1' })
+      expect([c.ports.mqtt, c.bind]).toEqual([1999, '::1'])
+      // An emptied value is unset (its default), not 0 (which would mean unlimited, or any port).
+      fs.writeFileSync(path.join(dir, 'empty.yaml'), 'STREAMGATE_AUTH_FAILURES_PER_MINUTE:\nSTREAMGATE_MQTT_PORT:\n')
+      const e = loadConfig({ STREAMGATE_CONFIG: path.join(dir, 'empty.yaml') })
+      expect([e.mqttLimits.authFailuresPerMinute, e.ports.mqtt, e.explicitPorts.has('mqtt')]).toEqual([60, 1883, false])
+      fs.writeFileSync(path.join(dir, 'bad.yaml'), '- a list\n')
+      expect(() => loadConfig({ STREAMGATE_CONFIG: path.join(dir, 'bad.yaml') })).toThrow(/STREAMGATE_CONFIG: .* not a YAML or JSON mapping/)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
   })
 })

@@ -4,7 +4,7 @@
 import fs from 'node:fs'
 import mqtt from 'mqtt'
 import { afterAll, describe, expect, it } from 'vitest'
-import { ADMIN_KEY, api, tmpDataDir, uniqueId, waitUntil } from '../helpers.js'
+import { ADMIN_KEY, api, createDataset, createPrincipalWithKey, setGrants, tmpDataDir, uniqueId, waitUntil } from '../helpers.js'
 import { type Child, killAll, startChild, stopChild } from '../support/child.js'
 
 const KILLS = Number(process.env.STREAMGATE_FAULT_KILLS ?? 3)
@@ -56,11 +56,9 @@ describe('kill -9 in a loop', () => {
       let child = await startChild(dataDir)
       const http = (): string => `http://127.0.0.1:${child.httpPort}`
       const ds = uniqueId('kill')
-      const dev = { id: uniqueId('dev'), key: '' }
-      expect((await api(http(), ADMIN_KEY, 'POST', '/v1/datasets', { id: ds, schema: { fields: { n: 'long' } } })).status).toBe(201)
-      expect((await api(http(), ADMIN_KEY, 'POST', '/v1/principals', { id: dev.id, kind: 'device' })).status).toBe(201)
-      dev.key = (await api(http(), ADMIN_KEY, 'POST', `/v1/principals/${dev.id}/keys`, {})).body.key as string
-      expect((await api(http(), ADMIN_KEY, 'POST', `/v1/datasets/${ds}/access`, { principal: dev.id, actions: ['publish', 'query'] })).status).toBe(201)
+      await createDataset({ httpUrl: http() }, ds, { fields: { n: 'long' } })
+      const dev = await createPrincipalWithKey({ httpUrl: http() }, uniqueId('dev'))
+      await setGrants({ httpUrl: http() }, ds, [{ principal: dev.id, actions: ['publish', 'query'] }])
 
       const acked = new Set<number>()
       let sent = 0

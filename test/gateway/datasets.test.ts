@@ -68,4 +68,14 @@ describe('schema validation', () => {
     expect(datasetSchemaSchema.safeParse({ fields: { 'Bad-Name': 'double' } }).success).toBe(false)
     expect(datasetSchemaSchema.safeParse({ fields: { x: 'float' } }).success).toBe(false)
   })
+
+  it('takes a tag or a string or long field as the message id, and reads it from a payload', () => {
+    for (const id of ['n', 'site', 'code']) expect(datasetSchemaSchema.safeParse({ messageId: id, tags: ['site'], fields: { n: 'long', code: 'string' } }).success, id).toBe(true)
+    for (const id of ['x', 'missing']) expect(datasetSchemaSchema.safeParse({ messageId: id, fields: { x: 'double' } }).success, id).toBe(false)
+    const s = new CompiledSchema('meter', 1, datasetSchemaSchema.parse({ messageId: 'n', fields: { n: 'long', v: 'double' } }), { maxBatch: 10, maxString: 10 })
+    expect(s.messageIdOf({ n: 7, v: 1 })).toBe('meter/7')
+    expect(s.messageIdOf([{ n: 7 }, { n: 8 }])).toBe('meter/7#2') // a batch: its first id and its size
+    expect(s.messageIdOf({ v: 1 })).toBeUndefined() // no id: every such message is new
+    expect(compiled.messageIdOf({ temp: 1 })).toBeUndefined() // a dataset without messageId
+  })
 })

@@ -206,3 +206,72 @@ describe('journal reader', () => {
     await journal.close()
   })
 })
+
+describe('journal replicated before acknowledging', () => {
+  /** A replica whose confirms the test releases (or fails) one commit at a time, in any order. */
+  function scriptedReplica (): { replicate: NonNullable<Parameters<typeof Journal.open>[0]['replicate']>, commits: { firstSeq: number, lastSeq: number, ok: () => void, fail: (e: Error) => void }[] } {
+    const commits: { firstSeq: number, lastSeq: number, ok: () => void, fail: (e: Error) => void }[] = []
+    return {
+      commits,
+      replicate: (c) => new Promise<void>((resolve, reject) => { commits.push({ firstSeq: c.firstSeq, lastSeq: c.lastSeq, ok: resolve, fail: reject }) })
+    }
+  }
+  const settle = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 30))
+
+  it('acknowledges commits in order, each only once its replica confirmed, while later ones are already written', async () => {
+    const r = scriptedReplica()
+    const { journal } = await Journal.open(opts(tmpDir(), { replicate: r.replicate }))
+    const acked: number[] = []
+    const first = appendAll(journal, [rec(0), rec(1)]).then(() => acked.push(1))
+    await settle()
+    const second = appendAll(journal, [rec(2)]).then(() => acked.push(2))
+    await settle()
+    expect(r.commits.map((c) => [c.firstSeq, c.lastSeq])).toEqual([[1, 2], [3, 3]]) // both written and sent
+    r.commits[1]!.ok() // the later one is confirmed first
+    await settle()
+    expect(acked).toEqual([])
+    expect(journal.committedSeq).toBe(0)
+    r.commits[0]!.ok()
+    await Promise.all([first, second])
+    expect(acked).toEqual([1, 2])
+    expect(journal.committedSeq).toBe(3)
+    await journal.close()
+  })
+
+  it('undoes a commit the replica refused, and every later one, and never uses their sequence numbers again', async () => {
+    const dir = tmpDir()
+    const r = scriptedReplica()
+    const undone: { firstSeq: number, lastSeq: number }[] = []
+    const { journal } = await Journal.open(opts(dir, { replicate: r.replicate, onUndo: (u) => undone.push(u) }))
+    const ok = appendAll(journal, [rec(0)])
+    await settle()
+    r.commits[0]!.ok()
+    expect(await ok).toEqual([null])
+    const failed = appendAll(journal, [rec(1), rec(2)])
+    await settle()
+    const later = appendAll(journal, [rec(3)])
+    await settle()
+    expect(r.commits.map((c) => c.firstSeq)).toEqual([1, 2, 4])
+    r.commits[2]!.ok() // confirmed, but written after the one that fails: undone with it
+    r.commits[1]!.fail(new Error('no confirm'))
+    const errs = [...await failed, ...await later]
+    expect(errs.every((e) => e instanceof Error && /journal replication failed: no confirm/.test(e.message))).toBe(true)
+    expect(journal.committedSeq).toBe(1)
+    expect(undone).toEqual([{ firstSeq: 2, lastSeq: 4 }])
+    // The next commit skips 2-4 (a dataset created meanwhile may start after them), in a new segment.
+    const next = appendAll(journal, [rec(9)])
+    await settle()
+    expect(r.commits.at(-1)!.firstSeq).toBe(5)
+    r.commits.at(-1)!.ok()
+    expect(await next).toEqual([null])
+    const reader = new JournalReader(journal, 1)
+    const read = await reader.read(100)
+    expect(read.map((e) => [e.seq, JSON.parse(e.payload.toString()).i])).toEqual([[1, 0], [5, 9]])
+    await reader.close()
+    await journal.close()
+    // The jump survives a restart: the journal reopens at 6.
+    const reopened = await Journal.open(opts(dir))
+    expect(reopened.recovery.nextSeq).toBe(6)
+    await reopened.journal.close()
+  })
+})

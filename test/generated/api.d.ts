@@ -43,6 +43,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/datasets/{id}/compatibility": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Whether a schema could replace the current one in place (PUT) or needs a new version, and why (manage); changes nothing */
+        post: operations["checkSchemaCompatibility"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/datasets/{id}/versions": {
         parameters: {
             query?: never;
@@ -350,6 +367,43 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/cluster": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The gateway nodes sharing this one's Redis (STREAMGATE_REDIS_URL), this one first: sessions and consumer lag of each (admin) */
+        get: operations["listNodes"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/cluster/nodes/{id}/recover": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Store what a node lost for good had acknowledged, from its replicated journal (STREAMGATE_REPLICATION), through this node (admin)
+         * @description Reads the node's RabbitMQ stream from its first message and appends every entry to this node's journal, keeping the lost node's identity (QuestDB rows replace any it stored already). Refused while the node is alive (listed by GET /v1/cluster). Recovering again appends nothing this node recovered before.
+         */
+        post: operations["recoverNode"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/clients": {
         parameters: {
             query?: never;
@@ -448,6 +502,8 @@ export interface components {
             schema: {
                 /** @description payload field holding the reading time (epoch ms or ISO 8601); absent: arrival time */
                 timestamp?: string;
+                /** @description a tag or a string or long field identifying each message: a message whose id its principal sent before is acknowledged and not stored again (a resend after a reconnect, a restart or the loss of a node); for an array, the first record's id. Absent: every message is new */
+                messageId?: string;
                 /** @default [] */
                 tags: string[];
                 fields: {
@@ -481,6 +537,8 @@ export interface components {
             schema?: {
                 /** @description payload field holding the reading time (epoch ms or ISO 8601); absent: arrival time */
                 timestamp?: string;
+                /** @description a tag or a string or long field identifying each message: a message whose id its principal sent before is acknowledged and not stored again (a resend after a reconnect, a restart or the loss of a node); for an array, the first record's id. Absent: every message is new */
+                messageId?: string;
                 /** @default [] */
                 tags?: string[];
                 fields: {
@@ -498,6 +556,8 @@ export interface components {
             schema: {
                 /** @description payload field holding the reading time (epoch ms or ISO 8601); absent: arrival time */
                 timestamp?: string;
+                /** @description a tag or a string or long field identifying each message: a message whose id its principal sent before is acknowledged and not stored again (a resend after a reconnect, a restart or the loss of a node); for an array, the first record's id. Absent: every message is new */
+                messageId?: string;
                 /** @default [] */
                 tags: string[];
                 fields: {
@@ -516,6 +576,8 @@ export interface components {
             schema: {
                 /** @description payload field holding the reading time (epoch ms or ISO 8601); absent: arrival time */
                 timestamp?: string;
+                /** @description a tag or a string or long field identifying each message: a message whose id its principal sent before is acknowledged and not stored again (a resend after a reconnect, a restart or the loss of a node); for an array, the first record's id. Absent: every message is new */
+                messageId?: string;
                 /** @default [] */
                 tags?: string[];
                 fields: {
@@ -638,6 +700,14 @@ export interface components {
             amqp?: {
                 [key: string]: unknown;
             };
+            /** @description the journal replicated to RabbitMQ (STREAMGATE_REPLICATION) */
+            replication?: {
+                stream: string;
+                replicated: number;
+                failures: number;
+                lastError: string | null;
+                connected: boolean;
+            };
             mqtt: {
                 sessions: number;
                 connects: number;
@@ -647,6 +717,7 @@ export interface components {
                 throttled: number;
                 rateLimitedDisconnects: number;
                 connectsRefusedRate: number;
+                connectionsRefusedAddress: number;
             };
             rejected: {
                 [key: string]: number;
@@ -670,6 +741,45 @@ export interface components {
             state: "closed" | "open" | "half-open";
             failures: number;
             lastError: string | null;
+            /** @description State changes since the process started, by the state entered */
+            transitions: {
+                open: number;
+                "half-open": number;
+                closed: number;
+            };
+        };
+        Node: {
+            id: string;
+            startedAt: string;
+            /** @description When the node last reported (every second); a node silent for 5 s is left out */
+            seenAt: string;
+            /** @description Bound ports by listener */
+            addresses: {
+                [key: string]: number | null;
+            };
+            /** @description Its authenticated MQTT sessions */
+            sessions: number;
+            consumers: {
+                name: string;
+                lag: number;
+                lagSeconds: number | null;
+                breaker: string | null;
+            }[];
+        };
+        Recovery: {
+            node: string;
+            /** @description commits read from the node's stream */
+            messages: number;
+            /** @description journal entries in them (the last copy of each sequence number) */
+            entries: number;
+            /** @description entries appended to this node's journal */
+            recovered: number;
+            /** @description entries this node had recovered before */
+            duplicates: number;
+            /** @description entries of datasets or schema versions that no longer exist */
+            skipped: number;
+            /** @description the last sequence number of the lost node's journal in the stream */
+            lastSeq: number | null;
         };
         Client: {
             clientId: string;
@@ -812,6 +922,8 @@ export interface operations {
                     schema: {
                         /** @description payload field holding the reading time (epoch ms or ISO 8601); absent: arrival time */
                         timestamp?: string;
+                        /** @description a tag or a string or long field identifying each message: a message whose id its principal sent before is acknowledged and not stored again (a resend after a reconnect, a restart or the loss of a node); for an array, the first record's id. Absent: every message is new */
+                        messageId?: string;
                         /** @default [] */
                         tags?: string[];
                         fields: {
@@ -1167,6 +1279,104 @@ export interface operations {
             };
         };
     };
+    checkSchemaCompatibility: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    schema: {
+                        /** @description payload field holding the reading time (epoch ms or ISO 8601); absent: arrival time */
+                        timestamp?: string;
+                        /** @description a tag or a string or long field identifying each message: a message whose id its principal sent before is acknowledged and not stored again (a resend after a reconnect, a restart or the loss of a node); for an array, the first record's id. Absent: every message is new */
+                        messageId?: string;
+                        /** @default [] */
+                        tags?: string[];
+                        fields: {
+                            [key: string]: ("double" | "long" | "boolean" | "string" | "timestamp") | {
+                                /** @enum {string} */
+                                type: "double" | "long" | "boolean" | "string" | "timestamp";
+                                /** @default false */
+                                required?: boolean;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        responses: {
+            /** @description The answer */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        compatible: boolean;
+                        problems: string[];
+                    };
+                };
+            };
+            /** @description The request is malformed or does not match the schema (`validation`, `bad-request`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid credentials (`unauthenticated`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credentials lack a grant (`forbidden`, naming it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such dataset */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Over a rate limit (`rate-limited`, with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     listDatasetVersions: {
         parameters: {
             query?: never;
@@ -1181,6 +1391,8 @@ export interface operations {
             /** @description Versions, newest first */
             200: {
                 headers: {
+                    /** @description the resource's ETag, for If-Match */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1496,6 +1708,8 @@ export interface operations {
             /** @description Its grant was replaced */
             200: {
                 headers: {
+                    /** @description the dataset's access as it is now, for If-Match */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1505,6 +1719,8 @@ export interface operations {
             /** @description Granted */
             201: {
                 headers: {
+                    /** @description the dataset's access (GET /datasets/{id}/access) as it is now, for If-Match */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2483,6 +2699,8 @@ export interface operations {
             /** @description Its grants */
             200: {
                 headers: {
+                    /** @description the resource's ETag, for If-Match */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2864,6 +3082,8 @@ export interface operations {
             /** @description The new key (its secret in this answer only) */
             201: {
                 headers: {
+                    /** @description the resource's ETag, for If-Match */
+                    ETag?: string;
                     /** @description no-store */
                     "Cache-Control"?: string;
                     [name: string]: unknown;
@@ -3158,6 +3378,154 @@ export interface operations {
                 content: {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
+            };
+            /** @description Over a rate limit (`rate-limited`, with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    listNodes: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Nodes */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        nodes: components["schemas"]["Node"][];
+                    };
+                };
+            };
+            /** @description The request is malformed or does not match the schema (`validation`, `bad-request`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid credentials (`unauthenticated`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credentials lack a grant (`forbidden`, naming it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Over a rate limit (`rate-limited`, with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    recoverNode: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Recovered */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Recovery"];
+                };
+            };
+            /** @description The request is malformed or does not match the schema (`validation`, `bad-request`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid credentials (`unauthenticated`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The credentials lack a grant (`forbidden`, naming it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The node has no replicated journal */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Replication is off here, or the node is alive (or is this one) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Over a rate limit (`rate-limited`, with Retry-After) */
             429: {

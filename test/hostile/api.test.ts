@@ -86,6 +86,30 @@ describe('hostile API input', () => {
       expect(r.status, `${type} ${body}`).toBe(status)
       expect(r.body.type).toBe(`https://streamgate.dev/problems/${slug}`)
     }
+    // Ill-formed UTF-8 (a lone continuation byte, an overlong encoding) is refused, not stored with
+    // U+FFFD in its place (MQTT refuses it as invalid_utf8 too); well-formed multi-byte characters
+    // sent as a stream (possibly split between reads) pass.
+    const before = await storedCount(gw.sg, ds)
+    for (const [type, bytes] of [
+      ['application/json', Buffer.concat([Buffer.from('[{"device": "u1", "temp": 1, "note": "'), Buffer.from([0x80]), Buffer.from('"}]')])],
+      ['application/json; charset=utf-8', Buffer.concat([Buffer.from('[{"device": "u1", "temp": 1, "note": "'), Buffer.from([0xc0, 0xaf]), Buffer.from('"}]')])],
+      ['application/x-ndjson', Buffer.concat([Buffer.from('{"device": "u1", "temp": 1}\n{"device": "u1", "temp": 2, "note": "'), Buffer.from([0xff]), Buffer.from('"}\n')])]
+    ] as const) {
+      const r = await fetch(`${gw.httpUrl}/v1/datasets/${ds}/records`, { method: 'POST', headers: { authorization: `Bearer ${reader.key}`, 'content-type': type }, body: bytes })
+      const problem = await r.json() as { type: string, detail: string }
+      expect(r.status, type).toBe(400)
+      expect(problem.type).toBe('https://streamgate.dev/problems/bad-request')
+      expect(problem.detail).toMatch(/not valid UTF-8/)
+    }
+    const split = Buffer.from('{"device": "u2", "temp": 3, "note": "é✓"}\n')
+    const chunks = [split.subarray(0, split.indexOf(0xc3) + 1), split.subarray(split.indexOf(0xc3) + 1)]
+    const ok = await fetch(`${gw.httpUrl}/v1/datasets/${ds}/records`, {
+      method: 'POST', headers: { authorization: `Bearer ${reader.key}`, 'content-type': 'application/x-ndjson' }, duplex: 'half',
+      body: new ReadableStream({ start (c) { for (const x of chunks) c.enqueue(new Uint8Array(x)); c.close() } })
+    } as RequestInit)
+    expect(ok.status).toBe(202)
+    await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
+    expect(await storedCount(gw.sg, ds)).toBe(before + 1)
     const big = await post('[' + '{"temp":1},'.repeat(1_000_000) + '{"temp":1}]', 'application/json')
     expect(big.status).toBe(413)
     const manyLines = await post('{"temp":1}\n'.repeat(200_000), 'application/x-ndjson')

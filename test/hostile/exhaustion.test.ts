@@ -1,11 +1,15 @@
 // Resource exhaustion: many idle authenticated connections, a subscriber that never reads, a flood of
-// TCP connections that never send CONNECT, and slowloris clients on the HTTP and WebSocket listeners.
+// TCP connections that never send CONNECT, a connection flood from one address (against the
+// per-address limits), and slowloris clients on the HTTP and WebSocket listeners.
 // Other clients stay served; the gateway's memory and connection count stay bounded.
 // STREAMGATE_EXHAUST_CONNECTIONS sets the idle connections (2,000 here, 10,000 in npm run test:soak).
+import { spawn } from 'node:child_process'
 import net from 'node:net'
+import path from 'node:path'
 import mqttPacket from 'mqtt-packet'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, type TestGateway, uniqueId, waitUntil } from '../helpers.js'
+import { ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, sleep, startTestGateway, type TestGateway, uniqueId, waitUntil } from '../helpers.js'
+import { idleConnection } from '../support/mqtt-raw.js'
 
 const IDLE = Number(process.env.STREAMGATE_EXHAUST_CONNECTIONS ?? 2000)
 
@@ -19,36 +23,28 @@ beforeAll(async () => {
 })
 afterAll(async () => { await gw?.stop() })
 
-/** Opens an authenticated MQTT connection over a bare socket (cheap enough for thousands) and resolves once CONNACK 0 came. */
-function idleConnection (port: number, username: string, password: string, clientId: string): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(port, '127.0.0.1')
-    s.once('error', reject)
-    s.once('data', (d) => (d[0] === 0x20 && d[3] === 0 ? resolve(s) : reject(new Error(`CONNACK ${d[3]}`))))
-    s.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 0, clientId, username, password: Buffer.from(password) }))
-  })
-}
-
 describe('resource exhaustion', () => {
   it(`holds ${IDLE} idle authenticated connections and keeps serving beside them`, async () => {
     const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
     const rssBefore = process.memoryUsage().rss
-    const sockets: net.Socket[] = []
+    // The clients live in a process of their own: this one holds the gateway's ends.
+    const clients = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, '../support/idle-clients.ts'), String(gw.sg.addresses.mqtt.port), dev.id, dev.key, String(IDLE)], { stdio: ['ignore', 'pipe', 'inherit'] })
     try {
-      for (let i = 0; i < IDLE; i += 100) {
-        sockets.push(...await Promise.all(Array.from({ length: Math.min(100, IDLE - i) }, (_, k) => idleConnection(gw.sg.addresses.mqtt.port, dev.id, dev.key, `idle-${i + k}`))))
-      }
+      let out = ''
+      clients.stdout!.on('data', (d: Buffer) => { out += d.toString() })
+      await waitUntil(() => /^(ready|error)/m.test(out) || clients.exitCode !== null, 120_000, `${IDLE} idle connections`)
+      expect(out.trim()).toBe(`ready ${IDLE}`)
       expect(gw.sg.broker.sessions().length).toBeGreaterThanOrEqual(IDLE)
       const rssMiB = process.memoryUsage().rss / 2 ** 20
-      process.stdout.write(`  exhaustion: ${sockets.length} idle authenticated connections; process RSS ${rssMiB.toFixed(0)} MiB (+${((process.memoryUsage().rss - rssBefore) / 2 ** 20).toFixed(0)} MiB, test client sockets included)\n`)
+      process.stdout.write(`  exhaustion: ${IDLE} idle authenticated connections; gateway process RSS ${rssMiB.toFixed(0)} MiB (+${((process.memoryUsage().rss - rssBefore) / 2 ** 20).toFixed(0)} MiB)\n`)
       expect((await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body.mqtt.sessions).toBeGreaterThanOrEqual(IDLE)
       const c = await connect(gw.mqttUrl, dev.id, dev.key)
       await c.endAsync()
     } finally {
-      for (const s of sockets) s.destroy()
+      clients.kill('SIGKILL')
     }
-    await waitUntil(() => gw.sg.broker.sessions().length === 0, 20_000, 'the idle sessions to be gone')
-  }, 120_000)
+    await waitUntil(() => gw.sg.broker.sessions().length === 0, 30_000, 'the idle sessions to be gone')
+  }, 180_000)
 
   it('disconnects a subscriber that never reads after the drain timeout, while another keeps receiving everything', async () => {
     const ds = uniqueId('slow')
@@ -65,7 +61,8 @@ describe('resource exhaustion', () => {
     // The good one.
     const good = await connect(gw.mqttUrl, svc.id, svc.key)
     let received = 0
-    good.on('message', () => { received++ })
+    const at: number[] = []
+    good.on('message', () => { received++; at.push(performance.now()) })
     await good.subscribeAsync(`datasets/${ds}/#`, { qos: 1 })
     const pub = await connect(gw.mqttUrl, dev.id, dev.key)
     const N = 6000
@@ -76,6 +73,11 @@ describe('resource exhaustion', () => {
     // the gateway drops it (its side of the socket; the paused client does not notice) and goes on.
     await waitUntil(() => received === N, 30_000, 'the good subscriber to receive everything')
     await waitUntil(() => !gw.sg.broker.sessions().some((c) => c.clientId === slowId), 5_000, 'the slow subscriber to be disconnected')
+    // The stall the slow one caused the others is bounded by the drain timeout (2 s here).
+    let stall = 0
+    for (let i = 1; i < at.length; i++) stall = Math.max(stall, at[i]! - at[i - 1]!)
+    process.stdout.write(`  slow reader: the other subscriber's longest wait between deliveries ${stall.toFixed(0)} ms (STREAMGATE_DRAIN_TIMEOUT_MS=2000)\n`)
+    expect(stall).toBeLessThan(2000 + 1500)
     await good.endAsync()
     slow.destroy()
   }, 60_000)
@@ -106,4 +108,92 @@ describe('resource exhaustion', () => {
     expect(httpMs).toBeLessThan(6000)
     expect(wsMs).toBeLessThan(6000)
   }, 30_000)
+})
+
+/** A TCP connection from `from` (another loopback address) to the gateway; resolves once connected. */
+function rawConnection (port: number, from: string): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ port, host: '127.0.0.1', localAddress: from }, () => resolve(s))
+    s.once('error', reject)
+  })
+}
+
+const isOpen = (s: net.Socket): boolean => !s.destroyed && !s.readableEnded
+
+describe('a connection flood from one address', () => {
+  const MAX = 50
+  const RATE = 100
+  let g: TestGateway
+  beforeAll(async () => {
+    g = await startTestGateway({ STREAMGATE_MQTT_MAX_CONNECTIONS_PER_ADDRESS: String(MAX), STREAMGATE_MQTT_ACCEPT_RATE_PER_ADDRESS: String(RATE), STREAMGATE_CONNECT_TIMEOUT_MS: '3000' })
+  })
+  afterAll(async () => { await g?.stop() })
+
+  it(`keeps at most ${MAX} connections of an address open and accepts ${RATE} a second, while other addresses are served`, async () => {
+    const ds = uniqueId('flood')
+    await createDataset(g, ds, { fields: { n: 'long' } })
+    const dev = await createPrincipalWithKey(g, uniqueId('dev'))
+    await setGrants(g, ds, [{ principal: dev.id, actions: ['publish', 'subscribe'] }])
+    // The well-behaved client, from 127.0.0.1, publishes to itself through the whole flood.
+    const good = await connect(g.mqttUrl, dev.id, dev.key)
+    await good.subscribeAsync(`datasets/${ds}/#`, { qos: 1 })
+    let received = 0
+    good.on('message', () => { received++ })
+    let published = 0
+    let flooding = true
+    const goodLoop = (async () => {
+      while (flooding) {
+        await good.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ n: published }), { qos: 1 })
+        published++
+        await sleep(5)
+      }
+    })()
+    const { port } = g.sg.addresses.mqtt
+    const wsPort = g.sg.addresses.ws.port
+    const sockets: net.Socket[] = []
+    try {
+      // 1. Held connections from 127.0.0.2, over TCP and to the WebSocket listener: MAX stay open.
+      const held = await Promise.all(Array.from({ length: 200 }, (_, i) => rawConnection(i % 2 === 0 ? port : wsPort, '127.0.0.2').catch(() => null)))
+      sockets.push(...held.filter((s) => s !== null))
+      await sleep(500)
+      const openHeld = sockets.filter(isOpen).length
+      const refusedAfterHeld = g.sg.broker.stats.connectionsRefusedAddress
+      // 2. Churn from 127.0.0.3: connect and leave at once, as fast as it goes, for about a second.
+      const started = performance.now()
+      let attempts = 0
+      while (performance.now() - started < 1000) {
+        const batch = await Promise.all(Array.from({ length: 20 }, () => rawConnection(port, '127.0.0.3').catch(() => null)))
+        for (const s of batch) s?.destroy()
+        attempts += batch.length
+      }
+      const seconds = (performance.now() - started) / 1000
+      const refusedChurn = g.sg.broker.stats.connectionsRefusedAddress - refusedAfterHeld
+      const accepted = attempts - refusedChurn
+      flooding = false
+      await goodLoop
+      await waitUntil(() => received >= published, 10_000, 'the good client to receive everything it published')
+      const status = (await api(g.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body
+      process.stdout.write(`  flood from one address: ${sockets.length} held connections, ${openHeld} left open (limit ${MAX}); ${attempts} connects in ${seconds.toFixed(1)} s, ${accepted} accepted (rate ${RATE}/s); ` +
+        `${status.mqtt.connectionsRefusedAddress as number} closed at accept; the good client published ${published}, received ${received}\n`)
+      expect(openHeld).toBe(MAX)
+      expect(refusedAfterHeld).toBe(200 - MAX)
+      expect(refusedChurn).toBeGreaterThan(0)
+      expect(accepted).toBeLessThanOrEqual(RATE + Math.ceil(RATE * seconds) + 1)
+      expect(accepted).toBeGreaterThanOrEqual(RATE)
+      expect(status.mqtt.connectionsRefusedAddress).toBe(g.sg.broker.stats.connectionsRefusedAddress)
+      expect(published).toBeGreaterThan(20)
+      expect(received).toBe(published)
+      // Closed connections free their place: the address may connect again.
+      for (const s of sockets) s.destroy()
+      await sleep(200)
+      const again = await rawConnection(port, '127.0.0.2')
+      sockets.push(again)
+      await sleep(200)
+      expect(isOpen(again)).toBe(true)
+    } finally {
+      flooding = false
+      for (const s of sockets) s.destroy()
+      await good.endAsync(true)
+    }
+  }, 60_000)
 })

@@ -141,10 +141,18 @@ describe('hostile payloads', () => {
   })
 
   it('refuses a 10 MB body over MQTT and over HTTP', async () => {
+    const stats = async (): Promise<{ rejected: Record<string, number>, stored: number }> => (await api(gw.httpUrl, ADMIN_KEY, 'GET', `/v1/datasets/${ds}/stats`)).body
+    await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
+    const before = await stats()
     const c = await connect(gw.mqttUrl, dev.id, dev.key)
     await c.publishAsync(`datasets/${ds}/${dev.id}`, Buffer.alloc(10 * 1024 * 1024, 0x61), { qos: 1 })
     expect(c.connected).toBe(true)
     await c.endAsync()
+    // Refused as too large (counted, nothing stored), not merely survived.
+    await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
+    const after = await stats()
+    expect(after.rejected.payload_too_large ?? 0).toBe((before.rejected.payload_too_large ?? 0) + 1)
+    expect(after.stored).toBe(before.stored)
     const r = await api(gw.httpUrl, dev.key, 'POST', `/v1/datasets/${ds}/records`, '[' + '1,'.repeat(5 * 1024 * 1024) + '1]')
     expect(r.status).toBe(413)
     expect(r.body.type).toBe('https://streamgate.dev/problems/payload-too-large')

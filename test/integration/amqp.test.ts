@@ -1,28 +1,17 @@
 // The RabbitMQ bridge against the machine's RabbitMQ (127.0.0.1:5672). Exchange and queue names are
 // unique per run; RabbitMQ users made for producers (so RabbitMQ itself vouches for `user_id`) are
 // deleted afterwards.
-import { execFileSync } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
 import amqplib from 'amqplib'
 import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { rabbitAvailable, type RabbitNode, startRabbitNode } from '../support/rabbit-node.js'
+import { AMQP, amqpUrlAs, closeRabbitConnections, deleteRabbitUsers, rabbitUser } from '../support/rabbit.js'
 import { hostPort, TcpProxy } from '../support/tcp-proxy.js'
 import {
   ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, sleep, startTestGateway, type TestGateway, uniqueId, waitUntil, storedCount } from '../helpers.js'
 
-const AMQP = process.env.STREAMGATE_TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672'
-const rabbitUsers: string[] = []
-
-function rabbitmqctl (...args: string[]): void {
-  execFileSync('rabbitmqctl', args, { stdio: 'ignore', timeout: 30_000 })
-}
-
-/** A RabbitMQ user named after a principal, allowed everything on `/` (streamgate decides what it may ingest). */
-function rabbitUser (name: string, password: string): void {
-  rabbitmqctl('add_user', name, password)
-  rabbitUsers.push(name)
-  rabbitmqctl('set_permissions', '-p', '/', name, '.*', '.*', '.*')
-}
 
 describe('RabbitMQ bridge', () => {
   const run = uniqueId('sgtest')
@@ -38,6 +27,7 @@ describe('RabbitMQ bridge', () => {
       STREAMGATE_AMQP_INGEST_EXCHANGE: ex.ingest,
       STREAMGATE_AMQP_RECORDS_EXCHANGE: ex.records,
       STREAMGATE_AMQP_INGEST_QUEUE: `${run}.ingest`,
+      STREAMGATE_AMQP_CONNECTION_NAME: run,
       STREAMGATE_RABBITMQ_AUTH_PORT: '0'
     })
     ds = uniqueId('amqp')
@@ -56,14 +46,11 @@ describe('RabbitMQ bridge', () => {
     await ch.deleteExchange(ex.records).catch(() => undefined)
     await conn.close()
     await gw.stop()
-    for (const u of rabbitUsers) { try { rabbitmqctl('delete_user', u) } catch { /* already gone */ } }
+    deleteRabbitUsers()
   })
 
   async function producer (user: string, password: string): Promise<amqplib.ConfirmChannel> {
-    const url = new URL(AMQP)
-    url.username = user
-    url.password = password
-    const conn = await amqplib.connect(url.toString())
+    const conn = await amqplib.connect(amqpUrlAs(user, password))
     conns.push(conn)
     return conn.createConfirmChannel()
   }
@@ -93,6 +80,37 @@ describe('RabbitMQ bridge', () => {
     expect(stats.body.stored).toBe(10_000)
   })
 
+  it('ingests a message_id once per producer: a resend is acked as a duplicate, the same id from another producer is its own', async () => {
+    const ds7 = uniqueId('amqpid')
+    await createDataset(gw, ds7, { fields: { count: 'long' } })
+    const a = await createPrincipalWithKey(gw, uniqueId('dev'))
+    const b = await createPrincipalWithKey(gw, uniqueId('dev'))
+    await setGrants(gw, ds7, [{ principal: a.id, actions: ['publish'] }, { principal: b.id, actions: ['publish'] }])
+    rabbitUser(a.id, 'pw-' + a.id)
+    rabbitUser(b.id, 'pw-' + b.id)
+    const cha = await producer(a.id, 'pw-' + a.id)
+    const chb = await producer(b.id, 'pw-' + b.id)
+    const before = gw.sg.amqp!.status()
+    const N = 1000
+    const send = (ch: amqplib.ConfirmChannel, who: string, i: number, id?: string): void => {
+      ch.publish(ex.ingest, `${ds7}.${who}`, Buffer.from(JSON.stringify({ count: i })), { userId: who, ...(id === undefined ? {} : { messageId: id }) })
+    }
+    for (let i = 0; i < N; i++) send(cha, a.id, i, `m-${i}`)
+    for (let i = 0; i < N; i++) send(cha, a.id, i, `m-${i}`) // the producer resends all of it
+    for (let i = 0; i < N; i++) send(chb, b.id, i, `m-${i}`) // same ids, another principal
+    for (let i = 0; i < 10; i++) send(chb, b.id, N + i) // no message_id: ingested every time (at least once)
+    for (let i = 0; i < 10; i++) send(chb, b.id, N + i)
+    await Promise.all([cha.waitForConfirms(), chb.waitForConfirms()])
+    // Acks, not deliveries: a copy that arrives while its original is being journaled is requeued and comes again.
+    await waitUntil(() => gw.sg.amqp!.status().acked >= before.acked + 3 * N + 20, 30_000, 'the bridge to settle every message')
+    await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
+    const status = gw.sg.amqp!.status()
+    expect(status.duplicates - before.duplicates).toBe(N)
+    expect(status.acked - before.acked).toBe(3 * N + 20)
+    const stats = await api(gw.httpUrl, ADMIN_KEY, 'GET', `/v1/datasets/${ds7}/stats`)
+    expect(stats.body.stored).toBe(2 * N + 20)
+  })
+
   it('refuses every record from a producer without a grant: none stored, all in rejects, none requeued', async () => {
     const ds2 = uniqueId('amqpdeny')
     await createDataset(gw, ds2, { fields: { count: 'long' } })
@@ -114,6 +132,36 @@ describe('RabbitMQ bridge', () => {
     expect(status.body.amqp.requeued).toBe(0)
     expect(status.body.rejected.not_authorized).toBeGreaterThanOrEqual(1)
     expect(status.body.rejected.bad_topic).toBeGreaterThanOrEqual(1)
+  })
+
+  it('keeps consuming when RabbitMQ closes its channel (a channel error) or cancels its consumer (queue deleted)', async () => {
+    const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+    await setGrants(gw, ds, [{ principal: dev.id, actions: ['publish'] }])
+    rabbitUser(dev.id, 'pw-' + dev.id)
+    const ch = await producer(dev.id, 'pw-' + dev.id)
+    const bridge = gw.sg.amqp!
+    const sendAndStore = async (label: string): Promise<void> => {
+      await waitUntil(() => bridge.status().consuming && bridge.status().state === 'connected', 20_000, `the bridge to consume again after ${label}`)
+      const before = bridge.status().acked
+      for (let i = 0; i < 100; i++) ch.publish(ex.ingest, `${ds}.${dev.id}`, Buffer.from(JSON.stringify({ count: i })), { userId: dev.id })
+      await ch.waitForConfirms()
+      await waitUntil(() => bridge.status().acked >= before + 100, 20_000, `100 messages ingested after ${label}`)
+    }
+    await sendAndStore('the start')
+    // An ack of a delivery tag RabbitMQ never gave makes it close the channel (406 PRECONDITION_FAILED)
+    // and keep the connection: amqp-connection-manager alone would never open another channel.
+    const raw = (bridge as unknown as { channel: amqplib.Channel }).channel
+    raw.ack({ fields: { deliveryTag: 987_654_321 } } as amqplib.Message)
+    await waitUntil(() => bridge.status().channelErrors === 1, 10_000, 'the channel error')
+    expect(bridge.status().lastError).toMatch(/PRECONDITION_FAILED/)
+    await sendAndStore('a channel error')
+    // Deleting the queue cancels the consumer; the bridge declares it again and consumes.
+    const admin = await amqplib.connect(AMQP)
+    conns.push(admin)
+    const adminCh = await admin.createChannel()
+    await adminCh.deleteQueue(`${run}.ingest`)
+    await waitUntil(() => bridge.status().channelErrors === 2, 10_000, 'the cancelled consumer')
+    await sendAndStore('the queue\'s deletion')
   })
 
   it('requeues and pauses while the journal is full, then ingests everything once there is room', async () => {
@@ -173,8 +221,8 @@ describe('RabbitMQ bridge', () => {
     const cutAt = 4000
     for (let i = 0; i < N; i++) {
       if (i === cutAt) {
-        // Every connection RabbitMQ has (the bridge's, and this test's) is closed mid-stream.
-        rabbitmqctl('close_all_connections', 'streamgate test: cut')
+        // The bridge's connection is closed mid-stream (only its own: other test files use RabbitMQ too).
+        expect(closeRabbitConnections(run, 'streamgate test: cut')).toBe(1)
       }
       await m.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ count: 100_000 + i }), { qos: 1 })
     }
@@ -199,8 +247,16 @@ describe('RabbitMQ bridge', () => {
     })
     await waitUntil(() => got.size === N, 60_000, `all ${N} records on the records exchange`)
     expect(wrong).toEqual([])
-    const ids = [...got.values()].map(Number)
+    const ids = [...got.values()]
     expect(new Set(ids).size).toBe(N)
+    // <node id>:<journal position>
+    const node = gw.sg.config.nodeId ?? fs.readFileSync(path.join(gw.dataDir, 'node.id'), 'utf8').trim()
+    expect(ids.every((id) => new RegExp(`^${node}:\\d+$`).test(id))).toBe(true)
+    // The outbound sink's batches are in the sink latency histogram beside the records sink's.
+    const metrics = await (await fetch(`${gw.httpUrl}/metrics`)).text()
+    const count = (sink: string): number => Number(new RegExp(`^streamgate_sink_write_duration_seconds_count\\{sink="${sink}"\\} (\\d+)`, 'm').exec(metrics)?.[1] ?? 0)
+    expect(count(gw.sg.consumers[1]!.status().name)).toBeGreaterThan(0)
+    expect(count('embedded')).toBeGreaterThan(0)
   })
 
   it('serves the RabbitMQ HTTP auth backend from principals, keys and grants', async () => {
@@ -348,7 +404,7 @@ describe('RabbitMQ unreachable', () => {
     const proxy = new TcpProxy(hostPort(AMQP, 5672))
     await proxy.up()
     const port = proxy.port
-    await proxy.down() // RabbitMQ "down" at start
+    proxy.cut() // RabbitMQ "down" at start
     const url = new URL(AMQP)
     url.hostname = '127.0.0.1'
     url.port = String(port)
@@ -380,10 +436,10 @@ describe('RabbitMQ unreachable', () => {
       let status = (await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body
       expect(status.amqp.state).not.toBe('connected')
       expect(status.consumers[1].lag).toBe(500)
-      await proxy.up(port)
+      proxy.restore()
       await waitUntil(() => got.size === 500, 30_000, 'records published before RabbitMQ came up')
       // A 20 s outage while publishing goes on.
-      await proxy.down()
+      proxy.cut()
       const outageEnds = Date.now() + 20_000
       let i = 500
       while (Date.now() < outageEnds) {
@@ -394,7 +450,7 @@ describe('RabbitMQ unreachable', () => {
       expect(status.amqp.state).toBe('disconnected')
       expect(status.amqp.lastError).not.toBeNull()
       expect(status.consumers[1].lag).toBeGreaterThan(0)
-      await proxy.up(port)
+      proxy.restore()
       await waitUntil(() => got.size === i, 60_000, `all ${i} records after the outage`)
       await m.endAsync()
       expect((await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body.amqp.state).toBe('connected')

@@ -14,6 +14,7 @@ describe('the streamgate process', () => {
     const dataDir = tmpDataDir()
     try {
       const first = await startChild(dataDir, { STREAMGATE_ADMIN_KEY: undefined })
+      await waitUntil(() => first.output().includes('STREAMGATE_ADMIN_KEY='), 5000, 'the admin key to be printed')
       const key = /STREAMGATE_ADMIN_KEY=(sg_\S+)/.exec(first.output())?.[1]
       expect(key).toBeDefined()
       expect((await api(`http://127.0.0.1:${first.httpPort}`, key!, 'GET', '/v1/status')).status).toBe(200)

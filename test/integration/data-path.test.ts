@@ -81,6 +81,34 @@ describe('data path: MQTT in, MQTT and MQTT-over-WebSocket out, stored once', ()
     for (const x of arrival) expect(Date.parse(x.ts)).toBeGreaterThanOrEqual(before - 1)
   })
 
+  it('acknowledges a resent message (same id: schema.messageId) without storing or delivering it again', async () => {
+    const ds = uniqueId('mid')
+    await createDataset(gw, ds, { messageId: 'n', fields: { n: 'long', v: 'double' } })
+    const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+    const sub = await createPrincipalWithKey(gw, uniqueId('sub'), 'service')
+    await setGrants(gw, ds, [{ principal: dev.id, actions: ['publish', 'query'] }, { principal: sub.id, actions: ['subscribe'] }])
+    const s = await connect(gw.mqttUrl, sub.id, sub.key)
+    clients.push(s)
+    const seen: number[] = []
+    s.on('message', (_t, p) => seen.push(JSON.parse(p.toString()).n as number))
+    await s.subscribeAsync(`datasets/${ds}/#`, { qos: 1 })
+    const before = gw.sg.pipeline.stats.duplicates
+    for (const n of [1, 2]) {
+      // sent twice on separate connections, as a device resends after reconnecting
+      for (let copy = 0; copy < 2; copy++) {
+        const c = await connect(gw.mqttUrl, dev.id, dev.key)
+        await c.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ n, v: copy }), { qos: 1 })
+        await c.endAsync()
+      }
+    }
+    await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
+    const rows = (await api(gw.httpUrl, dev.key, 'GET', `/v1/datasets/${ds}/records?limit=10`)).body.records as { n: number, v: number }[]
+    expect(rows.map((r) => [r.n, r.v]).sort()).toEqual([[1, 0], [2, 0]]) // the first copy of each
+    expect(gw.sg.pipeline.stats.duplicates - before).toBe(2)
+    await waitUntil(() => seen.length >= 2, 5000, 'deliveries')
+    expect(seen.sort()).toEqual([1, 2])
+  })
+
   it('runs websocket-stream on ws 8 (CVE-2024-37890 is fixed there), not the ws 3 it pins', () => {
     const fromWsStream = createRequire(createRequire(import.meta.url).resolve('websocket-stream'))
     const version = (fromWsStream('ws/package.json') as { version: string }).version

@@ -81,10 +81,31 @@ describe.skipIf(!enabled)('QuestDB persistence', () => {
     const cols = await pgq(`SELECT "column", "type", "designated", "upsertKey" FROM table_columns('${ds}')`)
     const byName = Object.fromEntries(cols.map((c) => [c.column, c]))
     expect(Object.fromEntries(cols.map((c) => [c.column, c.type]))).toEqual({
-      ts: 'TIMESTAMP', device: 'SYMBOL', site: 'SYMBOL', temp: 'DOUBLE', count: 'LONG', ok: 'BOOLEAN', note: 'VARCHAR', at: 'TIMESTAMP', _seq: 'LONG', _idx: 'INT'
+      ts: 'TIMESTAMP', device: 'SYMBOL', site: 'SYMBOL', temp: 'DOUBLE', count: 'LONG', ok: 'BOOLEAN', note: 'VARCHAR', at: 'TIMESTAMP', _node: 'SYMBOL', _seq: 'LONG', _idx: 'INT'
     })
     expect(byName.ts!.designated).toBe(true)
-    expect(cols.filter((c) => c.upsertKey === true).map((c) => c.column).sort()).toEqual(['_idx', '_seq', 'ts'])
+    expect(cols.filter((c) => c.upsertKey === true).map((c) => c.column).sort()).toEqual(['_idx', '_node', '_seq', 'ts'])
+  })
+
+  it('keeps the rows of two nodes sharing a table apart, though their journals number entries alike', async () => {
+    const ds = uniqueId('qn')
+    const schema = { timestamp: 'ts', fields: { temp: 'double' } }
+    const other = await startTestGateway({ ...qdbEnv(), STREAMGATE_NODE_ID: 'other-node' })
+    try {
+      for (const node of [gw, other]) {
+        await createDataset(node, ds, schema) // each node has its own (embedded) metadata here
+        const dev = await createPrincipalWithKey(node, uniqueId('dev'))
+        await setGrants(node, ds, [{ principal: dev.id, actions: ['publish'] }])
+        const c = await connect(node.mqttUrl, dev.id, dev.key)
+        // The same timestamps on both nodes: (ts, _seq, _idx) alone would collide.
+        for (let i = 0; i < 100; i++) await c.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ ts: 1_700_000_000_000 + i, temp: i }), { qos: 1 })
+        await c.endAsync()
+        await node.sg.consumers[0]!.waitFor(node.sg.journal.committedSeq, 60_000)
+      }
+      await visible(ds, 200)
+    } finally {
+      await other.stop()
+    }
   })
 
   it('stores readings without timestamps as distinct rows, and writes nothing twice on replay', async () => {

@@ -71,7 +71,7 @@ describe('QuestDB unreachable', () => {
     })
   })
   afterAll(async () => {
-    await gw.stop()
+    await gw.stop(0) // QuestDB unreachable: the sink cannot drain
     await ilp.stop()
   })
 
@@ -94,10 +94,19 @@ describe('QuestDB unreachable', () => {
     await waitUntil(async () => (await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')).body.consumers[0].failures > 0, 10_000, 'sink failures')
     const status = await api(gw.httpUrl, ADMIN_KEY, 'GET', '/v1/status')
     expect(status.body.query.breaker.state).toBe('open')
+    expect(status.body.query.breaker.transitions).toEqual({ open: 1, 'half-open': 0, closed: 0 })
+    const metrics = await (await fetch(`${gw.httpUrl}/metrics`)).text()
+    expect(metrics).toContain('streamgate_breaker_state{breaker="query"} 2')
+    expect(metrics).toContain('streamgate_breaker_transitions_total{breaker="query",to="open"} 1')
     expect(status.body.consumers[0]).toMatchObject({ name: 'questdb', checkpoint: 0 })
     expect(status.body.consumers[0].lag).toBeGreaterThanOrEqual(20)
     expect(status.body.consumers[0].lagSeconds).toBeGreaterThanOrEqual(0)
     expect(status.body.consumers[0].lastError).toMatch(/ECONNREFUSED|connect/)
+    // Still ready: the journal takes what the store cannot; /readyz reports the sink's breaker.
+    const ready = await api(gw.httpUrl, null, 'GET', '/readyz')
+    expect(ready.status).toBe(200)
+    expect(ready.body.ready).toBe(true)
+    expect(['closed', 'open', 'half-open']).toContain(ready.body.checks['sink:questdb'])
     expect(ilp.requests).toBe(0) // nothing sent before the table exists
   })
 })

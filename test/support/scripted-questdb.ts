@@ -1,9 +1,10 @@
 // A scripted HTTP endpoint that answers ILP `/write` the way QuestDB documents it (204; 400 with its
-// JSON error body; 500; a hang; a refused connection when stopped), and records what it accepted.
+// JSON error body; 500; a hang; a commit answered too late; a refused connection when stopped), and
+// records what it accepted.
 import http from 'node:http'
 import type net from 'node:net'
 
-export type Mode = 'ok' | 'error500' | 'hang' | 'reject-marked'
+export type Mode = 'ok' | 'error500' | 'hang' | 'late' | 'reject-marked'
 
 export interface IlpRow { table: string, seq: number, idx: number, line: string }
 
@@ -11,6 +12,8 @@ export class ScriptedQuestdb {
   mode: Mode = 'ok'
   /** Lines containing this are refused with 400 in 'reject-marked' mode. */
   marker = 'REFUSE_ME'
+  /** 'late' mode: the rows are committed at once, the 204 is sent this much later (past the client's timeout). */
+  lateMs = 1000
   readonly accepted: IlpRow[] = []
   requests = 0
   private server: http.Server | null = null
@@ -62,7 +65,17 @@ export class ScriptedQuestdb {
       case 'ok':
         break
     }
-    // One request is one transaction: record all its rows, or none.
+    this.commit(body)
+    if (this.mode === 'late') {
+      const t = setTimeout(() => { if (!res.destroyed) res.writeHead(204).end() }, this.lateMs)
+      res.on('close', () => clearTimeout(t))
+      return
+    }
+    res.writeHead(204).end()
+  }
+
+  /** One request is one transaction: records all its rows. */
+  private commit (body: string): void {
     for (const line of body.split('\n')) {
       if (line.length === 0) continue
       const table = line.slice(0, line.indexOf(','))
@@ -70,7 +83,6 @@ export class ScriptedQuestdb {
       const idx = Number(/_idx=(\d+)i/.exec(line)?.[1])
       this.accepted.push({ table, seq, idx, line })
     }
-    res.writeHead(204).end()
   }
 
   /** Distinct (table, seq, idx) keys accepted: what DEDUP UPSERT KEYS leaves in the table. */

@@ -1,0 +1,120 @@
+// What the benchmark runners share: child processes of systems under test and load generators (each
+// tracked, and killed when the runner ends), /proc readings, the admin API, percentiles.
+import { type ChildProcess, fork } from 'node:child_process'
+import fs from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { LoadReport } from './load.js'
+
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+export const ADMIN_KEY = 'bench-admin-key-0123456789abcdef'
+export const children = new Set<ChildProcess>()
+/** What makes the run fail (printed at the end, exit code 1). */
+export const failures: string[] = []
+
+export const now = (): number => performance.timeOrigin + performance.now()
+
+export function freePort (): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port
+      s.close(() => resolve(p))
+    })
+  })
+}
+
+/** Tracks a child for cleanup; a system under test that exits before it is stopped fails the run loudly, with its last output. */
+export function track (p: ChildProcess, what?: string): ChildProcess {
+  children.add(p)
+  let tail = ''
+  const keep = (d: Buffer): void => { tail = (tail + d.toString()).slice(-16_384) }
+  if (what !== undefined) {
+    p.stdout?.on('data', keep)
+    p.stderr?.on('data', keep)
+  }
+  p.on('exit', (code, signal) => {
+    children.delete(p)
+    if (what !== undefined && !stopping.has(p)) {
+      process.stderr.write(`\n${what} (pid ${p.pid}) exited unexpectedly (code ${code}, signal ${signal}); its last output:\n${tail}\n`)
+      failures.push(`${what} exited unexpectedly (code ${code}, signal ${signal})`)
+    }
+  })
+  return p
+}
+const stopping = new Set<ChildProcess>()
+
+export function waitForLine (p: ChildProcess, re: RegExp, what: string): Promise<RegExpExecArray> {
+  return new Promise((resolve, reject) => {
+    let out = ''
+    const t = setTimeout(() => reject(new Error(`${what} did not start:\n${out}`)), 30_000)
+    const on = (d: Buffer): void => {
+      out += d.toString()
+      const m = re.exec(out)
+      if (m !== null) { clearTimeout(t); resolve(m) }
+    }
+    p.stdout?.on('data', on)
+    p.stderr?.on('data', on)
+    p.once('exit', (code) => { clearTimeout(t); reject(new Error(`${what} exited with ${code}:\n${out}`)) })
+  })
+}
+
+export function stopProc (p: ChildProcess): Promise<void> {
+  stopping.add(p)
+  return new Promise((resolve) => {
+    if (p.exitCode !== null || p.signalCode !== null) return resolve()
+    const t = setTimeout(() => p.kill('SIGKILL'), 10_000)
+    p.once('exit', () => { clearTimeout(t); resolve() })
+    p.kill('SIGTERM')
+  })
+}
+
+/** utime+stime of a process in ms, and its RSS in MiB, from /proc. */
+export function procStats (pid: number): { cpuMs: number, rssMiB: number } {
+  if (!fs.existsSync(`/proc/${pid}/stat`)) return { cpuMs: NaN, rssMiB: NaN }
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  const ticks = Number(fields[11]) + Number(fields[12])
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8')
+  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0)
+  return { cpuMs: ticks * 10, rssMiB: rssKb / 1024 }
+}
+
+export async function http<T = any> (base: string, method: string, url: string, body?: unknown, contentType = 'application/json'): Promise<T> { // eslint-disable-line @typescript-eslint/no-explicit-any
+  // The bench owns its datasets: replacing their grants does not need the current ETag.
+  const res = await fetch(base + url, { method, headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': contentType, ...(method === 'PUT' ? { 'if-match': '*' } : {}) }, ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}) })
+  const text = await res.text()
+  if (res.status >= 300) throw new Error(`${method} ${url}: ${res.status} ${text}`)
+  return (text.length > 0 ? JSON.parse(text) : null) as T
+}
+
+export function forkLoad (): ChildProcess {
+  return track(fork(path.join(root, 'bench/load.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }))
+}
+
+export function next<K extends LoadReport['kind']> (p: ChildProcess, kind: K): Promise<Extract<LoadReport, { kind: K }>> {
+  return new Promise((resolve, reject) => {
+    const on = (r: LoadReport): void => {
+      if (r.kind === kind) { p.off('message', on); resolve(r as Extract<LoadReport, { kind: K }>) } else if (r.kind === 'error') { p.off('message', on); reject(new Error(r.message)) }
+    }
+    p.on('message', on)
+    p.once('exit', (code) => reject(new Error(`load generator exited (${code}) before reporting ${kind}`)))
+  })
+}
+
+export function pct (sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!
+}
+
+
+/** Runs a runner's main: its failure sets exit code 1; every child it started is killed at the end or on Ctrl-C. */
+export function runMain (main: () => Promise<void>): void {
+  process.on('SIGINT', () => { for (const c of children) c.kill('SIGKILL'); process.exit(130) })
+  main().catch((err: unknown) => {
+    process.stderr.write(String(err instanceof Error ? err.stack : err) + '\n')
+    process.exitCode = 1
+  }).finally(() => {
+    for (const c of children) c.kill('SIGKILL')
+  })
+}

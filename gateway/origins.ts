@@ -1,0 +1,51 @@
+// Recently ingested messages by their id at the origin (an AMQP message_id), per principal: a message
+// RabbitMQ redelivers after a crash (journaled, but its ack never reached RabbitMQ), or a producer
+// sends again, is acknowledged without being ingested twice. Bounded: the oldest ids are forgotten
+// first. Filled at start from the journal's last segments, so it holds across a restart.
+
+export class RecentOrigins {
+  private readonly seen = new Map<string, true>()
+  private readonly pending = new Set<string>()
+
+  constructor (private readonly max = 100_000) {}
+
+  private static key (principal: string, origin: string): string {
+    return principal + '\n' + origin
+  }
+
+  /**
+   * Claims an id for ingestion: 'new' (claimed: commit or abort it), 'done' (ingested already) or
+   * 'pending' (being ingested now: it may still fail, so a copy must not be acknowledged yet).
+   */
+  begin (principal: string, origin: string): 'new' | 'done' | 'pending' {
+    const k = RecentOrigins.key(principal, origin)
+    if (this.seen.has(k)) return 'done'
+    if (this.pending.has(k)) return 'pending'
+    this.pending.add(k)
+    return 'new'
+  }
+
+  /** The message is durable: remember its id. */
+  commit (principal: string, origin: string): void {
+    const k = RecentOrigins.key(principal, origin)
+    this.pending.delete(k)
+    this.remember(k)
+  }
+
+  /** The message was not ingested (refused, journal full): it may come again. */
+  abort (principal: string, origin: string): void {
+    this.pending.delete(RecentOrigins.key(principal, origin))
+  }
+
+  add (principal: string, origin: string): void {
+    this.remember(RecentOrigins.key(principal, origin))
+  }
+
+  private remember (k: string): void {
+    this.seen.delete(k)
+    this.seen.set(k, true)
+    if (this.seen.size > this.max) this.seen.delete(this.seen.keys().next().value as string)
+  }
+
+  get size (): number { return this.seen.size }
+}

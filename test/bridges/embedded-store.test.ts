@@ -1,0 +1,66 @@
+// The embedded store's writes through DuckDB's appender: every column type comes back exactly as it
+// went in (strings that would need quoting in text formats included), absent values stay absent
+// (booleans read as false), and
+// a write that fails leaves neither rows nor a moved checkpoint.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { RecordStore } from '../../bridges/index.js'
+import type { Dataset, Row, SinkEntry } from '../../gateway/index.js'
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-store-'))
+let store: RecordStore
+
+const ds = {
+  id: 'kinds',
+  version: 1,
+  schema: { tags: ['site'], fields: { s: 'string', n: 'long', d: 'double', b: 'boolean', at: 'timestamp' } }
+} as unknown as Dataset
+
+function entry (seq: number, rows: Row[]): SinkEntry {
+  return { seq, dataset: ds.id, version: 1, device: 'dev-1', payload: Buffer.from(JSON.stringify(rows)), rows }
+}
+
+beforeAll(async () => {
+  store = await RecordStore.open({ dataDir: dir, memoryLimit: '128MB' })
+  await store.prepareDataset(ds)
+})
+
+afterAll(async () => {
+  await store.close()
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+
+describe('embedded store', () => {
+  it('stores every column type exactly, and absent values as absent (booleans read as false)', async () => {
+    const t0 = 1_700_000_000_000_000
+    const rows: Row[] = [
+      { ts: t0, device: 'dev-1', site: 'a,"b"\nc', s: 'quote " comma , newline \n tab \t', n: 2 ** 53 - 1, d: 1e-300, b: true, at: t0 + 1 },
+      { ts: t0 + 1, device: 'dev-1', site: '', s: 'ünïcødé ✓ 😀', n: -(2 ** 53 - 1), d: -0.5, b: false, at: 0 },
+      { ts: t0 + 2, device: 'dev-1' }
+    ]
+    // More rows than one DuckDB vector (2,048), over two entries.
+    const many: Row[] = Array.from({ length: 5000 }, (_, i) => ({ ts: t0 + 10 + i, device: 'dev-1', n: i, d: i / 4 }))
+    await store.write([entry(1, rows), entry(2, many)], 2)
+    expect(await store.checkpoint()).toBe(2)
+    expect((await store.stats(ds)).stored).toBe(5003)
+    const back = await store.latest(ds, { from: t0, to: t0 + 3, limit: 10 })
+    // An absent boolean reads back as false (as on QuestDB, which has no NULL boolean; README).
+    expect(back.reverse()).toEqual([rows[0], rows[1], { ...rows[2], b: false }])
+    const tail = await store.latest(ds, { from: t0 + 10, to: null, limit: 5000 })
+    expect(tail.reverse()).toEqual(many.map((r) => ({ ...r, b: false })))
+  })
+
+  it('leaves no rows and the checkpoint where it was when a write fails', async () => {
+    const before = (await store.stats(ds)).stored
+    const bad = [{ ts: 1_700_000_000_000_000, device: 'dev-1', n: 1 }, { device: 'dev-1', n: 2 } as unknown as Row]
+    await expect(store.write([entry(3, bad)], 3)).rejects.toThrow(/NOT NULL/)
+    expect(await store.checkpoint()).toBe(2)
+    expect((await store.stats(ds)).stored).toBe(before)
+    // The store still takes writes afterwards.
+    await store.write([entry(3, [bad[0]!])], 3)
+    expect(await store.checkpoint()).toBe(3)
+    expect((await store.stats(ds)).stored).toBe(before + 1)
+  })
+})

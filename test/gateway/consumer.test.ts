@@ -1,0 +1,62 @@
+// The sink consumer's batching: it lingers after a small batch only when that batch took everything
+// committed before it was read, so a backlog cut into batches by maxEntries drains at once instead of
+// a batch per linger.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import { Catalog, type Dataset, Journal, type Sink, SinkConsumer, type SinkEntry } from '../../gateway/index.js'
+
+const dataset = { id: 'lin', version: 1, schema: { tags: [], fields: { n: 'long' } }, sinceSeq: 0 } as unknown as Dataset
+
+class RecordingSink implements Sink {
+  readonly name = 'recording'
+  readonly batches: { at: number, entries: number }[] = []
+  async checkpoint (): Promise<number> { return 0 }
+  async prepareDataset (): Promise<void> {}
+  async dropDataset (): Promise<void> {}
+  async write (entries: readonly SinkEntry[]): Promise<void> { this.batches.push({ at: performance.now(), entries: entries.length }) }
+}
+
+const cleanup: (() => Promise<void>)[] = []
+afterEach(async () => { for (const c of cleanup.splice(0)) await c() })
+
+async function rig (entries: number): Promise<{ journal: Journal, sink: RecordingSink, consumer: SinkConsumer, append: (n: number) => Promise<void> }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-consumer-'))
+  const { journal } = await Journal.open({ dir, maxBytes: 1 << 30, segmentBytes: 1 << 26 })
+  const catalog = new Catalog({ maxBatch: 1000, maxString: 1000 })
+  catalog.put(dataset)
+  const sink = new RecordingSink()
+  const consumer = new SinkConsumer(journal, sink, catalog, { maxEntries: 100, maxRows: 10_000, lingerMs: 1000 })
+  const append = (n: number): Promise<void> => new Promise((resolve, reject) => {
+    let left = n
+    for (let i = 0; i < n; i++) {
+      journal.append({ arrivalUs: Date.now() * 1000, dataset: 'lin', version: 1, device: 'd', principal: 'p', payload: Buffer.from(`{"n":${i}}`) }, (err) => {
+        if (err !== null) reject(err)
+        else if (--left === 0) resolve()
+      })
+    }
+  })
+  await append(entries)
+  cleanup.push(async () => { await consumer.close(); await journal.close(); fs.rmSync(dir, { recursive: true, force: true }) })
+  return { journal, sink, consumer, append }
+}
+
+describe('sink consumer batching', () => {
+  it('drains a backlog batch after batch without lingering, then lingers once caught up', async () => {
+    const { journal, sink, consumer, append } = await rig(1000)
+    const t0 = performance.now()
+    await consumer.start()
+    await consumer.waitFor(journal.committedSeq, 5000)
+    // Ten batches of maxEntries, well inside one linger (1 s).
+    expect(sink.batches.map((b) => b.entries)).toEqual(Array(10).fill(100))
+    expect(performance.now() - t0).toBeLessThan(900)
+    // Caught up: a small batch now, and the next one waits out the linger.
+    await append(5)
+    await consumer.waitFor(journal.committedSeq, 5000)
+    const small = sink.batches.at(-1)!
+    await append(5)
+    await consumer.waitFor(journal.committedSeq, 5000)
+    expect(sink.batches.at(-1)!.at - small.at).toBeGreaterThanOrEqual(900)
+  })
+})
