@@ -356,7 +356,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
         await within(registry?.close(), 2000)
         await within(amqp?.stopConsuming(), 2000)
         await journal.whenCommitted(journal.queuedSeq, 1000)
-        await new Promise((resolve) => setImmediate(resolve)) // uncorked acknowledgements leave
+        await broker.flushWrites() // held acknowledgements leave
         await broker.close()
         await brokerState?.close()
         await rates?.close()

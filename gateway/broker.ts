@@ -93,9 +93,9 @@ export class Broker {
   private readonly servers: (net.Server | http.Server)[] = []
   private readonly byPrincipal = new Map<string, Set<SessionClient>>()
   private closed = false
-  /** Sockets of clients waiting for a durable PUBACK, corked while a commit acknowledges them. */
+  /** Clients waiting for a durable PUBACK, whose sockets are held while a commit acknowledges them. */
   private readonly awaitingAck = new Set<Client>()
-  private corked: net.Socket[] = []
+  private readonly writes = new WriteCoalescer()
   readonly stats = { connects: 0, authFailures: 0, protocolErrors: 0, throttled: 0, rateLimitedDisconnects: 0, connectsRefusedRate: 0, connectionsRefusedAddress: 0 }
   private readonly connectBuckets: Buckets
   private readonly publishBuckets: Buckets
@@ -357,28 +357,17 @@ export class Broker {
     this.deps.management.denied({ principal: session.principal, address: addressOf(client), requestId: client.id }, action, resource, detail)
   }
 
-  /**
-   * A commit is about to acknowledge its appends: cork the sockets of the clients waiting, so a
-   * commit's PUBACKs to one client leave in one write instead of one syscall each; uncork on the next
-   * turn of the event loop.
-   */
+  /** A commit is about to acknowledge its appends: its PUBACKs to one client leave in one write. */
   private readonly corkForAcks = (): void => {
     if (this.awaitingAck.size === 0) return
-    for (const c of this.awaitingAck) {
-      const conn = c.conn as net.Socket
-      if (typeof conn.cork === 'function' && !conn.destroyed) {
-        conn.cork()
-        this.corked.push(conn)
-      }
-    }
+    for (const c of this.awaitingAck) this.writes.hold(c.conn)
     this.awaitingAck.clear()
-    setImmediate(this.uncork)
   }
 
-  private readonly uncork = (): void => {
-    const socks = this.corked
-    this.corked = []
-    for (const s of socks) s.uncork()
+  /** Lets every held write leave (after the deliveries already queued are written): for shutdown. */
+  async flushWrites (): Promise<void> {
+    await new Promise((resolve) => setImmediate(resolve))
+    this.writes.releaseAll()
   }
 
   private readonly onQos0Appended = (err: Error | null): void => {
@@ -402,8 +391,11 @@ export class Broker {
     const session = sessionOf(client)
     if (session === undefined) return null
     const dataset = datasetOfTopic(packet.topic)
-    if (dataset !== null) return this.deps.access.can(session.principal, 'subscribe', dataset) ? packet : null
-    return this.deps.access.canSubscribe(session.principal, classifyFilter(packet.topic)) ? packet : null
+    const allowed = dataset !== null ? this.deps.access.can(session.principal, 'subscribe', dataset) : this.deps.access.canSubscribe(session.principal, classifyFilter(packet.topic))
+    if (!allowed) return null
+    // A commit delivers many messages at once: they leave in one write per subscriber.
+    this.writes.hold(client.conn)
+    return packet
   }
 
   // ---- listeners
@@ -474,3 +466,44 @@ export class Broker {
     await new Promise<void>((resolve) => this.aedes.close(() => resolve()))
   }
 }
+
+/**
+ * Holds sockets corked until the writes queued for them this turn of the event loop are made, so the
+ * packets a commit produces leave in one write (one syscall, one loopback segment) per client instead
+ * of one each: a commit's PUBACKs are written in its callbacks, and Aedes writes each delivery in a
+ * setImmediate of its own, queued after the hold. A hold is released by a setImmediate queued from a
+ * setImmediate: after the deliveries' writes, within one more turn. Holds made after that first
+ * setImmediate ran start a cycle of their own, so their writes are held too.
+ */
+export class WriteCoalescer {
+  private held = new Set<Corkable>()
+  private armed = false
+
+  /** `conn`: a client's stream (a TCP or TLS socket, or a WebSocket stream). */
+  hold (conn: unknown): void {
+    const s = conn as Partial<Corkable>
+    if (typeof s.cork !== 'function' || s.destroyed === true || this.held.has(s as Corkable)) return
+    s.cork()
+    this.held.add(s as Corkable)
+    if (!this.armed) {
+      this.armed = true
+      setImmediate(this.arm)
+    }
+  }
+
+  private readonly arm = (): void => {
+    const batch = this.held
+    this.held = new Set()
+    this.armed = false
+    setImmediate(() => { for (const s of batch) s.uncork() })
+  }
+
+  /** Uncorks every socket held now (shutdown). */
+  releaseAll (): void {
+    const batch = this.held
+    this.held = new Set()
+    for (const s of batch) s.uncork()
+  }
+}
+
+interface Corkable { cork (): void, uncork (): void, destroyed: boolean }
