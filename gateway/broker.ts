@@ -468,23 +468,38 @@ export class Broker {
 }
 
 /**
- * Holds sockets corked until the writes queued for them this turn of the event loop are made, so the
- * packets a commit produces leave in one write (one syscall, one loopback segment) per client instead
- * of one each: a commit's PUBACKs are written in its callbacks, and Aedes writes each delivery in a
- * setImmediate of its own, queued after the hold. A hold is released by a setImmediate queued from a
- * setImmediate: after the deliveries' writes, within one more turn. Holds made after that first
- * setImmediate ran start a cycle of their own, so their writes are held too.
+ * Holds client sockets corked so the packets a commit produces leave in one write (one syscall, one
+ * loopback segment) per client instead of one each: a commit's PUBACKs are written in its callbacks,
+ * and Aedes writes each delivery in a setImmediate of its own, queued after the hold. A cycle of holds
+ * is armed by a setImmediate and released by a setImmediate queued from it, i.e. after the writes.
+ *
+ * A socket is corked once at most (Node flushes only when its cork count is back to zero, so nested
+ * holds made every turn under steady load would hold it for good). A socket held again after its
+ * cycle was armed has writes queued after that cycle's release: it is carried into the next cycle
+ * once, unless CARRY_BYTES are waiting already, and released then. So a write waits a few turns of
+ * the event loop at most, and 'drain' (Aedes's backpressure) follows soon after. TLS sockets are
+ * net.Sockets too; other streams (MQTT over WebSocket: one frame per chunk anyway) are not held.
  */
 export class WriteCoalescer {
-  private held = new Set<Corkable>()
+  /** Every socket corked here; `armed`: its cycle is armed; `again`: held since; `carried`: once already. */
+  private readonly corked = new Map<net.Socket, { armed: boolean, again: boolean, carried: boolean }>()
+  private current: net.Socket[] = []
   private armed = false
 
-  /** `conn`: a client's stream (a TCP or TLS socket, or a WebSocket stream). */
   hold (conn: unknown): void {
-    const s = conn as Partial<Corkable>
-    if (typeof s.cork !== 'function' || s.destroyed === true || this.held.has(s as Corkable)) return
-    s.cork()
-    this.held.add(s as Corkable)
+    if (!(conn instanceof net.Socket) || conn.destroyed) return
+    const held = this.corked.get(conn)
+    if (held !== undefined) {
+      if (held.armed) held.again = true
+      return
+    }
+    conn.cork()
+    this.corked.set(conn, { armed: false, again: false, carried: false })
+    this.enlist(conn)
+  }
+
+  private enlist (s: net.Socket): void {
+    this.current.push(s)
     if (!this.armed) {
       this.armed = true
       setImmediate(this.arm)
@@ -492,18 +507,42 @@ export class WriteCoalescer {
   }
 
   private readonly arm = (): void => {
-    const batch = this.held
-    this.held = new Set()
+    const batch = this.current
+    this.current = []
     this.armed = false
-    setImmediate(() => { for (const s of batch) s.uncork() })
+    for (const s of batch) {
+      const held = this.corked.get(s)
+      if (held !== undefined) held.armed = true
+    }
+    setImmediate(() => this.release(batch))
   }
 
-  /** Uncorks every socket held now (shutdown). */
-  releaseAll (): void {
-    const batch = this.held
-    this.held = new Set()
-    for (const s of batch) s.uncork()
+  private release (batch: readonly net.Socket[]): void {
+    for (const s of batch) {
+      const held = this.corked.get(s)
+      if (held === undefined) continue // released by releaseAll
+      if (held.again && !held.carried && !s.destroyed && s.writableLength < CARRY_BYTES) {
+        held.armed = false
+        held.again = false
+        held.carried = true
+        this.enlist(s)
+        continue
+      }
+      this.corked.delete(s)
+      s.uncork()
+    }
   }
+
+  /** Uncorks every socket held now, whatever its cycle (shutdown). */
+  releaseAll (): void {
+    for (const s of this.corked.keys()) s.uncork()
+    this.corked.clear()
+    this.current = []
+  }
+
+  /** Sockets corked now (tests). */
+  get holding (): number { return this.corked.size }
 }
 
-interface Corkable { cork (): void, uncork (): void, destroyed: boolean }
+/** Bytes waiting in a held socket beyond which it is not carried into another cycle. */
+const CARRY_BYTES = 64 * 1024

@@ -1,6 +1,7 @@
 // The write coalescer holds a client's socket corked while a commit's PUBACKs and Aedes's deliveries
 // (each written in a setImmediate of its own) are written, then lets them leave together.
 import net from 'node:net'
+import { PassThrough } from 'node:stream'
 import { afterEach, describe, expect, it } from 'vitest'
 import { WriteCoalescer } from '../../gateway/broker.js'
 
@@ -37,32 +38,67 @@ describe('WriteCoalescer', () => {
     expect(chunks.length).toBe(1)
   })
 
-  it('holds again in a later cycle while an earlier one is still to be released, and leaves nothing corked', async () => {
+  it('flushes within a few turns a socket held again every turn (steady load), instead of keeping it corked', async () => {
     const { client, chunks } = await pair()
     const w = new WriteCoalescer()
-    w.hold(client)
-    await immediate() // the first cycle is armed: its release is queued
-    w.hold(client) // a new cycle of its own
-    expect(client.writableCorked).toBe(2)
-    client.write('x')
-    for (let i = 0; i < 4; i++) await immediate()
+    // Every turn for 200 turns: a hold, then a write queued after it (as Aedes delivers).
+    let corkedTurns = 0
+    let longest = 0
+    for (let turn = 0; turn < 200; turn++) {
+      w.hold(client)
+      setImmediate(() => client.write(Buffer.alloc(100, turn & 0xff)))
+      await immediate()
+      if (client.writableCorked > 0) longest = Math.max(longest, ++corkedTurns)
+      else corkedTurns = 0
+      expect(client.writableCorked).toBeLessThanOrEqual(1) // corked once at most
+    }
+    for (let i = 0; i < 6; i++) await immediate()
     expect(client.writableCorked).toBe(0)
+    expect(w.holding).toBe(0)
     await new Promise((resolve) => setTimeout(resolve, 50))
-    expect(Buffer.concat(chunks).toString()).toBe('x')
+    expect(Buffer.concat(chunks).length).toBe(200 * 100)
+    // Released every few turns (a cycle, and one carry), so writes still leave in groups.
+    expect(longest).toBeLessThanOrEqual(4)
+    expect(chunks.length).toBeLessThan(200)
   })
 
-  it('releases everything held at once on releaseAll, and skips destroyed or uncorkable streams', async () => {
+  it('does not carry a socket with CARRY_BYTES waiting into another cycle', async () => {
     const { client } = await pair()
     const w = new WriteCoalescer()
     w.hold(client)
+    setImmediate(() => client.write(Buffer.alloc(70 * 1024)))
+    await immediate() // armed, written
+    w.hold(client) // held again after the arm
+    await immediate() // released: 70 KiB waiting, so not carried
+    expect(client.writableCorked).toBe(0)
+    expect(w.holding).toBe(0)
+  })
+
+  it('releases every held socket on releaseAll, armed cycles included, so a shutdown loses no PUBACK', async () => {
+    const { client, chunks } = await pair()
+    const w = new WriteCoalescer()
+    w.hold(client)
+    client.write('puback')
+    await immediate() // the cycle is armed; its release is queued for the next turn
     w.releaseAll()
     expect(client.writableCorked).toBe(0)
-    w.hold({}) // not a stream
+    client.destroySoon() // as a closing broker ends the connection
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(Buffer.concat(chunks).toString()).toBe('puback')
+    for (let i = 0; i < 3; i++) await immediate()
+    expect(w.holding).toBe(0)
+  })
+
+  it('skips streams that are not sockets (MQTT over WebSocket) and destroyed sockets', async () => {
+    const w = new WriteCoalescer()
+    const ws = new PassThrough()
+    w.hold(ws)
+    expect(ws.writableCorked).toBe(0)
+    w.hold({})
     const gone = new net.Socket()
     gone.destroy()
     w.hold(gone)
     expect(gone.writableCorked).toBe(0)
-    for (let i = 0; i < 3; i++) await immediate()
-    expect(client.writableCorked).toBe(0)
+    expect(w.holding).toBe(0)
   })
 })
