@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // streamgate: start the gateway from environment variables (and STREAMGATE_CONFIG), stop on SIGTERM/SIGINT.
-import { ConfigError, loadConfig } from '../config/index.js'
+import { ConfigError, loadConfig, unknownVariables } from '../config/index.js'
 import { startStreamgate } from './app.js'
 
 async function main (): Promise<void> {
@@ -13,6 +13,9 @@ async function main (): Promise<void> {
       process.exit(2)
     }
     throw err
+  }
+  for (const { name, suggestion } of unknownVariables(process.env)) {
+    process.stderr.write(`streamgate: warning: ${name} is not a streamgate setting and is ignored${suggestion !== null ? ` (did you mean ${suggestion}?)` : ''}\n`)
   }
   const sg = await startStreamgate(config)
   const a = sg.addresses

@@ -193,6 +193,45 @@ export class ConfigError extends Error {
 export type Env = Readonly<Record<string, string | undefined>>
 
 /**
+ * STREAMGATE_* variables that are not settings: a misspelt variable would otherwise be ignored
+ * silently (the start warns; the test suites' own variables pass through child gateways, so they are
+ * not refused). Each comes with the closest setting's name when one is near.
+ */
+export function unknownVariables (env: Env): { name: string, suggestion: string | null }[] {
+  const known = Object.keys(configSchema.shape)
+  return Object.keys(env)
+    .filter((k) => k.startsWith('STREAMGATE_') && k !== 'STREAMGATE_CONFIG' && !Object.hasOwn(configSchema.shape, k))
+    .sort()
+    .map((name) => {
+      let suggestion: string | null = null
+      let best = Math.max(2, Math.floor(name.length / 6)) + 1
+      for (const k of known) {
+        const d = editDistance(name, k, best)
+        if (d < best) { best = d; suggestion = k }
+      }
+      return { name, suggestion }
+    })
+}
+
+/** Levenshtein distance of a and b, or `limit` once it is certain to be at least that. */
+function editDistance (a: string, b: string, limit: number): number {
+  if (Math.abs(a.length - b.length) >= limit) return limit
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i]
+    let rowMin = i
+    for (let j = 1; j <= b.length; j++) {
+      const v = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
+      cur.push(v)
+      if (v < rowMin) rowMin = v
+    }
+    if (rowMin >= limit) return limit
+    prev = cur
+  }
+  return Math.min(prev[b.length]!, limit)
+}
+
+/**
  * Builds the config from the environment and, when `STREAMGATE_CONFIG` names one, a YAML (or JSON) file
  * whose keys are the same variable names (config/streamgate.yaml is the documented example). Variables win over the file. Throws ConfigError naming each bad variable.
  */

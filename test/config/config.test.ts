@@ -2,7 +2,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { ConfigError, configSchema, loadConfig } from '../../config/index.js'
+import { ConfigError, configSchema, loadConfig, unknownVariables } from '../../config/index.js'
 
 describe('config', () => {
   it('applies the documented defaults', () => {
@@ -86,5 +86,17 @@ describe('config', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true })
     }
+  })
+
+  it('names STREAMGATE_ variables that are not settings, with the closest setting when one is near', () => {
+    expect(unknownVariables({
+      STREAMGATE_MQTT_PROT: '1884', STREAMGATE_MAX_PAYLAOD: '1', STREAMGATE_SOMETHING_ELSE: 'x', STREAMGATE_MQTT_PORT: '1884',
+      STREAMGATE_CONFIG: 'config/streamgate.yaml', PATH: '/bin', streamgate_lower: 'x'
+    })).toEqual([
+      { name: 'STREAMGATE_MAX_PAYLAOD', suggestion: 'STREAMGATE_MAX_PAYLOAD' },
+      { name: 'STREAMGATE_MQTT_PROT', suggestion: 'STREAMGATE_MQTT_PORT' },
+      { name: 'STREAMGATE_SOMETHING_ELSE', suggestion: null }
+    ])
+    expect(unknownVariables({})).toEqual([])
   })
 })

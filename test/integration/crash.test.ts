@@ -10,10 +10,11 @@ import { killAll, spawnGateway, startChild, stopChild } from '../support/child.j
 afterAll(killAll)
 
 describe('the streamgate process', () => {
-  it('prints where it listens and, on a first start only, the generated admin key', async () => {
+  it('prints where it listens and, on a first start only, the generated admin key; warns of a misspelt variable', async () => {
     const dataDir = tmpDataDir()
     try {
-      const first = await startChild(dataDir, { STREAMGATE_ADMIN_KEY: undefined })
+      const first = await startChild(dataDir, { STREAMGATE_ADMIN_KEY: undefined, STREAMGATE_MAX_PAYLAOD: '1024' })
+      expect(first.output()).toContain('streamgate: warning: STREAMGATE_MAX_PAYLAOD is not a streamgate setting and is ignored (did you mean STREAMGATE_MAX_PAYLOAD?)')
       await waitUntil(() => first.output().includes('STREAMGATE_ADMIN_KEY='), 5000, 'the admin key to be printed')
       const key = /STREAMGATE_ADMIN_KEY=(sg_\S+)/.exec(first.output())?.[1]
       expect(key).toBeDefined()
