@@ -81,8 +81,8 @@ type HashedRequest = Request & { [BODY_HASH]?: string }
  * MQTT refuses such payloads as invalid_utf8), and remembers the hash of the raw body.
  */
 export function rememberBodyHash (req: Request, _res: unknown, buf: Buffer): void {
-  const charset = /;\s*charset=([^;]+)/i.exec(req.headers['content-type'] ?? '')?.[1]?.trim().replace(/^"|"$/g, '').toLowerCase()
-  if ((charset === undefined || charset === 'utf-8' || charset === 'utf8') && !isUtf8(buf)) {
+  // requireJson let only UTF-8 (declared or not) through.
+  if (!isUtf8(buf)) {
     throw Object.assign(new Error('request body is not valid UTF-8'), { type: 'entity.invalid.utf8' })
   }
   (req as HashedRequest)[BODY_HASH] = createHash('sha256').update(buf).digest('hex')

@@ -41,11 +41,22 @@ export const notFound: RequestHandler = (req, _res, next) => {
   next(new StreamgateError('SG_ERR_NOT_FOUND', `no route for ${req.method} ${req.path}`))
 }
 
-/** Refuses a body that is not JSON before parsing it. */
+/**
+ * Refuses a body that is not JSON before parsing it, and one declared in another charset than UTF-8:
+ * JSON between systems is UTF-8 (RFC 8259 §8.1), and only UTF-8 bodies are checked for ill-formed
+ * text (a UTF-16 decoder would store U+FFFD for a lone surrogate where MQTT refuses invalid_utf8).
+ */
 export const requireJson: RequestHandler = (req, _res, next) => {
   if (req.method === 'GET' || req.method === 'DELETE' || req.method === 'HEAD') return next()
   const length = req.headers['content-length']
   if ((length === undefined || length === '0') && req.headers['transfer-encoding'] === undefined) return next()
   if (req.is(['application/json', 'application/x-ndjson']) === false) return next(new StreamgateError('SG_ERR_UNSUPPORTED_MEDIA_TYPE', 'send application/json (or application/x-ndjson where documented)'))
+  const charset = declaredCharset(req.headers['content-type'])
+  if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8') return next(new StreamgateError('SG_ERR_UNSUPPORTED_MEDIA_TYPE', `charset=${charset.slice(0, 40)} is not supported: send UTF-8 (RFC 8259)`))
   next()
+}
+
+/** The charset parameter of a Content-Type, lower-cased and unquoted; undefined when there is none. */
+export function declaredCharset (contentType: string | undefined): string | undefined {
+  return /;\s*charset=([^;]+)/i.exec(contentType ?? '')?.[1]?.trim().replace(/^"|"$/g, '').toLowerCase()
 }

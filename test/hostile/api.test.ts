@@ -101,6 +101,19 @@ describe('hostile API input', () => {
       expect(problem.type).toBe('https://streamgate.dev/problems/bad-request')
       expect(problem.detail).toMatch(/not valid UTF-8/)
     }
+    // Another charset than UTF-8 is refused before the body is read (JSON between systems is UTF-8,
+    // RFC 8259; a UTF-16 decoder would store U+FFFD for a lone surrogate), however it is spelt.
+    const utf16 = Buffer.from('\ufeff[{"device": "u1", "temp": 1, "note": "\ud800"}]', 'utf16le')
+    for (const type of ['application/json; charset=utf-16', 'application/json; charset="UTF-16LE"', 'application/x-ndjson; charset=latin1']) {
+      const r = await fetch(`${gw.httpUrl}/v1/datasets/${ds}/records`, { method: 'POST', headers: { authorization: `Bearer ${reader.key}`, 'content-type': type }, body: utf16 })
+      const problem = await r.json() as { type: string, detail: string }
+      expect(r.status, type).toBe(415)
+      expect(problem.type).toBe('https://streamgate.dev/problems/unsupported-media-type')
+      expect(problem.detail).toMatch(/is not supported: send UTF-8/)
+    }
+    expect(await storedCount(gw.sg, ds)).toBe(before)
+    const quoted = await fetch(`${gw.httpUrl}/v1/datasets/${ds}/records`, { method: 'POST', headers: { authorization: `Bearer ${reader.key}`, 'content-type': 'application/json; charset="UTF-8"' }, body: '[{"device": "u2", "temp": 2}]' })
+    expect(quoted.status).toBe(202)
     const split = Buffer.from('{"device": "u2", "temp": 3, "note": "é✓"}\n')
     const chunks = [split.subarray(0, split.indexOf(0xc3) + 1), split.subarray(split.indexOf(0xc3) + 1)]
     const ok = await fetch(`${gw.httpUrl}/v1/datasets/${ds}/records`, {
@@ -109,7 +122,7 @@ describe('hostile API input', () => {
     } as RequestInit)
     expect(ok.status).toBe(202)
     await gw.sg.consumers[0]!.waitFor(gw.sg.journal.committedSeq)
-    expect(await storedCount(gw.sg, ds)).toBe(before + 1)
+    expect(await storedCount(gw.sg, ds)).toBe(before + 2)
     const big = await post('[' + '{"temp":1},'.repeat(1_000_000) + '{"temp":1}]', 'application/json')
     expect(big.status).toBe(413)
     const manyLines = await post('{"temp":1}\n'.repeat(200_000), 'application/x-ndjson')
