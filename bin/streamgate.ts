@@ -18,14 +18,6 @@ async function main (): Promise<void> {
     process.stderr.write(`streamgate: warning: ${name} is not a streamgate setting and is ignored${suggestion !== null ? ` (did you mean ${suggestion}?)` : ''}\n`)
   }
   const sg = await startStreamgate(config)
-  const a = sg.addresses
-  // One write: whoever waits for the listening line gets the admin key with it.
-  process.stdout.write(`streamgate listening: mqtt ${config.bind}:${a.mqtt.port}, mqtt-over-websocket ws://${config.bind}:${a.ws.port}/mqtt, http http://${config.bind}:${a.http.port}` +
-    (a.mqtts !== null ? `, mqtts :${a.mqtts.port}` : '') + (a.wss !== null ? `, wss :${a.wss.port}` : '') + (a.https !== null ? `, https :${a.https.port}` : '') + '\n' +
-    (sg.generatedAdminKey === null
-      ? ''
-      : '\n  First start: generated the admin key (principal "admin"). It is shown only this once; only its hash is stored.\n' +
-        `  STREAMGATE_ADMIN_KEY=${sg.generatedAdminKey}\n\n`))
   let stopping = false
   const stop = (signal: string): void => {
     if (stopping) {
@@ -54,6 +46,16 @@ async function main (): Promise<void> {
   })
   process.on('SIGTERM', () => stop('SIGTERM'))
   process.on('SIGINT', () => stop('SIGINT'))
+  // Only now say where it listens: whoever reads this line may stop it with a signal right away, and
+  // a SIGTERM before the handler above exists would kill the process without a drain.
+  const a = sg.addresses
+  // One write: whoever waits for the listening line gets the admin key with it.
+  process.stdout.write(`streamgate listening: mqtt ${config.bind}:${a.mqtt.port}, mqtt-over-websocket ws://${config.bind}:${a.ws.port}/mqtt, http http://${config.bind}:${a.http.port}` +
+    (a.mqtts !== null ? `, mqtts :${a.mqtts.port}` : '') + (a.wss !== null ? `, wss :${a.wss.port}` : '') + (a.https !== null ? `, https :${a.https.port}` : '') + '\n' +
+    (sg.generatedAdminKey === null
+      ? ''
+      : '\n  First start: generated the admin key (principal "admin"). It is shown only this once; only its hash is stored.\n' +
+        `  STREAMGATE_ADMIN_KEY=${sg.generatedAdminKey}\n\n`))
 }
 
 main().catch((err: unknown) => {
