@@ -2,6 +2,7 @@
 // Variable names are part of the public contract (README "Configuration").
 import { readFileSync } from 'node:fs'
 import os from 'node:os'
+import { distance } from 'fastest-levenshtein'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 
@@ -206,29 +207,11 @@ export function unknownVariables (env: Env): { name: string, suggestion: string 
       let suggestion: string | null = null
       let best = Math.max(2, Math.floor(name.length / 6)) + 1
       for (const k of known) {
-        const d = editDistance(name, k, best)
+        const d = distance(name, k)
         if (d < best) { best = d; suggestion = k }
       }
       return { name, suggestion }
     })
-}
-
-/** Levenshtein distance of a and b, or `limit` once it is certain to be at least that. */
-function editDistance (a: string, b: string, limit: number): number {
-  if (Math.abs(a.length - b.length) >= limit) return limit
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j)
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i]
-    let rowMin = i
-    for (let j = 1; j <= b.length; j++) {
-      const v = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
-      cur.push(v)
-      if (v < rowMin) rowMin = v
-    }
-    if (rowMin >= limit) return limit
-    prev = cur
-  }
-  return Math.min(prev[b.length]!, limit)
 }
 
 /**
