@@ -6,7 +6,7 @@ import { DATASET_ID } from './topics.js'
 
 export const COLUMN_NAME = /^[a-z_][a-z0-9_]{0,62}$/
 /** Column names the gateway owns in every dataset table. */
-export const RESERVED_COLUMNS: ReadonlySet<string> = new Set(['ts', 'device', '_seq', '_idx'])
+export const RESERVED_COLUMNS: ReadonlySet<string> = new Set(['ts', 'device', '_node', '_seq', '_idx'])
 
 export const fieldTypes = ['double', 'long', 'boolean', 'string', 'timestamp'] as const
 export type FieldType = typeof fieldTypes[number]

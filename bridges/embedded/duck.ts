@@ -3,11 +3,8 @@
 import { DuckDBInstance, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api'
 import { StreamgateError } from '../../gateway/index.js'
 
-/** Identifiers come only from validated dataset and column names (^[a-z_][a-z0-9_]*$); quoted regardless. */
-export function ident (name: string): string {
-  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name)) throw new StreamgateError('SG_ERR_INTERNAL', `refusing identifier ${JSON.stringify(name)}`)
-  return `"${name}"`
-}
+/** Identifiers come only from validated dataset and column names; quoted regardless (the same check as QuestDB's). */
+export { q as ident } from '../sql/compile.js'
 
 export function toNumber (v: DuckDBValue): number {
   return typeof v === 'bigint' ? Number(v) : v as number

@@ -53,7 +53,7 @@ export interface QuestdbSinkOptions {
   readonly log?: { warn: (obj: object, msg: string) => void, info: (obj: object, msg: string) => void }
 }
 
-const DEDUP_KEYS = '"ts", "_node", "_seq", "_idx"'
+const DEDUP_KEYS: readonly string[] = ['ts', '_node', '_seq', '_idx']
 
 type Kind = FieldType | 'tag'
 const QDB_TYPE: Record<Kind, string> = { double: 'DOUBLE', long: 'LONG', boolean: 'BOOLEAN', string: 'VARCHAR', timestamp: 'TIMESTAMP', tag: 'SYMBOL' }
@@ -149,7 +149,6 @@ export class QuestdbSink implements Sink {
     return this.opts.checkpoints.getCheckpoint(this.name)
   }
 
-  /** CREATE TABLE IF NOT EXISTS from the schema, then ADD COLUMN IF NOT EXISTS (one per statement on WAL tables) for compatible additions. */
   /**
    * Remembers the schema and creates the table. QuestDB being down does not fail this (nor the start,
    * nor creating a dataset): the table is then created before the dataset's first write.
@@ -165,25 +164,32 @@ export class QuestdbSink implements Sink {
     }
   }
 
-  /** CREATE TABLE IF NOT EXISTS from the schema, then ADD COLUMN IF NOT EXISTS (one per statement on WAL tables) for compatible additions. */
+  /**
+   * CREATE TABLE IF NOT EXISTS from the schema. A table that exists already (made by an older
+   * streamgate, or before a compatible schema change) is read back with table_columns(): only the
+   * missing columns are added, one statement each (a WAL table takes one change a statement), and the
+   * DEDUP keys are set only where they differ. No `ADD COLUMN IF NOT EXISTS` for a column that is
+   * there: on WAL tables before QuestDB 8.3.2 it fails ("statements containing multiple transactions",
+   * questdb#5369). A column whose type differs is left alone and logged: rows QuestDB then refuses go
+   * to the rejects log with its message.
+   */
   private async ensureTable (id: string): Promise<void> {
     const cols = this.columns.get(id)
     if (cols === undefined || !this.pendingDdl.has(id)) return
-    const defs = ['"ts" TIMESTAMP', '"device" SYMBOL', ...cols.map((c) => `${q(c.name)} ${QDB_TYPE[c.kind]}`), '"_node" SYMBOL', '"_seq" LONG', '"_idx" INT']
-    await this.opts.sql.query(`CREATE TABLE IF NOT EXISTS ${q(id)} (${defs.join(', ')}) TIMESTAMP("ts") PARTITION BY DAY WAL DEDUP UPSERT KEYS(${DEDUP_KEYS})`)
-    // A table made before `_node`: the column, then the keys (DEDUP ENABLE on a deduplicated table replaces its keys).
-    await this.opts.sql.query(`ALTER TABLE ${q(id)} ADD COLUMN IF NOT EXISTS "_node" SYMBOL`)
-    await this.opts.sql.query(`ALTER TABLE ${q(id)} DEDUP ENABLE UPSERT KEYS(${DEDUP_KEYS})`)
-    for (const c of cols) {
-      try {
-        await this.opts.sql.query(`ALTER TABLE ${q(id)} ADD COLUMN IF NOT EXISTS ${q(c.name)} ${QDB_TYPE[c.kind]}`)
-      } catch (err) {
-        // The column exists with another type (changed behind streamgate's back): writing on stalls
-        // nothing; rows QuestDB then refuses go to the rejects log with its message.
-        if (!/already exists|different column type/i.test((err as Error).message)) throw err
-        this.opts.log?.warn({ dataset: id, column: c.name, err: (err as Error).message }, 'questdb: column type differs from the schema')
-      }
+    const wanted: [string, string][] = [['ts', 'TIMESTAMP'], ['device', 'SYMBOL'], ...cols.map((c): [string, string] => [c.name, QDB_TYPE[c.kind]]), ['_node', 'SYMBOL'], ['_seq', 'LONG'], ['_idx', 'INT']]
+    await this.opts.sql.query(`CREATE TABLE IF NOT EXISTS ${q(id)} (${wanted.map(([n, t]) => `${q(n)} ${t}`).join(', ')}) TIMESTAMP("ts") PARTITION BY DAY WAL DEDUP UPSERT KEYS(${DEDUP_KEYS.map(q).join(', ')})`)
+    // q() has checked the name: [a-z0-9_] only, safe inside the string literal. QuestDB's names are case-insensitive.
+    const have = new Map<string, { type: string, upsertKey: boolean }>()
+    for (const r of (await this.opts.sql.query(`SELECT "column", "type", "upsertKey" FROM table_columns('${id}')`)).rows) {
+      have.set(String(r.column).toLowerCase(), { type: String(r.type), upsertKey: r.upsertKey === true })
     }
+    for (const [name, type] of wanted) {
+      const c = have.get(name)
+      if (c === undefined) await this.opts.sql.query(`ALTER TABLE ${q(id)} ADD COLUMN ${q(name)} ${type}`)
+      else if (c.type !== type) this.opts.log?.warn({ dataset: id, column: name, type: c.type, schema: type }, 'questdb: column type differs from the schema')
+    }
+    const keys = [...have].filter(([, c]) => c.upsertKey).map(([n]) => n).sort()
+    if (keys.join() !== [...DEDUP_KEYS].sort().join()) await this.opts.sql.query(`ALTER TABLE ${q(id)} DEDUP ENABLE UPSERT KEYS(${DEDUP_KEYS.map(q).join(', ')})`)
     this.pendingDdl.delete(id)
   }
 

@@ -12,7 +12,9 @@ export type Dialect = 'duckdb' | 'questdb'
 
 export interface CompiledSql { readonly sql: string, readonly params: unknown[] }
 
-const IDENT = /^[a-z_][a-z0-9_]{0,62}$/
+// Column names are at most 63 characters and dataset ids too; a later version's table adds `__v<n>`
+// (QuestDB's names are limited by its file system only; the ILP client's max_name_len is 127).
+const IDENT = /^[a-z_][a-z0-9_]{0,126}$/
 /** Raw-mode timestamp columns are selected as epoch µs under this prefix and renamed back. */
 const US_PREFIX = 'us__'
 

@@ -62,6 +62,7 @@ describe('schema validation', () => {
   it('refuses schemas that shadow reserved columns or repeat a name', () => {
     expect(datasetSchemaSchema.safeParse({ fields: { ts: 'double' } }).success).toBe(false)
     expect(datasetSchemaSchema.safeParse({ tags: ['device'], fields: { x: 'double' } }).success).toBe(false)
+    for (const own of ['_node', '_seq', '_idx']) expect(datasetSchemaSchema.safeParse({ fields: { [own]: 'long' } }).success, own).toBe(false)
     expect(datasetSchemaSchema.safeParse({ tags: ['a'], fields: { a: 'double' } }).success).toBe(false)
     expect(datasetSchemaSchema.safeParse({ timestamp: 'time', fields: { time: 'double' } }).success).toBe(false)
     expect(datasetSchemaSchema.safeParse({ fields: {} }).success).toBe(false)

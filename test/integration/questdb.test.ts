@@ -30,10 +30,11 @@ const pgq = async (text: string, params: unknown[] = []): Promise<Record<string,
 /** Waits until QuestDB has applied its WAL and the table shows `rows` rows. */
 async function visible (dataset: string, rows: number, ms = 60_000): Promise<void> {
   await waitUntil(async () => {
-    const n = Number((await pgq(`SELECT count() AS n FROM "${dataset}"`).catch(() => [{ n: -1 }]))[0]?.n)
-    if (n !== rows) return false
+    // Everything sequenced is applied (a failed wal_tables() query proves nothing), then the count.
     const wal = await pgq('SELECT "writerTxn", "sequencerTxn" FROM wal_tables() WHERE name = $1', [dataset]).catch(() => [])
-    return wal.every((w) => Number(w.writerTxn) === Number(w.sequencerTxn))
+    if (wal.length === 0 || !wal.every((w) => Number(w.writerTxn) === Number(w.sequencerTxn))) return false
+    const n = Number((await pgq(`SELECT count() AS n FROM "${dataset}"`).catch(() => [{ n: -1 }]))[0]?.n)
+    return n === rows
   }, ms, `${rows} rows visible in QuestDB table ${dataset}`)
 }
 
