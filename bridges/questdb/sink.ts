@@ -53,6 +53,7 @@ export interface QuestdbSinkOptions {
   readonly log?: { warn: (obj: object, msg: string) => void, info: (obj: object, msg: string) => void }
 }
 
+// Written unquoted, as QuestDB's docs write them (fixed names, none a keyword); schema columns are quoted.
 const DEDUP_KEYS: readonly string[] = ['ts', '_node', '_seq', '_idx']
 
 type Kind = FieldType | 'tag'
@@ -177,7 +178,7 @@ export class QuestdbSink implements Sink {
     const cols = this.columns.get(id)
     if (cols === undefined || !this.pendingDdl.has(id)) return
     const wanted: [string, string][] = [['ts', 'TIMESTAMP'], ['device', 'SYMBOL'], ...cols.map((c): [string, string] => [c.name, QDB_TYPE[c.kind]]), ['_node', 'SYMBOL'], ['_seq', 'LONG'], ['_idx', 'INT']]
-    await this.opts.sql.query(`CREATE TABLE IF NOT EXISTS ${q(id)} (${wanted.map(([n, t]) => `${q(n)} ${t}`).join(', ')}) TIMESTAMP("ts") PARTITION BY DAY WAL DEDUP UPSERT KEYS(${DEDUP_KEYS.map(q).join(', ')})`)
+    await this.opts.sql.query(`CREATE TABLE IF NOT EXISTS ${q(id)} (${wanted.map(([n, t]) => `${q(n)} ${t}`).join(', ')}) TIMESTAMP(ts) PARTITION BY DAY WAL DEDUP UPSERT KEYS(${DEDUP_KEYS.join(', ')})`)
     // q() has checked the name: [a-z0-9_] only, safe inside the string literal. QuestDB's names are case-insensitive.
     const have = new Map<string, { type: string, upsertKey: boolean }>()
     for (const r of (await this.opts.sql.query(`SELECT "column", "type", "upsertKey" FROM table_columns('${id}')`)).rows) {
@@ -189,7 +190,7 @@ export class QuestdbSink implements Sink {
       else if (c.type !== type) this.opts.log?.warn({ dataset: id, column: name, type: c.type, schema: type }, 'questdb: column type differs from the schema')
     }
     const keys = [...have].filter(([, c]) => c.upsertKey).map(([n]) => n).sort()
-    if (keys.join() !== [...DEDUP_KEYS].sort().join()) await this.opts.sql.query(`ALTER TABLE ${q(id)} DEDUP ENABLE UPSERT KEYS(${DEDUP_KEYS.map(q).join(', ')})`)
+    if (keys.join() !== [...DEDUP_KEYS].sort().join()) await this.opts.sql.query(`ALTER TABLE ${q(id)} DEDUP ENABLE UPSERT KEYS(${DEDUP_KEYS.join(', ')})`)
     this.pendingDdl.delete(id)
   }
 

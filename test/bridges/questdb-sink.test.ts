@@ -23,7 +23,7 @@ class RecordingSql implements SqlExecutor {
     this.statements.push(sql)
     let m = /^CREATE TABLE IF NOT EXISTS "(\w+)" \((.*)\) TIMESTAMP.* UPSERT KEYS\((.*)\)$/.exec(sql)
     if (m !== null) {
-      const keys = m[3]!.split(', ').map((k) => k.slice(1, -1))
+      const keys = m[3]!.split(', ')
       if (!this.tables.has(m[1]!)) this.tables.set(m[1]!, m[2]!.split(', ').map((d) => { const [c, type] = d.split(' ') as [string, string]; const column = c.slice(1, -1); return { column, type, upsertKey: keys.includes(column) } }))
       return { rows: [] }
     }
@@ -38,7 +38,7 @@ class RecordingSql implements SqlExecutor {
     }
     m = /^ALTER TABLE "(\w+)" DEDUP ENABLE UPSERT KEYS\((.*)\)$/.exec(sql)
     if (m !== null) {
-      const keys = m[2]!.split(', ').map((k) => k.slice(1, -1))
+      const keys = m[2]!.split(', ')
       for (const c of this.tables.get(m[1]!)!) c.upsertKey = keys.includes(c.column)
     }
     return { rows: [] }
@@ -121,7 +121,7 @@ describe('QuestDB sink', () => {
   it('creates the table from the schema with DEDUP keys, and writes every row with _node, _seq, _idx and µs timestamps', async () => {
     const r = await rig()
     expect(r.sql.statements).toEqual([
-      'CREATE TABLE IF NOT EXISTS "readings" ("ts" TIMESTAMP, "device" SYMBOL, "site" SYMBOL, "temp" DOUBLE, "count" LONG, "ok" BOOLEAN, "note" VARCHAR, "at" TIMESTAMP, "_node" SYMBOL, "_seq" LONG, "_idx" INT) TIMESTAMP("ts") PARTITION BY DAY WAL DEDUP UPSERT KEYS("ts", "_node", "_seq", "_idx")',
+      'CREATE TABLE IF NOT EXISTS "readings" ("ts" TIMESTAMP, "device" SYMBOL, "site" SYMBOL, "temp" DOUBLE, "count" LONG, "ok" BOOLEAN, "note" VARCHAR, "at" TIMESTAMP, "_node" SYMBOL, "_seq" LONG, "_idx" INT) TIMESTAMP(ts) PARTITION BY DAY WAL DEDUP UPSERT KEYS(ts, _node, _seq, _idx)',
       // A new table has every column and its keys: nothing to alter.
       'SELECT "column", "type", "upsertKey" FROM table_columns(\'readings\')'
     ])
@@ -243,7 +243,7 @@ describe('QuestDB sink', () => {
       'SELECT "column", "type", "upsertKey" FROM table_columns(\'readings\')',
       'ALTER TABLE "readings" ADD COLUMN "at" TIMESTAMP',
       'ALTER TABLE "readings" ADD COLUMN "_node" SYMBOL',
-      'ALTER TABLE "readings" DEDUP ENABLE UPSERT KEYS("ts", "_node", "_seq", "_idx")'
+      'ALTER TABLE "readings" DEDUP ENABLE UPSERT KEYS(ts, _node, _seq, _idx)'
     ])
     await r.append(5)
     await r.consumer.waitFor(5)
