@@ -186,8 +186,10 @@ export class QuestdbSink implements Sink {
     }
     for (const [name, type] of wanted) {
       const c = have.get(name)
-      if (c === undefined) await this.opts.sql.query(`ALTER TABLE ${q(id)} ADD COLUMN ${q(name)} ${type}`)
-      else if (c.type !== type) this.opts.log?.warn({ dataset: id, column: name, type: c.type, schema: type }, 'questdb: column type differs from the schema')
+      if (c === undefined) {
+        // table_columns() shows a WAL table as applied: a column added a moment ago may not show yet.
+        await this.opts.sql.query(`ALTER TABLE ${q(id)} ADD COLUMN ${q(name)} ${type}`).catch((err: Error) => { if (!/already exists/i.test(err.message)) throw err })
+      } else if (c.type !== type) this.opts.log?.warn({ dataset: id, column: name, type: c.type, schema: type }, 'questdb: column type differs from the schema')
     }
     const keys = [...have].filter(([, c]) => c.upsertKey).map(([n]) => n).sort()
     if (keys.join() !== [...DEDUP_KEYS].sort().join()) await this.opts.sql.query(`ALTER TABLE ${q(id)} DEDUP ENABLE UPSERT KEYS(${DEDUP_KEYS.join(', ')})`)

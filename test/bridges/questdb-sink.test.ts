@@ -17,6 +17,8 @@ import { waitUntil } from '../helpers.js'
 class RecordingSql implements SqlExecutor {
   readonly statements: string[] = []
   readonly tables = new Map<string, { column: string, type: string, upsertKey: boolean }[]>()
+  /** Columns added but not applied yet (WAL): table_columns() does not show them, ADD COLUMN refuses them. */
+  readonly unapplied = new Set<string>()
   failing = false
   async query (sql: string): Promise<{ rows: Record<string, unknown>[] }> {
     if (this.failing) throw new Error('connect ECONNREFUSED 127.0.0.1:8812')
@@ -32,6 +34,7 @@ class RecordingSql implements SqlExecutor {
     m = /^ALTER TABLE "(\w+)" ADD COLUMN "(\w+)" (\w+)$/.exec(sql)
     if (m !== null) {
       const t = this.tables.get(m[1]!)!
+      if (this.unapplied.has(m[2]!)) throw new Error(`column '${m[2]}' already exists`)
       if (t.some((c) => c.column === m![2])) throw new Error(`statements containing multiple transactions, such as 'alter table add column col1, col2' are currently not supported for WAL tables [table=${m[1]}]`)
       t.push({ column: m[2]!, type: m[3]!, upsertKey: false })
       return { rows: [] }
@@ -252,6 +255,32 @@ describe('QuestDB sink', () => {
     const before = r.sql.statements.length
     await r.sink.prepareDataset(ds)
     expect(r.sql.statements.slice(before).filter((s) => s.startsWith('ALTER'))).toEqual([])
+  })
+
+  it('takes a column added a moment ago but not applied yet (WAL) as there', async () => {
+    const cols = [['ts', 'TIMESTAMP', true], ['device', 'SYMBOL', false], ['site', 'SYMBOL', false], ['temp', 'DOUBLE', false], ['count', 'LONG', false],
+      ['ok', 'BOOLEAN', false], ['note', 'VARCHAR', false], ['_node', 'SYMBOL', true], ['_seq', 'LONG', true], ['_idx', 'INT', true]] as const
+    const sql = new RecordingSql()
+    sql.tables.set('readings', cols.map(([column, type, upsertKey]) => ({ column, type, upsertKey })))
+    sql.unapplied.add('at')
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-qdb-'))
+    const store = await EmbeddedStore.open({ dataDir: dir, rejectsKeep: 100 })
+    const warnings: string[] = []
+    const log = { warn: (_o: unknown, msg: string) => { warnings.push(msg) } }
+    const sink = new QuestdbSink({ ilp: 'http::addr=127.0.0.1:9;', sql, checkpoints: store, onRefused: () => undefined, timeoutMs: 1000, resetMs: 200, nodeId: 'node-t', log: log as never })
+    try {
+      await sink.prepareDataset(ds)
+      expect(sql.statements.at(-1)).toBe('ALTER TABLE "readings" ADD COLUMN "at" TIMESTAMP')
+      expect(warnings).toEqual([]) // the table counts as prepared
+      // Prepared: nothing is left to do before the first write.
+      const n = sql.statements.length
+      await sink.prepareDataset(ds)
+      expect(sql.statements.slice(n).filter((x) => x.startsWith('ALTER'))).toEqual(['ALTER TABLE "readings" ADD COLUMN "at" TIMESTAMP'])
+    } finally {
+      await sink.close()
+      await store.close()
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
   })
 
   it('creates the table before the first write when QuestDB was down at start', async () => {
