@@ -1,7 +1,7 @@
 // Operating the gateway: status, live MQTT sessions, the audit log, tokens for browsers and scripts,
 // and the endpoints outside /v1 (health, readiness, metrics).
 import { z } from 'zod'
-import { type AuditLog, auditOutcomes, StreamgateError } from '../gateway/index.js'
+import { type AuditLog, auditOutcomes, NODE_ID, StreamgateError } from '../gateway/index.js'
 import { actorOf, userOf } from './auth.js'
 import { operation, type Operation } from './contract.js'
 import type { RouteContext } from './context.js'
@@ -81,7 +81,7 @@ export function operateRoutes ({ deps, management, guard }: RouteContext, audit:
       method: 'post', path: '/cluster/nodes/{id}/recover', operationId: 'recoverNode', tag: 'operations',
       summary: 'Store what a node lost for good had acknowledged, from its replicated journal (STREAMGATE_REPLICATION), through this node (admin)',
       description: 'Reads the node\'s RabbitMQ stream from its first message and appends every entry to this node\'s journal, keeping the lost node\'s identity (QuestDB rows replace any it stored already). Refused while the node is alive (listed by GET /v1/cluster). Recovering again appends nothing this node recovered before.',
-      params: z.object({ id: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/) }),
+      params: z.object({ id: z.string().regex(NODE_ID) }),
       responses: {
         200: { description: 'Recovered', schema: recoverySchema },
         404: { description: 'The node has no replicated journal' },

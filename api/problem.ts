@@ -57,6 +57,6 @@ export const requireJson: RequestHandler = (req, _res, next) => {
 }
 
 /** The charset parameter of a Content-Type, lower-cased and unquoted; undefined when there is none. */
-export function declaredCharset (contentType: string | undefined): string | undefined {
+function declaredCharset (contentType: string | undefined): string | undefined {
   return /;\s*charset=([^;]+)/i.exec(contentType ?? '')?.[1]?.trim().replace(/^"|"$/g, '').toLowerCase()
 }

@@ -5,6 +5,7 @@ import os from 'node:os'
 import { distance } from 'fastest-levenshtein'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
+import { NODE_ID } from '../gateway/topics.js'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -34,7 +35,7 @@ export const configSchema = z.object({
   STREAMGATE_QUESTDB_PG: z.string().url().default('postgres://admin:quest@127.0.0.1:8812/qdb'),
   STREAMGATE_QUESTDB_TIMEOUT_MS: positiveInt.default(15_000),
   STREAMGATE_QUESTDB_RESET_MS: positiveInt.default(5_000),
-  STREAMGATE_NODE_ID: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, '1 to 64 letters, digits, dots, dashes or underscores').optional(),
+  STREAMGATE_NODE_ID: z.string().regex(NODE_ID, '1 to 64 letters, digits, dots, dashes or underscores').optional(),
   STREAMGATE_REDIS_URL: z.string().regex(/^rediss?:\/\//, 'a redis:// or rediss:// URL').optional(),
   STREAMGATE_METADATA_URL: z.string().regex(/^postgres(ql)?:\/\//, 'a postgres:// or postgresql:// URL').optional(),
   STREAMGATE_DEDUP_TTL_S: positiveInt.default(86_400),

@@ -26,7 +26,7 @@ export const datasetSchemaSchema = z.strictObject({
 }).superRefine((s, ctx) => {
   if (s.messageId !== undefined) {
     const spec = s.fields[s.messageId]
-    const kind = spec === undefined ? (s.tags.includes(s.messageId) ? 'string' : undefined) : (typeof spec === 'string' ? spec : spec.type)
+    const kind = spec === undefined ? (s.tags.includes(s.messageId) ? 'string' : undefined) : fieldSpec(spec).type
     if (kind !== 'string' && kind !== 'long') ctx.addIssue({ code: 'custom', path: ['messageId'], message: `${s.messageId} must be a tag, or a string or long field of the schema` })
   }
   const seen = new Set<string>()

@@ -16,6 +16,6 @@ export { ArrivalClock, Pipeline, type BatchResult, type RecordRefusal, type Refu
 export type { BreakerStatus, CheckpointStore, ConsumerStatus, DatasetTables, JournalConsumer, IdempotencyStore, IdempotentResponse, MetadataChange, MetadataSnapshot, MetadataStore, NodeInfo, SharedMetadataStore, SharedRates, OriginClaims, RecordQuery, RejectCount, RejectEntry, RejectStore, Sink, SinkEntry } from './ports.js'
 export { Rejects } from './rejects.js'
 export { RecentOrigins } from './origins.js'
-export { classifyFilter, DATASET_ID, isDatasetId, isPrincipalId, parsePublishTopic, PRINCIPAL_ID } from './topics.js'
+export { classifyFilter, DATASET_ID, isDatasetId, isPrincipalId, NODE_ID, parsePublishTopic, PRINCIPAL_ID } from './topics.js'
 export { aggregateFns, encodeCursor, planQuery, queryColumns, queryInputSchema, whereOps, type AggregateFn, type PlanAggregate, type PlanColumn, type PlanFilter, type QueryPlan, type QueryResult } from './query.js'
 export { isShared, replicaIdentity } from './ports.js'

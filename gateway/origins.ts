@@ -4,7 +4,8 @@
 // first. Filled at start from the journal's last segments, so it holds across a restart.
 
 export class RecentOrigins {
-  private readonly seen = new Map<string, true>()
+  /** In insertion order: the oldest first. */
+  private readonly seen = new Set<string>()
   private readonly pending = new Set<string>()
 
   constructor (private readonly max = 100_000) {}
@@ -43,9 +44,8 @@ export class RecentOrigins {
 
   private remember (k: string): void {
     this.seen.delete(k)
-    this.seen.set(k, true)
+    this.seen.add(k)
     if (this.seen.size > this.max) this.seen.delete(this.seen.keys().next().value as string)
   }
 
-  get size (): number { return this.seen.size }
 }

@@ -8,6 +8,8 @@
 
 export const DATASET_ID = /^[a-z][a-z0-9_]{0,62}$/
 export const PRINCIPAL_ID = /^[A-Za-z0-9_][A-Za-z0-9_:@-]{0,127}$/
+/** A gateway node's id (STREAMGATE_NODE_ID; a lost node named for recovery). */
+export const NODE_ID = /^[A-Za-z0-9._-]{1,64}$/
 
 export const TOPIC_ROOT = 'datasets/'
 const ROOT_LEN = TOPIC_ROOT.length

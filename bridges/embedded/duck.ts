@@ -3,8 +3,6 @@
 import { DuckDBInstance, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api'
 import { StreamgateError } from '../../gateway/index.js'
 
-/** Identifiers come only from validated dataset and column names; quoted regardless (the same check as QuestDB's). */
-export { q as ident } from '../sql/compile.js'
 
 export function toNumber (v: DuckDBValue): number {
   return typeof v === 'bigint' ? Number(v) : v as number

@@ -7,8 +7,8 @@ import path from 'node:path'
 import { BIGINT, BOOLEAN, DOUBLE, DuckDBDataChunk, DuckDBTimestampValue, INTEGER, TIMESTAMP, VARCHAR, type DuckDBAppender, type DuckDBType, type DuckDBValue } from '@duckdb/node-api'
 import type { Dataset, FieldType, QueryPlan, QueryResult, RecordQuery, Row, Sink, SinkEntry } from '../../gateway/index.js'
 import { schemaColumns, StreamgateError, tableName } from '../../gateway/index.js'
-import { compileQuery, latestPlan, shapeRows, toStoredRows } from '../sql/compile.js'
-import { DuckFile, ident, toNumber } from './duck.js'
+import { compileQuery, latestPlan, q as ident, shapeRows, toStoredRows } from '../sql/compile.js'
+import { DuckFile, toNumber } from './duck.js'
 
 const SQL_TYPE: Record<FieldType | 'tag', string> = {
   double: 'DOUBLE', long: 'BIGINT', boolean: 'BOOLEAN', string: 'VARCHAR', timestamp: 'TIMESTAMP', tag: 'VARCHAR'

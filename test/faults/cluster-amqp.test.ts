@@ -58,10 +58,12 @@ describe('two nodes on one RabbitMQ ingest queue', () => {
       a.proc.kill('SIGKILL')
       await stopChild(a.proc, 'SIGKILL')
       // Node b takes the rest, with what a had not acked.
+      const probe = await admin.createChannel() // one channel for every poll (RabbitMQ allows 2,047 a connection)
       await waitUntil(async () => {
-        const q = await (await admin.createChannel()).checkQueue(`${run}.ingest`)
+        const q = await probe.checkQueue(`${run}.ingest`)
         return q.messageCount === 0 && (await status(b)).consumers[0].lag === 0
       }, 120_000, 'node b to take everything left')
+      await probe.close()
       // Node a comes back on its volume: its journal's last entries are stored now (or skipped: b has them).
       a = await startChild(dirs[0]!, env('amqp-a'))
       const stored: number[] = []

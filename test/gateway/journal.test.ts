@@ -3,6 +3,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { Journal, JournalFollower, JournalFullError, JournalReader, type JournalRecord } from '../../gateway/journal.js'
+import { waitUntil } from '../helpers.js'
 
 const dirs: string[] = []
 function tmpDir (): string {
@@ -217,15 +218,17 @@ describe('journal replicated before acknowledging', () => {
     }
   }
   const settle = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 30))
+  /** Waits until `n` commits were written, fdatasync'd and handed to the replica (a busy disk takes longer). */
+  const sent = (r: ReturnType<typeof scriptedReplica>, n: number): Promise<void> => waitUntil(() => r.commits.length >= n, 10_000, `${n} commits sent to the replica`)
 
   it('acknowledges commits in order, each only once its replica confirmed, while later ones are already written', async () => {
     const r = scriptedReplica()
     const { journal } = await Journal.open(opts(tmpDir(), { replicate: r.replicate }))
     const acked: number[] = []
     const first = appendAll(journal, [rec(0), rec(1)]).then(() => acked.push(1))
-    await settle()
+    await sent(r, 1)
     const second = appendAll(journal, [rec(2)]).then(() => acked.push(2))
-    await settle()
+    await sent(r, 2)
     expect(r.commits.map((c) => [c.firstSeq, c.lastSeq])).toEqual([[1, 2], [3, 3]]) // both written and sent
     r.commits[1]!.ok() // the later one is confirmed first
     await settle()
@@ -244,13 +247,13 @@ describe('journal replicated before acknowledging', () => {
     const undone: { firstSeq: number, lastSeq: number }[] = []
     const { journal } = await Journal.open(opts(dir, { replicate: r.replicate, onUndo: (u) => undone.push(u) }))
     const ok = appendAll(journal, [rec(0)])
-    await settle()
+    await sent(r, 1)
     r.commits[0]!.ok()
     expect(await ok).toEqual([null])
     const failed = appendAll(journal, [rec(1), rec(2)])
-    await settle()
+    await sent(r, 2)
     const later = appendAll(journal, [rec(3)])
-    await settle()
+    await sent(r, 3)
     expect(r.commits.map((c) => c.firstSeq)).toEqual([1, 2, 4])
     r.commits[2]!.ok() // confirmed, but written after the one that fails: undone with it
     r.commits[1]!.fail(new Error('no confirm'))
@@ -260,7 +263,7 @@ describe('journal replicated before acknowledging', () => {
     expect(undone).toEqual([{ firstSeq: 2, lastSeq: 4 }])
     // The next commit skips 2-4 (a dataset created meanwhile may start after them), in a new segment.
     const next = appendAll(journal, [rec(9)])
-    await settle()
+    await sent(r, 4)
     expect(r.commits.at(-1)!.firstSeq).toBe(5)
     r.commits.at(-1)!.ok()
     expect(await next).toEqual([null])
