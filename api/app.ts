@@ -152,5 +152,6 @@ function mountConsole (app: express.Express, parts: ApiParts): void {
   app.get('/console', (req, res, next) => { if (req.originalUrl === '/console') res.redirect(301, '/console/'); else next() })
   app.get('/console/config.json', (_req, res) => { res.json(parts.consoleConfig?.() ?? { ws: { port: parts.config.ports.ws, path: '/mqtt' } }) })
   app.get('/console/vendor/mqtt.esm.js', (_req, res) => { res.type('js').sendFile(path.join(mqttDist, 'mqtt.esm.js')) })
-  app.use('/console', express.static(dir, { index: 'index.html', fallthrough: false }))
+  // A missing file falls through to the not-found problem (404), not send's error (a 500 here).
+  app.use('/console', express.static(dir, { index: 'index.html' }))
 }

@@ -358,8 +358,13 @@ function readConfigFile (path: string): Record<string, unknown> {
     // YAML 1.2 (a JSON file is YAML too). Values keep their YAML types; the schema coerces them.
     const value: unknown = parseYaml(text) ?? {} // a file of comments only is empty
     if (typeof value !== 'object' || Array.isArray(value)) throw new Error('expected a mapping')
-    // `KEY:` with no value is YAML null: the key is not set (its default applies), never 0 or "".
-    return Object.fromEntries(Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== null))
+    // `KEY:` with no value is YAML null, and `KEY: ""` an empty string: the key is not set (its default
+    // applies, as for an empty variable), never 0. Anything but a string, number or boolean is refused.
+    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== null && v !== '')
+    const odd = entries.filter(([, v]) => typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean').map(([k]) => k)
+    if (odd.length > 0) throw new Error(`${odd.join(', ')}: give a single value (a string, number or boolean)`)
+    // A boolean reads as a variable would ("true"/"false"): a number setting then refuses it.
+    return Object.fromEntries(entries.map(([k, v]) => [k, typeof v === 'boolean' ? String(v) : v]))
   } catch (err) {
     throw new ConfigError(`STREAMGATE_CONFIG: ${path} is not a YAML or JSON mapping of STREAMGATE_* keys: ${(err as Error).message}`, ['STREAMGATE_CONFIG'])
   }

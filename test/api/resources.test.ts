@@ -104,6 +104,13 @@ describe('management API resources', () => {
     expect(await (await fetch(`${gw.httpUrl}/docs/init.js`)).text()).toContain('/v1/openapi.json')
   })
 
+  it('serves the console, and answers a file it does not have with the not-found problem', async () => {
+    expect((await fetch(`${gw.httpUrl}/console/`)).status).toBe(200)
+    const missing = await fetch(`${gw.httpUrl}/console/nope.js`)
+    expect(missing.status).toBe(404)
+    expect((await missing.json() as { type: string }).type).toBe('https://streamgate.dev/problems/not-found')
+  })
+
   it('audits every kind of change: versions, rotations, kicks, principal and dataset deletes with purge', async () => {
     const ds = uniqueId('aud')
     await createDataset(gw, ds, { fields: { n: 'long' } })

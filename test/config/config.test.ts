@@ -41,6 +41,13 @@ describe('config', () => {
     expect(() => loadConfig({ STREAMGATE_CONFIG: file + '.missing' })).toThrow(/STREAMGATE_CONFIG/)
     fs.writeFileSync(file, JSON.stringify({ STREAMGATE_MQTT_PROT: 1999 }))
     expect(() => loadConfig({ STREAMGATE_CONFIG: file })).toThrow(/STREAMGATE_MQTT_PROT: not a streamgate setting/)
+    // An empty value is no value (the default applies, as for an empty variable), never 0 (unlimited).
+    fs.writeFileSync(file, JSON.stringify({ STREAMGATE_API_RATE: '', STREAMGATE_MQTT_PORT: null }))
+    expect(loadConfig({ STREAMGATE_CONFIG: file }).api.ratePerPrincipal.device).toBe(100)
+    fs.writeFileSync(file, JSON.stringify({ STREAMGATE_API_RATE: false }))
+    expect(() => loadConfig({ STREAMGATE_CONFIG: file })).toThrow(/STREAMGATE_API_RATE/)
+    fs.writeFileSync(file, JSON.stringify({ STREAMGATE_API_RATE: [5] }))
+    expect(() => loadConfig({ STREAMGATE_CONFIG: file })).toThrow(/STREAMGATE_API_RATE: give a single value/)
   })
 
   it('documents every variable in the README', () => {
