@@ -157,7 +157,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
 
     // The journal replicated to this node's RabbitMQ stream before anything is acknowledged.
     const replica = config.replication !== null
-      ? new StreamReplica({ url: config.replication.url, nodeId, timeoutMs: config.replication.timeoutMs, maxAge: config.replication.maxAge, connectionName: `${config.amqp!.connectionName} journal`, log })
+      ? new StreamReplica({ url: config.replication.url, nodeId, timeoutMs: config.replication.timeoutMs, maxAge: config.replication.maxAge, connectionName: `${config.amqp!.connectionName} journal`, heartbeatS: config.amqp!.heartbeatS, log })
       : null
     if (replica !== null) cleanups.push(() => replica.close())
     const { journal } = await Journal.open({

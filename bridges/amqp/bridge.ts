@@ -54,6 +54,29 @@ export interface AmqpStatus {
 
 const PAUSE_MS = 1000
 
+/** A managed RabbitMQ connection as every bridge opens it (reconnecting each second). */
+export function connectAmqp (url: string, connectionName: string, heartbeatS: number): AmqpConnectionManager {
+  return amqp.connect([url], {
+    heartbeatIntervalInSeconds: heartbeatS,
+    reconnectTimeInSeconds: 1,
+    // TCP_NODELAY: small frames (acks, confirms, single publishes) must not wait for Nagle.
+    connectionOptions: { noDelay: true, clientProperties: { connection_name: connectionName } }
+  })
+}
+
+/**
+ * RabbitMQ may close one channel and keep the connection (a channel error). amqp-connection-manager
+ * opens a new channel only on a new connection, so a lone closed channel would stop consumption (or
+ * confirms) for good while everything looks connected: reconnect instead. Call from a channel's setup.
+ */
+export function reconnectOnChannelError (ch: Channel, connection: AmqpConnectionManager, onError: (err: Error) => boolean): void {
+  ch.on('error', (err: Error) => { if (onError(err)) forceReconnect(connection) })
+}
+
+function forceReconnect (connection: AmqpConnectionManager): void {
+  try { connection.reconnect() } catch { /* closed meanwhile */ }
+}
+
 export class AmqpBridge {
   readonly connection: AmqpConnectionManager
   private readonly inbound: ChannelWrapper
@@ -70,11 +93,7 @@ export class AmqpBridge {
 
   constructor (private readonly opts: AmqpOptions, private readonly pipeline: Pipeline, private readonly origins = new RecentOrigins()) {
     const { exchanges } = opts
-    this.connection = amqp.connect([opts.url], { heartbeatIntervalInSeconds: opts.heartbeatS,
-      reconnectTimeInSeconds: 1,
-      // TCP_NODELAY: small frames (acks, confirms, single publishes) must not wait for Nagle.
-      connectionOptions: { noDelay: true, clientProperties: { connection_name: opts.connectionName } }
-    })
+    this.connection = connectAmqp(opts.url, opts.connectionName, opts.heartbeatS)
     this.connection.on('connect', () => {
       this.state = 'connected'
       opts.log?.info({ amqp: 'connected' }, 'amqp connected')
@@ -94,10 +113,7 @@ export class AmqpBridge {
       this.lastError = err?.message ?? 'connect failed'
     })
     const declare = async (ch: Channel): Promise<void> => {
-      // RabbitMQ may close one channel and keep the connection (a channel error). amqp-connection-manager
-      // opens a new channel only on a new connection, so a lone closed channel would stop consumption
-      // (or confirms) for good while everything looks connected: reconnect instead.
-      ch.on('error', (err: Error) => { this.onChannelError(err) })
+      reconnectOnChannelError(ch, this.connection, this.onChannelError)
       await ch.assertExchange(exchanges.ingest, 'topic', { durable: true })
       await ch.assertExchange(exchanges.records, 'topic', { durable: true })
     }
@@ -118,21 +134,22 @@ export class AmqpBridge {
     this.outbound.on('error', (err: Error) => { this.lastError = err.message })
   }
 
-  private onChannelError (err: Error): void {
-    if (this.closed) return
+  /** A channel closed by RabbitMQ (reconnectOnChannelError): true to reconnect. */
+  private readonly onChannelError = (err: Error): boolean => {
+    if (this.closed) return false
     this.counts.channelErrors++
     this.lastError = err.message
     this.consumerTag = null
     this.reconnecting = true
     this.opts.log?.warn({ amqp: 'channel closed', err: err.message }, 'RabbitMQ closed a channel; reconnecting')
-    try { this.connection.reconnect() } catch { /* closed meanwhile */ }
+    return true
   }
 
   private async consume (ch: Channel): Promise<void> {
     const { consumerTag } = await ch.consume(this.opts.ingestQueue, (msg) => {
       if (msg !== null) this.onMessage(ch, msg)
       // null: RabbitMQ cancelled the consumer (its queue was deleted, or a mirror failed over).
-      else this.onChannelError(new Error(`RabbitMQ cancelled the consumer of ${this.opts.ingestQueue}`))
+      else if (this.onChannelError(new Error(`RabbitMQ cancelled the consumer of ${this.opts.ingestQueue}`))) forceReconnect(this.connection)
     })
     this.consumerTag = consumerTag
   }

@@ -9,9 +9,10 @@
 // Reading: another node recovers a node lost for good by reading its stream from the first message
 // (`read`), keeping the last copy of each sequence number.
 import { randomUUID } from 'node:crypto'
-import amqp, { type AmqpConnectionManager, type ChannelWrapper } from 'amqp-connection-manager'
+import type { AmqpConnectionManager, ChannelWrapper } from 'amqp-connection-manager'
 import amqplib, { type Channel, type ConsumeMessage } from 'amqplib'
 import { decodeEntries, type JournalEntry } from '../../gateway/index.js'
+import { connectAmqp, reconnectOnChannelError } from './bridge.js'
 
 export interface ReplicaOptions {
   readonly url: string
@@ -21,6 +22,7 @@ export interface ReplicaOptions {
   /** The stream's retention (x-max-age, e.g. `7D`): how long a lost node can be recovered. */
   readonly maxAge: string
   readonly connectionName: string
+  readonly heartbeatS: number
   readonly log?: { warn: (obj: object, msg: string) => void }
 }
 
@@ -36,7 +38,7 @@ export class StreamReplica {
 
   constructor (private readonly opts: ReplicaOptions) {
     this.stream = streamName(opts.nodeId)
-    this.connection = amqp.connect([opts.url], { heartbeatIntervalInSeconds: 10, reconnectTimeInSeconds: 1, connectionOptions: { noDelay: true, clientProperties: { connection_name: opts.connectionName } } })
+    this.connection = connectAmqp(opts.url, opts.connectionName, opts.heartbeatS)
     this.connection.on('disconnect', ({ err }: { err?: Error }) => {
       this.lastError = err?.message ?? 'disconnected'
       opts.log?.warn({ replica: this.stream, err: this.lastError }, 'journal replica: RabbitMQ disconnected; acknowledgements wait for it')
@@ -44,9 +46,21 @@ export class StreamReplica {
     this.channel = this.connection.createChannel({
       confirm: true,
       json: false,
-      setup: async (ch: Channel) => { await declareStream(ch, this.stream, opts.maxAge) }
+      setup: async (ch: Channel) => {
+        // A closed channel would refuse every commit while the connection looks fine: reconnect.
+        reconnectOnChannelError(ch, this.connection, (err) => {
+          this.lastError = err.message
+          opts.log?.warn({ replica: this.stream, err: err.message }, 'journal replica: RabbitMQ closed the channel; reconnecting')
+          return true
+        })
+        await declareStream(ch, this.stream, opts.maxAge)
+      }
     })
-    this.channel.on('error', (err: Error) => { this.lastError = err.message })
+    // A failed setup (e.g. the stream declared with another x-max-age: 406) is logged, not only kept.
+    this.channel.on('error', (err: Error) => {
+      this.lastError = err.message
+      opts.log?.warn({ replica: this.stream, err: err.message }, 'journal replica: channel setup failed; acknowledgements wait for it')
+    })
   }
 
   /** The journal's replicate hook: one persistent message per commit, resolved on RabbitMQ's confirm. */
