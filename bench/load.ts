@@ -6,8 +6,8 @@ import { LeanClient } from './lean-client.js'
 export interface ClientSpec { username?: string, password?: string, topic: string }
 
 export type LoadCommand =
-  | { kind: 'subscribe', port: number, username?: string, password?: string, filter: string, qos: 0 | 1, expect: number, timeoutMs: number, sampleEvery: number }
-  | { kind: 'publish', port: number, clients: ClientSpec[], qos: 0 | 1, perClient: number, inflight: number, payload: string, ratePerClient?: number }
+  | { kind: 'subscribe', port: number, username?: string, password?: string, filter: string, qos: 0 | 1, expect: number, timeoutMs: number, sampleEvery: number, sampleAfterMs?: number }
+  | { kind: 'publish', port: number, clients: ClientSpec[], qos: 0 | 1, perClient: number, inflight: number, payload: string, ratePerClient?: number, sampleAfterMs?: number }
   | { kind: 'connect', port: number, clients: { username?: string, password?: string }[], concurrency: number }
 
 export type LoadReport =
@@ -35,6 +35,7 @@ async function subscribe (cmd: Extract<LoadCommand, { kind: 'subscribe' }>): Pro
   let received = 0
   let firstAt = 0
   let lastAt = 0
+  let firstSentAt = 0
   const latencies: number[] = []
   let finish: () => void = () => undefined
   const done = new Promise<void>((resolve) => { finish = resolve })
@@ -45,7 +46,11 @@ async function subscribe (cmd: Extract<LoadCommand, { kind: 'subscribe' }>): Pro
     lastAt = t
     if (received % cmd.sampleEvery === 0) {
       const i = payload.indexOf('"t":')
-      if (i >= 0) latencies.push(t - Number.parseFloat(payload.toString('latin1', i + 4, i + 24)))
+      if (i >= 0) {
+        const sentAt = Number.parseFloat(payload.toString('latin1', i + 4, i + 24))
+        if (firstSentAt === 0) firstSentAt = sentAt
+        if (sentAt >= firstSentAt + (cmd.sampleAfterMs ?? 0)) latencies.push(t - sentAt)
+      }
     }
     if (received >= cmd.expect) finish()
   })
@@ -71,6 +76,8 @@ async function subscribe (cmd: Extract<LoadCommand, { kind: 'subscribe' }>): Pro
 /**
  * Publishes `perClient` messages per client: as fast as the window of `inflight` unacknowledged
  * messages allows, or at `ratePerClient` msgs/s. The template's `"t":0` carries the send time.
+ * Messages sent in the first `sampleAfterMs` are published and counted but not sampled for latency
+ * (the subscriber does the same, from the first message's send time).
  */
 function publishOne (c: LeanClient, spec: ClientSpec, cmd: Extract<LoadCommand, { kind: 'publish' }>, stats: { acked: number, lat: number[] }): Promise<number> {
   const topic = Buffer.from(spec.topic)
@@ -84,7 +91,7 @@ function publishOne (c: LeanClient, spec: ClientSpec, cmd: Extract<LoadCommand, 
     const start = now()
     const onAck = (id: number): void => {
       stats.acked++
-      if (stats.acked % 10 === 0) stats.lat.push(now() - sentAt[id]!)
+      if (stats.acked % 10 === 0 && sentAt[id]! >= start + (cmd.sampleAfterMs ?? 0)) stats.lat.push(now() - sentAt[id]!)
       if (waiting) pump()
     }
     const pump = (): void => {
