@@ -16,6 +16,7 @@ import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { crc32 } from 'node:zlib'
 import { StreamgateError } from './errors.js'
+import { Syncer } from './syncer.js'
 
 export interface JournalRecord {
   /** The message's id where it came from (AMQP message_id), for recognising redeliveries. */
@@ -273,6 +274,8 @@ export class Journal extends EventEmitter {
   private pendingBytes = 0
   private scheduled = false
   private inFlight = false
+  /** fdatasync off libuv's threadpool, which DuckDB's queries can fill (gateway/syncer.ts). */
+  private readonly syncer = new Syncer()
   /** Commits written and fdatasync'd, waiting for the replica (STREAMGATE_REPLICATION), oldest first. */
   private readonly replicating: Replicating[] = []
   private undoing = false
@@ -452,7 +455,7 @@ export class Journal extends EventEmitter {
     this.totalBytes += off
     this.nextSeq += batch.length
     this.inFlight = true
-    fs.fdatasync(this.fd, (err) => {
+    this.syncer.fdatasync(this.fd, (err) => {
       this.inFlight = false
       if (err !== null) {
         // After a failed fsync the page cache state is unknown (the "fsyncgate" lesson): stop accepting,
@@ -676,6 +679,7 @@ export class Journal extends EventEmitter {
       if (this.failure !== null) break
     }
     this.closed = true
+    await this.syncer.close()
     if (this.fd >= 0) fs.closeSync(this.fd)
     this.fd = -1
     this.emit('close')
