@@ -14,9 +14,12 @@ export class DuckFile {
 
   private constructor (readonly instance: DuckDBInstance, readonly writer: DuckDBConnection, readonly reader: DuckDBConnection) {}
 
-  /** Opens (creating) a DuckDB file; `memoryLimit` caps its buffer pool (DuckDB's default is 80% of RAM). */
-  static async open (file: string, memoryLimit: string, threads = 2): Promise<DuckFile> {
-    const instance = await DuckDBInstance.create(file, { threads: String(threads), memory_limit: memoryLimit })
+  /**
+   * Opens (creating) a DuckDB file; `memoryLimit` caps its buffer pool (DuckDB's default is 80% of RAM),
+   * `settings` are further DuckDB settings.
+   */
+  static async open (file: string, memoryLimit: string, threads = 2, settings: Record<string, string> = {}): Promise<DuckFile> {
+    const instance = await DuckDBInstance.create(file, { ...settings, threads: String(threads), memory_limit: memoryLimit })
     return new DuckFile(instance, await instance.connect(), await instance.connect())
   }
 
