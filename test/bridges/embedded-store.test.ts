@@ -63,4 +63,22 @@ describe('embedded store', () => {
     expect(await store.checkpoint()).toBe(3)
     expect((await store.stats(ds)).stored).toBe(before + 1)
   })
+
+  it('writes rows across chunks and entries with nothing carried from one chunk to the next', async () => {
+    // The appender's chunk (2,048 rows) is reused: a value set in one chunk must not show through an
+    // absent one at the same position in the next. Entries cross chunk boundaries mid-entry.
+    const t0 = 1_800_000_000_000_000
+    let k = 0
+    const rowsOf = (n: number): Row[] => Array.from({ length: n }, () => {
+      const i = k++
+      const even = Math.floor(i / 2048) % 2 === 0
+      return even ? { ts: t0 + i, device: 'dev-1', n: i, s: 'v' + i, site: 'x' } : { ts: t0 + i, device: 'dev-1', d: i / 2, b: true, at: t0 - i }
+    })
+    const batches = [rowsOf(1000), rowsOf(3000), rowsOf(1500)]
+    const before = (await store.stats(ds)).stored
+    await store.write(batches.map((rows, b) => entry(10 + b, rows)), 12)
+    expect((await store.stats(ds)).stored).toBe(before + 5500)
+    const back = (await store.latest(ds, { from: t0, to: null, limit: 10_000 })).reverse()
+    expect(back).toEqual(batches.flat().map((r) => ({ b: false, ...r })))
+  })
 })
