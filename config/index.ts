@@ -74,6 +74,7 @@ export const configSchema = z.object({
   STREAMGATE_HTTP_MAX_RECORDS: positiveInt.default(100_000),
   STREAMGATE_QUERY_MAX_ROWS: positiveInt.default(10_000),
   STREAMGATE_QUERY_TIMEOUT_MS: positiveInt.default(10_000),
+  STREAMGATE_QUERY_CONCURRENCY: positiveInt.max(64).default(2),
   // The management API: tokens, CORS, rate limits.
   STREAMGATE_JWT_ISSUER: z.string().min(1).optional().describe('an external issuer whose JWTs authenticate API calls (iss claim)'),
   STREAMGATE_JWT_JWKS: z.string().url().optional().describe('that issuer\'s JWKS URL (RS256/ES256/EdDSA keys)'),
@@ -151,6 +152,8 @@ export interface Config {
     readonly httpMaxRecords: number
     readonly queryMaxRows: number
     readonly queryTimeoutMs: number
+    /** Queries the embedded store runs at once; more wait, within queryTimeoutMs. */
+    readonly queryConcurrency: number
   }
   readonly journal: { readonly maxBytes: number, readonly segmentBytes: number }
   readonly sink: { readonly batch: number, readonly lingerMs: number }
@@ -317,7 +320,8 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       httpRequestTimeoutMs: r.STREAMGATE_HTTP_REQUEST_TIMEOUT_MS,
       httpMaxRecords: r.STREAMGATE_HTTP_MAX_RECORDS,
       queryMaxRows: r.STREAMGATE_QUERY_MAX_ROWS,
-      queryTimeoutMs: r.STREAMGATE_QUERY_TIMEOUT_MS
+      queryTimeoutMs: r.STREAMGATE_QUERY_TIMEOUT_MS,
+      queryConcurrency: r.STREAMGATE_QUERY_CONCURRENCY
     },
     journal: {
       maxBytes: r.STREAMGATE_JOURNAL_MAX_BYTES,

@@ -6,7 +6,7 @@ export { SinkConsumer, type ConsumerJournal, type ConsumerOptions } from './cons
 export { Catalog, CompiledSchema, publicDataset, tableName, type DatasetStats, datasetInputSchema, datasetSchemaSchema, fieldSpec, isoFromUs, parseTimestampUs, schemaColumns, type Dataset, type DatasetSchema, type FieldType, type Row } from './datasets.js'
 export { errorCatalogue, isStreamgateError, PROBLEM_BASE, RecordRejection, RejectReason, StreamgateError, type ErrorCode } from './errors.js'
 export { decodeEntries, Journal, JournalFollower, JournalFullError, JournalReader, MAX_ORIGIN, type JournalEntry, type JournalRecord, type JournalSource, type RecoveryReport } from './journal.js'
-export { FailureWindow } from './limits.js'
+export { FailureWindow, Slots } from './limits.js'
 export { listen } from './listen.js'
 export {
   BOOTSTRAP_ADMIN, checkIfMatch, datasetUpdateSchema, etagOf, grantSchema, grantsInputSchema, incompatibilities, keyInputSchema, keyRotateSchema, Management, parse,

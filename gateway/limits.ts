@@ -198,3 +198,39 @@ export class FailureWindow {
     this.counts.set(key, (this.counts.get(key) ?? 0) + 1)
   }
 }
+
+/**
+ * At most `size` holders at once; the others wait in arrival order, each until `timeoutMs`, then get
+ * `onTimeout()`'s error (the embedded store's query slots: STREAMGATE_QUERY_CONCURRENCY).
+ */
+export class Slots {
+  private held = 0
+  private readonly waiting: (() => void)[] = []
+
+  constructor (readonly size: number) {}
+
+  acquire (timeoutMs: number, onTimeout: () => Error): Promise<void> {
+    if (this.held < this.size) {
+      this.held++
+      return Promise.resolve()
+    }
+    return new Promise<void>((resolve, reject) => {
+      const take = (): void => {
+        clearTimeout(timer)
+        this.held++
+        resolve()
+      }
+      const timer = setTimeout(() => {
+        const i = this.waiting.indexOf(take)
+        if (i >= 0) this.waiting.splice(i, 1)
+        reject(onTimeout())
+      }, timeoutMs)
+      this.waiting.push(take)
+    })
+  }
+
+  release (): void {
+    this.held--
+    this.waiting.shift()?.()
+  }
+}

@@ -6,7 +6,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { BIGINT, BOOLEAN, DOUBLE, DuckDBDataChunk, DuckDBTimestampValue, INTEGER, TIMESTAMP, VARCHAR, type DuckDBAppender, type DuckDBType, type DuckDBValue } from '@duckdb/node-api'
 import type { Dataset, FieldType, QueryPlan, QueryResult, RecordQuery, Row, Sink, SinkEntry } from '../../gateway/index.js'
-import { schemaColumns, StreamgateError, tableName } from '../../gateway/index.js'
+import { schemaColumns, Slots, StreamgateError, tableName } from '../../gateway/index.js'
 import { compileQuery, latestPlan, q as ident, shapeRows, toStoredRows } from '../sql/compile.js'
 import { DuckFile, toNumber } from './duck.js'
 
@@ -87,13 +87,21 @@ export interface RecordStoreOptions {
   readonly dataDir: string
   /** DuckDB's memory_limit, e.g. 256MB. */
   readonly memoryLimit: string
+  /**
+   * Queries run at once (STREAMGATE_QUERY_CONCURRENCY); more wait. DuckDB runs each on a thread of
+   * libuv's pool (4 threads), which the store's own statements need too. Default 2.
+   */
+  readonly queryConcurrency?: number
 }
 
 export class RecordStore implements Sink, RecordQuery {
   readonly name = 'embedded'
   private readonly tableColumns = new Map<string, [string, string][]>()
+  private readonly querySlots: Slots
 
-  private constructor (private readonly db: DuckFile) {}
+  private constructor (private readonly db: DuckFile, queryConcurrency: number) {
+    this.querySlots = new Slots(queryConcurrency)
+  }
 
   static async open (opts: RecordStoreOptions): Promise<RecordStore> {
     await fs.mkdir(opts.dataDir, { recursive: true })
@@ -108,7 +116,7 @@ export class RecordStore implements Sink, RecordQuery {
       CREATE SCHEMA IF NOT EXISTS data;
       CREATE TABLE IF NOT EXISTS sg_checkpoint (consumer VARCHAR PRIMARY KEY, seq BIGINT NOT NULL);
     `)
-    return new RecordStore(db)
+    return new RecordStore(db, opts.queryConcurrency ?? 2)
   }
 
   // ---- Sink
@@ -192,9 +200,13 @@ export class RecordStore implements Sink, RecordQuery {
 
   async query (plan: QueryPlan, timeoutMs: number): Promise<QueryResult> {
     const { sql, params } = compileQuery(plan, 'duckdb')
+    // The wait for a slot counts against the timeout.
+    const deadline = performance.now() + timeoutMs
+    await this.querySlots.acquire(timeoutMs, () => new StreamgateError('SG_ERR_QUERY_TIMEOUT',
+      `query waited STREAMGATE_QUERY_TIMEOUT_MS=${timeoutMs} for one of STREAMGATE_QUERY_CONCURRENCY=${this.querySlots.size} query slots`))
     // A connection of its own, so a timeout interrupts this query only.
-    const conn = await this.db.instance.connect()
-    const timer = setTimeout(() => conn.interrupt(), timeoutMs)
+    const conn = await this.db.instance.connect().catch((err: unknown) => { this.querySlots.release(); throw err })
+    const timer = setTimeout(() => conn.interrupt(), Math.max(1, deadline - performance.now()))
     try {
       const rows = await (await conn.runAndReadAll(sql, params as DuckDBValue[])).getRowObjects()
       return shapeRows(plan, rows)
@@ -204,6 +216,7 @@ export class RecordStore implements Sink, RecordQuery {
     } finally {
       clearTimeout(timer)
       conn.closeSync()
+      this.querySlots.release()
     }
   }
 
