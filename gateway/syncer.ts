@@ -43,6 +43,9 @@ export class Syncer {
   private pending: SyncCallback | null = null
   private failure: Error | null = null
   private closed = false
+  private closing: Promise<void> | null = null
+  /** close() waiting for the sync in flight. */
+  private settled: (() => void) | null = null
 
   constructor () {
     this.thread = new Worker(THREAD, { eval: true, workerData: this.shared.buffer, name: 'streamgate-journal-sync' })
@@ -68,17 +71,35 @@ export class Syncer {
     Atomics.store(this.shared, REQUEST, gen)
     Atomics.notify(this.shared, REQUEST)
     this.thread.ref()
-    const w = Atomics.waitAsync(this.shared, DONE, gen - 1)
-    if (w.async) void w.value.then(() => this.settle(gen))
-    else this.settle(gen)
+    this.await(gen, gen - 1)
   }
 
-  private settle (gen: number): void {
+  /**
+   * Waits until DONE reaches `gen`. A wake-up can be stale: the thread's notify of the previous sync
+   * may land after this one's wait began (it stores DONE, then notifies). Then DONE is still behind
+   * and the wait starts again, or the callback would never come and the journal would stop.
+   */
+  private await (gen: number, seen: number): void {
+    const w = Atomics.waitAsync(this.shared, DONE, seen)
+    if (w.async) {
+      void w.value.then(() => this.check(gen))
+    } else {
+      // Finished already: call back asynchronously all the same, as fs.fdatasync does.
+      queueMicrotask(() => this.check(gen))
+    }
+  }
+
+  private check (gen: number): void {
+    if (this.pending === null) return // failed by die(): the thread is gone
+    const done = Atomics.load(this.shared, DONE)
+    if (done !== gen) {
+      this.await(gen, done)
+      return
+    }
     const cb = this.pending
-    // Already failed by die() (the thread is gone), or a stale wake-up.
-    if (cb === null || Atomics.load(this.shared, DONE) !== gen) return
     this.pending = null
-    this.thread.unref()
+    if (!this.closed) this.thread.unref()
+    this.settled?.()
     const errno = Atomics.load(this.shared, ERRNO)
     cb(errno === 0 ? null : errnoError(errno))
   }
@@ -87,17 +108,24 @@ export class Syncer {
     this.failure = err
     const cb = this.pending
     this.pending = null
+    this.settled?.()
     cb?.(err)
   }
 
-  /** Stops the thread once the sync in flight (if any) returned. */
-  async close (): Promise<void> {
-    if (this.closed) return
+  /** Stops the thread once the sync in flight (if any) returned. Idempotent. */
+  close (): Promise<void> {
+    this.closing ??= this.stop()
+    return this.closing
+  }
+
+  private async stop (): Promise<void> {
     this.closed = true
+    this.thread.ref()
+    if (this.pending !== null) await new Promise<void>((resolve) => { this.settled = resolve })
+    this.settled = null
     Atomics.store(this.shared, STOP, 1)
     Atomics.store(this.shared, REQUEST, ++this.generation)
     Atomics.notify(this.shared, REQUEST)
-    this.thread.ref()
     await this.exited
   }
 }

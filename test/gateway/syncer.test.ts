@@ -36,6 +36,38 @@ describe('journal sync thread', () => {
     }
   })
 
+  it('waits again after a stale wake-up (the previous sync\'s notify landing late), so the callback still comes', async () => {
+    const s = new Syncer()
+    const fd = fs.openSync(path.join(tmpDir(), 'f'), 'w')
+    try {
+      expect(await sync(s, fd)).toBeNull()
+      fs.writeSync(fd, Buffer.alloc(32 * 1024 * 1024, 1)) // so the next fdatasync takes a while
+      const second = sync(s, fd)
+      // The thread stores DONE, then notifies: a notify of the previous sync can wake this wait early.
+      Atomics.notify((s as unknown as { shared: Int32Array }).shared, 2)
+      const late = new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), 10_000))
+      expect(await Promise.race([second, late])).toBeNull()
+      await s.close()
+      await s.close() // idempotent
+    } finally {
+      fs.closeSync(fd)
+    }
+  })
+
+  it('closes after the sync in flight has called back', async () => {
+    const s = new Syncer()
+    const fd = fs.openSync(path.join(tmpDir(), 'f'), 'w')
+    try {
+      fs.writeSync(fd, Buffer.alloc(8 * 1024 * 1024, 1))
+      let called = false
+      s.fdatasync(fd, (err) => { expect(err).toBeNull(); called = true })
+      await s.close()
+      expect(called).toBe(true)
+    } finally {
+      fs.closeSync(fd)
+    }
+  })
+
   it('acknowledges while long DuckDB queries fill libuv\'s threadpool', async () => {
     // Four queries occupy the four threadpool threads for as long as they run; on the threadpool the
     // commit below waited for them (5.8 s measured), on the sync thread it does not.
