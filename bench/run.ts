@@ -224,8 +224,10 @@ async function pubRun (sut: Sut, w: PubWorkload): Promise<RunResult> {
     stored = r.stored
     storedRate = Math.round(r.stored / ((r.at - startedAt) / 1000))
   }
-  // BENCH_LATENCY_DUMP=<dir>: each run's publish→subscriber samples in arrival order, to see when a tail happens.
+  // BENCH_LATENCY_DUMP=<dir>: each run's publish→subscriber samples in arrival order (those sampled:
+  // a fixed-rate run's first second is not), to see when a tail happens.
   if (process.env.BENCH_LATENCY_DUMP !== undefined && s !== null) {
+    fs.mkdirSync(process.env.BENCH_LATENCY_DUMP, { recursive: true })
     fs.writeFileSync(path.join(process.env.BENCH_LATENCY_DUMP, `latency-${sut.name}-${dataset}.json`), JSON.stringify(s.latenciesMs))
   }
   const lat = [...(s?.latenciesMs ?? [])].sort((a, b) => a - b)
@@ -315,7 +317,7 @@ const q = (n: number, quickN: number): number => quick ? quickN : n
  * their first fraction of a second (JIT, connections, the pacing catching up) put every system's whole-run
  * p99 in the first ~2% of the messages (bare Aedes: p99 45 ms in the first 5% of a 20k run, 1-4 ms after).
  */
-const LATENCY_WARM_MS = q(1000, 500)
+const LATENCY_WARM_MS = Number(process.env.BENCH_LATENCY_WARM_MS ?? q(1000, 500))
 const allWorkloads: Workload[] = [
   { name: 'qos1-flood', runs: RUNS, run: (s) => pubRun(s, { qos: 1, perPublisher: q(10_000, 2000), subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 10 }) },
   { name: 'qos0-flood', runs: RUNS, run: (s) => pubRun(s, { qos: 0, perPublisher: q(10_000, 2000), subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 10 }) },

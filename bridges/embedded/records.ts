@@ -4,7 +4,7 @@
 // ~420k rows/s stored on 2026-11-29, against ~100k rows/s loading the same rows as CSV files).
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { BIGINT, BOOLEAN, DOUBLE, DuckDBDataChunk, DuckDBTimestampValue, INTEGER, TIMESTAMP, VARCHAR, type DuckDBAppender, type DuckDBType, type DuckDBValue } from '@duckdb/node-api'
+import { BIGINT, BOOLEAN, DOUBLE, DuckDBDataChunk, DuckDBTimestampValue, INTEGER, TIMESTAMP, VARCHAR, type DuckDBAppender, type DuckDBConnection, type DuckDBType, type DuckDBValue } from '@duckdb/node-api'
 import type { Dataset, FieldType, QueryPlan, QueryResult, RecordQuery, Row, Sink, SinkEntry } from '../../gateway/index.js'
 import { schemaColumns, Slots, StreamgateError, tableName } from '../../gateway/index.js'
 import { compileQuery, latestPlan, q as ident, shapeRows, toStoredRows } from '../sql/compile.js'
@@ -92,6 +92,8 @@ export interface RecordStoreOptions {
    * libuv's pool (4 threads), which the store's own statements need too. Default 2.
    */
   readonly queryConcurrency?: number
+  /** Longest a latest-records read may wait and run (STREAMGATE_QUERY_TIMEOUT_MS); queries bring their own. Default 10 s. */
+  readonly queryTimeoutMs?: number
 }
 
 export class RecordStore implements Sink, RecordQuery {
@@ -99,7 +101,7 @@ export class RecordStore implements Sink, RecordQuery {
   private readonly tableColumns = new Map<string, [string, string][]>()
   private readonly querySlots: Slots
 
-  private constructor (private readonly db: DuckFile, queryConcurrency: number) {
+  private constructor (private readonly db: DuckFile, queryConcurrency: number, private readonly queryTimeoutMs: number) {
     this.querySlots = new Slots(queryConcurrency)
   }
 
@@ -116,7 +118,7 @@ export class RecordStore implements Sink, RecordQuery {
       CREATE SCHEMA IF NOT EXISTS data;
       CREATE TABLE IF NOT EXISTS sg_checkpoint (consumer VARCHAR PRIMARY KEY, seq BIGINT NOT NULL);
     `)
-    return new RecordStore(db, opts.queryConcurrency ?? 2)
+    return new RecordStore(db, opts.queryConcurrency ?? 2, opts.queryTimeoutMs ?? 10_000)
   }
 
   // ---- Sink
@@ -195,27 +197,35 @@ export class RecordStore implements Sink, RecordQuery {
 
   async latest (ds: Dataset, range: { from: number | null, to: number | null, limit: number }): Promise<Row[]> {
     const { sql, params } = compileQuery(latestPlan(ds, range), 'duckdb')
-    return toStoredRows(await this.db.objects(sql, params as DuckDBValue[]), range.limit)
+    return toStoredRows(await this.limited(this.queryTimeoutMs, (conn) => conn.runAndReadAll(sql, params as DuckDBValue[]).then((r) => r.getRowObjects())), range.limit)
   }
 
   async query (plan: QueryPlan, timeoutMs: number): Promise<QueryResult> {
     const { sql, params } = compileQuery(plan, 'duckdb')
-    // The wait for a slot counts against the timeout.
+    return shapeRows(plan, await this.limited(timeoutMs, (conn) => conn.runAndReadAll(sql, params as DuckDBValue[]).then((r) => r.getRowObjects())))
+  }
+
+  /**
+   * Runs a read in one of the query slots (STREAMGATE_QUERY_CONCURRENCY), on a connection of its own
+   * so a timeout interrupts this read only; the wait for a slot counts against the timeout.
+   */
+  private async limited<T> (timeoutMs: number, read: (conn: DuckDBConnection) => Promise<T>): Promise<T> {
     const deadline = performance.now() + timeoutMs
     await this.querySlots.acquire(timeoutMs, () => new StreamgateError('SG_ERR_QUERY_TIMEOUT',
       `query waited STREAMGATE_QUERY_TIMEOUT_MS=${timeoutMs} for one of STREAMGATE_QUERY_CONCURRENCY=${this.querySlots.size} query slots`))
-    // A connection of its own, so a timeout interrupts this query only.
-    const conn = await this.db.instance.connect().catch((err: unknown) => { this.querySlots.release(); throw err })
-    const timer = setTimeout(() => conn.interrupt(), Math.max(1, deadline - performance.now()))
     try {
-      const rows = await (await conn.runAndReadAll(sql, params as DuckDBValue[])).getRowObjects()
-      return shapeRows(plan, rows)
-    } catch (err) {
-      if (/interrupt/i.test((err as Error).message)) throw new StreamgateError('SG_ERR_QUERY_TIMEOUT', `query ran longer than STREAMGATE_QUERY_TIMEOUT_MS=${timeoutMs}`)
-      throw err
+      const conn = await this.db.instance.connect()
+      const timer = setTimeout(() => conn.interrupt(), Math.max(1, deadline - performance.now()))
+      try {
+        return await read(conn)
+      } catch (err) {
+        if (/interrupt/i.test((err as Error).message)) throw new StreamgateError('SG_ERR_QUERY_TIMEOUT', `query ran longer than STREAMGATE_QUERY_TIMEOUT_MS=${timeoutMs}`)
+        throw err
+      } finally {
+        clearTimeout(timer)
+        conn.closeSync()
+      }
     } finally {
-      clearTimeout(timer)
-      conn.closeSync()
       this.querySlots.release()
     }
   }
