@@ -71,7 +71,7 @@ export class Syncer {
     Atomics.store(this.shared, REQUEST, gen)
     Atomics.notify(this.shared, REQUEST)
     this.thread.ref()
-    this.await(gen, gen - 1)
+    this.waitDone(gen, gen - 1)
   }
 
   /**
@@ -79,7 +79,7 @@ export class Syncer {
    * may land after this one's wait began (it stores DONE, then notifies). Then DONE is still behind
    * and the wait starts again, or the callback would never come and the journal would stop.
    */
-  private await (gen: number, seen: number): void {
+  private waitDone (gen: number, seen: number): void {
     const w = Atomics.waitAsync(this.shared, DONE, seen)
     if (w.async) {
       void w.value.then(() => this.check(gen))
@@ -93,7 +93,7 @@ export class Syncer {
     if (this.pending === null) return // failed by die(): the thread is gone
     const done = Atomics.load(this.shared, DONE)
     if (done !== gen) {
-      this.await(gen, done)
+      this.waitDone(gen, done)
       return
     }
     const cb = this.pending
