@@ -1,7 +1,7 @@
 // The embedded default store for records: one DuckDB file (records.duckdb) with a table per dataset in
 // schema `data`, written by the sink thread (bin/sink-worker.ts) and queried through it. Rows reach
 // DuckDB through its appender a column at a time (bench/sink-drain.ts, 1M readings from the journal:
-// ~420k rows/s stored on 2026-11-29, against ~100k rows/s loading the same rows as CSV files).
+// ~375-385k rows/s stored on 2026-11-29, against ~100k rows/s loading the same rows as CSV files).
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { BIGINT, BOOLEAN, DOUBLE, DuckDBDataChunk, DuckDBTimestampValue, INTEGER, TIMESTAMP, VARCHAR, type DuckDBAppender, type DuckDBConnection, type DuckDBType, type DuckDBValue } from '@duckdb/node-api'
@@ -110,10 +110,11 @@ export class RecordStore implements Sink, RecordQuery {
     // Earlier versions loaded rows from CSV files here.
     await fs.rm(path.join(opts.dataDir, 'tmp'), { recursive: true, force: true })
     // DuckDB checkpoints its WAL into the file once the WAL passes checkpoint_threshold (16MB by
-    // default); every checkpoint has a cost of its own beside the rows it moves. At 64MB the sink
-    // drains 3M batched readings ~11% faster (`npm run bench -- --sink` with ENTRIES=30000: 382k
-    // against 343k rows/s), for up to 64MB more WAL on disk to replay after a crash.
-    const db = await DuckFile.open(path.join(opts.dataDir, 'records.duckdb'), opts.memoryLimit, 2, { checkpoint_threshold: '64MB' })
+    // default); every checkpoint has a cost of its own beside the rows it moves. At 32MB the sink
+    // drains 3M batched readings ~4% faster (`ENTRIES=30000 npx tsx bench/sink-drain.ts`: 393-405k
+    // against 381-385k rows/s; 64MB: 406k), for up to 32MB of WAL to replay after a crash and of rows
+    // held in memory until they are checkpointed.
+    const db = await DuckFile.open(path.join(opts.dataDir, 'records.duckdb'), opts.memoryLimit, 2, { checkpoint_threshold: '32MB' })
     await db.writer.run(`
       CREATE SCHEMA IF NOT EXISTS data;
       CREATE TABLE IF NOT EXISTS sg_checkpoint (consumer VARCHAR PRIMARY KEY, seq BIGINT NOT NULL);
