@@ -20,16 +20,24 @@ function table (name: string): string {
 }
 
 const VECTOR = 2048
+/** What a column holds: a row's value, or the entry's journal position (`_seq`) or the row's index in it (`_idx`). */
+const VALUE = 0
+const SEQ = 1
+const IDX = 2
 
 /** The DuckDB type of each column type information_schema names (the ones SQL_TYPE creates). */
 const DUCK_TYPE: Record<string, DuckDBType> = { BIGINT, INTEGER, DOUBLE, BOOLEAN, VARCHAR, TIMESTAMP }
 
-/** A row value as the appender takes it for a column of `type`; null for an absent one. */
-function toDuck (type: string, v: string | number | boolean | undefined): DuckDBValue {
-  if (v === undefined || v === null) return null
-  if (type === 'TIMESTAMP') return new DuckDBTimestampValue(BigInt(Math.trunc(v as number)))
-  if (type === 'BIGINT') return BigInt(v as number)
-  return v
+type Convert = (v: string | number | boolean | undefined) => DuckDBValue
+const asIs: Convert = (v) => v ?? null
+/** A row value as the appender takes it, by column type (chosen once per column); null for an absent one. */
+const CONVERT: Record<string, Convert> = {
+  TIMESTAMP: (v) => v === undefined || v === null ? null : new DuckDBTimestampValue(BigInt(Math.trunc(v as number))),
+  BIGINT: (v) => v === undefined || v === null ? null : BigInt(v as number),
+  INTEGER: asIs,
+  DOUBLE: asIs,
+  BOOLEAN: asIs,
+  VARCHAR: asIs
 }
 
 /**
@@ -58,19 +66,21 @@ function appendRows (appender: DuckDBAppender, entries: readonly SinkEntry[], co
     let endE = e
     let endI = i
     for (let c = 0; c < cols.length; c++) {
-      const [name, type] = cols[c]!
+      const name = cols[c]![0]
+      const convert = CONVERT[cols[c]![1]]!
+      const role = name === '_seq' ? SEQ : name === '_idx' ? IDX : VALUE
       const vector = chunk.getColumnVector(c)
       let ce = e
       let ci = i
       let entry = entries[ce]!
-      let seq = name === '_seq' ? BigInt(entry.seq) : 0n
+      let seq = role === SEQ ? BigInt(entry.seq) : 0n
       for (let k = 0; k < n; k++) {
         while (ci >= entry.rows.length) {
           entry = entries[++ce]!
           ci = 0
-          if (name === '_seq') seq = BigInt(entry.seq)
+          if (role === SEQ) seq = BigInt(entry.seq)
         }
-        vector.setItem(k, name === '_seq' ? seq : name === '_idx' ? ci : toDuck(type, entry.rows[ci]![name]))
+        vector.setItem(k, role === SEQ ? seq : role === IDX ? ci : convert(entry.rows[ci]![name]))
         ci++
       }
       vector.flush()
