@@ -318,6 +318,10 @@ const q = (n: number, quickN: number): number => quick ? quickN : n
  * p99 in the first ~2% of the messages (bare Aedes: p99 45 ms in the first 5% of a 20k run, 1-4 ms after).
  */
 const LATENCY_WARM_MS = Number(process.env.BENCH_LATENCY_WARM_MS ?? q(1000, 500))
+if (!Number.isFinite(LATENCY_WARM_MS) || LATENCY_WARM_MS < 0) {
+  // NaN would leave every sample out, and the latency columns empty without a word.
+  throw new Error(`BENCH_LATENCY_WARM_MS=${process.env.BENCH_LATENCY_WARM_MS}: give milliseconds (0 or more)`)
+}
 const allWorkloads: Workload[] = [
   { name: 'qos1-flood', runs: RUNS, run: (s) => pubRun(s, { qos: 1, perPublisher: q(10_000, 2000), subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 10 }) },
   { name: 'qos0-flood', runs: RUNS, run: (s) => pubRun(s, { qos: 0, perPublisher: q(10_000, 2000), subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 10 }) },

@@ -47,5 +47,4 @@ export class RecentOrigins {
     this.seen.add(k)
     if (this.seen.size > this.max) this.seen.delete(this.seen.keys().next().value as string)
   }
-
 }

@@ -3,7 +3,6 @@
 import { DuckDBInstance, type DuckDBConnection, type DuckDBValue } from '@duckdb/node-api'
 import { StreamgateError } from '../../gateway/index.js'
 
-
 export function toNumber (v: DuckDBValue): number {
   return typeof v === 'bigint' ? Number(v) : v as number
 }

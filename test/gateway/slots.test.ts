@@ -2,6 +2,7 @@
 // others wait in turn, and a wait longer than the query timeout is refused.
 import { describe, expect, it } from 'vitest'
 import { Slots } from '../../gateway/limits.js'
+import { sleep } from '../helpers.js'
 
 const timeoutError = (): Error => new Error('waited too long')
 
@@ -13,7 +14,7 @@ describe('Slots', () => {
     await slots.acquire(1000, timeoutError)
     const third = slots.acquire(1000, timeoutError).then(() => order.push('third'))
     const fourth = slots.acquire(1000, timeoutError).then(() => order.push('fourth'))
-    await new Promise((resolve) => setTimeout(resolve, 20))
+    await sleep(20)
     expect(order).toEqual([])
     slots.release()
     await third
