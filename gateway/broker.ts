@@ -127,6 +127,10 @@ export class Broker {
       connectTimeout: config.limits.connectTimeoutMs,
       maxTopicLevels: config.limits.maxTopicLevels,
       heartbeatInterval: 60_000,
+      preConnect: (client, _packet, done) => {
+        holdDeliveriesUntilConnack(client)
+        done(null, true)
+      },
       authenticate: (client, username, password, done) => holder.b!.authenticate(client, username, password, done),
       authorizePublish: (client, packet, done) => holder.b!.authorizePublish(client, packet, done),
       authorizeSubscribe: (client, sub, done) => holder.b!.authorizeSubscribe(client, sub, done),
@@ -465,6 +469,26 @@ export class Broker {
     for (const s of this.servers) if ('closeAllConnections' in s) s.closeAllConnections()
     await new Promise<void>((resolve) => this.aedes.close(() => resolve()))
   }
+}
+
+type Deliver = (packet: unknown, cb: () => void) => void
+
+/**
+ * Writes nothing to a client before its CONNACK. Aedes restores a persistent session's subscriptions
+ * before it sends CONNACK and writes what they deliver meanwhile at once: a PUBLISH ahead of the
+ * CONNACK, where [MQTT-3.2.0-1] wants CONNACK first. mqtt.js never gets past it (it holds that PUBLISH
+ * until the connection is up, and does not read the CONNACK behind it), so the client times out. With
+ * nodes sharing Redis a message reaches a node a few milliseconds after its publisher's PUBACK, so a
+ * session reconnecting right after a publish met it often. Nothing is lost by holding back: Aedes
+ * queues a QoS 1 message for every persistent subscription before it fans it out, and sends that
+ * queue right after the CONNACK; a QoS 0 delivery is dropped, as for a session still offline.
+ */
+function holdDeliveriesUntilConnack (client: Client): void {
+  const c = client as unknown as { connackSent?: boolean, deliverQoS: Deliver, deliver0: Deliver }
+  const qos = c.deliverQoS
+  const qos0 = c.deliver0
+  c.deliverQoS = (packet, cb) => { if (c.connackSent === true) qos(packet, cb); else setImmediate(cb) }
+  c.deliver0 = (packet, cb) => { if (c.connackSent === true) qos0(packet, cb); else setImmediate(cb) }
 }
 
 /**
