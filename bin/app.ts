@@ -180,7 +180,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     // left, comes again now and must not be stored twice.
     const origins = new RecentOrigins()
     for (const o of await journal.recentOrigins()) origins.add(o.principal, o.origin)
-    const pipeline = new Pipeline(catalog, access, journal, rejects, { maxPayload: config.limits.maxPayload }, origins)
+    const pipeline = new Pipeline(catalog, access, journal, rejects, { maxPayload: config.limits.maxPayload, fanout: config.fanout }, origins)
     // Arrival times stay increasing across a restart whose wall clock is behind the journal's, unless
     // the journal's lies more than a day ahead (its clock was wrong then; arrivals would stay pinned there).
     const aheadUs = journal.lastArrivalUs - Date.now() * 1000

@@ -64,6 +64,7 @@ export const configSchema = z.object({
   STREAMGATE_CONNECT_TIMEOUT_MS: positiveInt.default(30_000),
   STREAMGATE_JOURNAL_MAX_BYTES: positiveInt.default(2 * GiB),
   STREAMGATE_JOURNAL_SEGMENT_BYTES: positiveInt.min(64 * KiB).default(64 * MiB),
+  STREAMGATE_FANOUT: z.enum(['written', 'durable']).default('written'),
   STREAMGATE_SINK_BATCH: positiveInt.default(100_000),
   STREAMGATE_SINK_LINGER_MS: nonNegativeInt.max(10_000).default(200),
   STREAMGATE_STORE_MEMORY: z.string().regex(/^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$/i, 'a size like 512MB or 1GiB').default('512MB'),
@@ -156,6 +157,8 @@ export interface Config {
     readonly queryConcurrency: number
   }
   readonly journal: { readonly maxBytes: number, readonly segmentBytes: number }
+  /** When live subscribers get a QoS 1/2 message: once journaled (written), or once fdatasync'd (durable, with its ack). */
+  readonly fanout: 'written' | 'durable'
   readonly sink: { readonly batch: number, readonly lingerMs: number }
   readonly api: {
     /** An external JWT issuer, verified by JWKS or a shared secret. */
@@ -327,6 +330,7 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       maxBytes: r.STREAMGATE_JOURNAL_MAX_BYTES,
       segmentBytes: r.STREAMGATE_JOURNAL_SEGMENT_BYTES
     },
+    fanout: r.STREAMGATE_FANOUT,
     sink: { batch: r.STREAMGATE_SINK_BATCH, lingerMs: r.STREAMGATE_SINK_LINGER_MS },
     api: {
       jwt: r.STREAMGATE_JWT_ISSUER === undefined

@@ -12,7 +12,7 @@ import type { AccessState, ApiKey, Principal } from './access.js'
 import { RejectReason } from './errors.js'
 import { listen } from './listen.js'
 import type { Management } from './management.js'
-import type { Pipeline } from './pipeline.js'
+import type { Duplicate, Pipeline, Refusal } from './pipeline.js'
 import type { SharedRates } from './ports.js'
 import { AddressGate, type Bucket, Buckets, FailureWindow, LeasedBucket } from './limits.js'
 import { certificateIdentity, mqttTlsOptions } from './tls.js'
@@ -33,6 +33,8 @@ export interface Session {
 
 /** How long a publisher may be behind its rate (throttled) before it is disconnected. */
 const MAX_THROTTLE_MS = 2000
+
+const noop = (): void => undefined
 
 /** A live MQTT session as the API lists it. */
 export interface SessionInfo {
@@ -136,12 +138,13 @@ export class Broker {
       authorizeSubscribe: (client, sub, done) => holder.b!.authorizeSubscribe(client, sub, done),
       authorizeForward: (client, packet) => holder.b!.authorizeForward(client, packet)
     })
+    skipDropped(aedes)
     const broker = new Broker(aedes, deps)
     holder.b = broker
     broker.wire()
     deps.acks?.on('acking', broker.corkForAcks)
     deps.pipeline.setFanout((dataset, device, payload) => {
-      aedes.publish({ cmd: 'publish', topic: `datasets/${dataset}/${device}`, payload, qos: 1, retain: false, dup: false }, () => undefined)
+      aedes.publish({ cmd: 'publish', topic: `datasets/${dataset}/${device}`, payload, qos: 1, retain: false, dup: false }, noop)
     })
     return broker
   }
@@ -323,6 +326,8 @@ export class Broker {
       return
     }
     const topic = packet.topic
+    // streamgate keeps no retained messages (README: STREAMGATE_REDIS_URL).
+    packet.retain = false
     const addr = parsePublishTopic(topic)
     if (addr === null) {
       // Outside the dataset grammar: admins may use plain MQTT topics (not stored); `$` topics are reserved.
@@ -337,22 +342,36 @@ export class Broker {
       return
     }
     const payload = packet.payload as Buffer
-    // QoS 1/2: the PUBACK waits for the journal. QoS 0 promises nothing, so it is not held up by fsync.
-    const durable = packet.qos > 0
-    const refusal = this.deps.pipeline.ingest(session.principal, addr.dataset, addr.device, payload, topic, durable ? done : this.onQos0Appended)
-    if (refusal === null) {
-      if (durable) this.awaitingAck.add(client)
-      else done(null)
+    // QoS 0 promises nothing: Aedes delivers it at once, and nothing waits for the journal.
+    if (packet.qos === 0) {
+      const refusal = this.deps.pipeline.ingest(session.principal, addr.dataset, addr.device, payload, topic, this.onQos0Appended)
+      if (refusal === null) done(null)
+      else this.refused(client, session, packet, addr.dataset, refusal, done)
       return
     }
+    // QoS 1/2: the acknowledgement waits for the journal's fdatasync (Aedes writes it once `done` is
+    // called); subscribers get the message when STREAMGATE_FANOUT says (the pipeline calls `deliver`),
+    // so Aedes' own publish, after its acknowledgement, goes nowhere.
+    const qos = packet.qos
+    const deliver = (): void => {
+      this.aedes.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, noop)
+    }
+    const refusal = this.deps.pipeline.ingest(session.principal, addr.dataset, addr.device, payload, topic, done, undefined, deliver)
+    if (refusal !== null) return this.refused(client, session, packet, addr.dataset, refusal, done)
+    packet.topic = DROP_TOPIC
+    this.awaitingAck.add(client)
+  }
+
+  /** A publish the pipeline refused: denied ones disconnect; bad data is acknowledged and goes nowhere. */
+  private refused (client: Client, session: Session, packet: PublishPacket, dataset: string, refusal: Refusal | Duplicate, done: (err?: Error | null) => void): void {
     if (refusal.denied) {
-      this.audit(client, session, 'mqtt.publish', `datasets/${addr.dataset}`, refusal.detail)
+      this.audit(client, session, 'mqtt.publish', `datasets/${dataset}`, refusal.detail)
       done(new Error(refusal.detail))
       return
     }
-    // Bad data: MQTT 3.1.1 has no negative PUBACK. Acknowledge, deliver to nobody, keep the client connected.
+    // Bad data (or a resend of a message stored already): MQTT 3.1.1 has no negative PUBACK.
+    // Acknowledge, deliver to nobody, keep the client connected.
     packet.topic = DROP_TOPIC
-    packet.retain = false
     done(null)
   }
 
@@ -468,6 +487,20 @@ export class Broker {
     this.stopAccepting()
     for (const s of this.servers) if ('closeAllConnections' in s) s.closeAllConnections()
     await new Promise<void>((resolve) => this.aedes.close(() => resolve()))
+  }
+}
+
+/**
+ * Aedes publishes every PUBLISH it is handed, after its PUBACK; those streamgate re-addressed to
+ * DROP_TOPIC (fanned out by the pipeline already, or refused) would only be matched against every
+ * subscription for nothing (and, with nodes sharing Redis, sent through Redis): they end here.
+ */
+function skipDropped (aedes: Aedes): void {
+  const publish = aedes.publish.bind(aedes) as (packet: PublishPacket, client: unknown, done?: (err?: Error) => void) => void
+  ;(aedes as unknown as { publish: typeof publish }).publish = (packet, client, done) => {
+    if (packet.topic !== DROP_TOPIC) return publish(packet, client, done)
+    const cb = typeof client === 'function' ? client as (err?: Error) => void : done
+    cb?.()
   }
 }
 

@@ -35,6 +35,8 @@ export interface JournalEntry extends JournalRecord {
 }
 
 export type AppendCallback = (err: Error | null) => void
+/** Called once an entry is written to its segment (in the page cache: it survives the process, not yet the machine). */
+export type WrittenCallback = () => void
 
 export interface JournalOptions {
   readonly dir: string
@@ -271,6 +273,7 @@ export class Journal extends EventEmitter {
   private totalBytes = 0
   private pending: JournalRecord[] = []
   private pendingCbs: AppendCallback[] = []
+  private pendingWritten: (WrittenCallback | undefined)[] = []
   private pendingBytes = 0
   private scheduled = false
   private inFlight = false
@@ -381,8 +384,10 @@ export class Journal extends EventEmitter {
   /**
    * Appends a record; `cb` fires once it is durable, with an error when it was refused (quota, failed
    * disk, closed). Records appended in the same event-loop turn share one write and one fdatasync.
+   * `written`, if given, fires when the record's write has returned, while its fdatasync runs: never
+   * when the write fails, and before `cb` (which may still fail, if the fdatasync does).
    */
-  append (record: JournalRecord, cb: AppendCallback): void {
+  append (record: JournalRecord, cb: AppendCallback, written?: WrittenCallback): void {
     if (this.failure !== null || this.closed) {
       cb(this.failure !== null ? new StreamgateError('SG_ERR_UNAVAILABLE', 'journal has failed: ' + this.failure.message, {}, { cause: this.failure }) : new StreamgateError('SG_ERR_UNAVAILABLE', 'journal is closed'))
       return
@@ -399,6 +404,7 @@ export class Journal extends EventEmitter {
     }
     this.pending.push(record)
     this.pendingCbs.push(cb)
+    this.pendingWritten.push(written)
     this.pendingBytes += size
     if (!this.scheduled && !this.inFlight) {
       this.scheduled = true
@@ -425,8 +431,10 @@ export class Journal extends EventEmitter {
     if (newSegment && this.replicating.length > 0) return // taken up again once they are confirmed
     const batch = take === this.pending.length ? this.pending : this.pending.slice(0, take)
     const cbs = take === this.pending.length ? this.pendingCbs : this.pendingCbs.slice(0, take)
+    const written = take === this.pending.length ? this.pendingWritten : this.pendingWritten.slice(0, take)
     this.pending = take === this.pending.length ? [] : this.pending.slice(take)
     this.pendingCbs = take === this.pendingCbs.length ? [] : this.pendingCbs.slice(take)
+    this.pendingWritten = take === this.pendingWritten.length ? [] : this.pendingWritten.slice(take)
     this.pendingBytes -= bytes
     if (newSegment) {
       try {
@@ -486,6 +494,8 @@ export class Journal extends EventEmitter {
         (rerr: Error) => { wait.settled = true; wait.error = rerr; this.drainReplicated() })
       if (this.pending.length > 0) this.commit()
     })
+    // Written: let the live fan-out go while the fdatasync runs on its thread.
+    for (let i = 0; i < written.length; i++) written[i]?.()
   }
 
   /**
@@ -559,6 +569,7 @@ export class Journal extends EventEmitter {
       const rest = this.pendingCbs
       this.pending = []
       this.pendingCbs = []
+      this.pendingWritten = []
       this.pendingBytes = 0
       for (const cb of rest) cb(err)
     } else if (this.pending.length > 0 && !this.scheduled) {

@@ -5,7 +5,7 @@ import { isUtf8 } from 'node:buffer'
 import type { AccessState } from './access.js'
 import type { Catalog } from './datasets.js'
 import { RejectReason, StreamgateError } from './errors.js'
-import { type AppendCallback, type Journal, MAX_ORIGIN } from './journal.js'
+import { type AppendCallback, type Journal, type JournalRecord, MAX_ORIGIN } from './journal.js'
 import type { RecentOrigins } from './origins.js'
 import type { Rejects } from './rejects.js'
 import { isPrincipalId } from './topics.js'
@@ -21,7 +21,14 @@ export interface Refusal {
 /** Not refused: the message's id was ingested already (acknowledge it; store and deliver nothing). */
 export interface Duplicate { readonly duplicate: true, readonly denied: false }
 
-export interface PipelineLimits { readonly maxPayload: number }
+/**
+ * When live subscribers get a message (STREAMGATE_FANOUT): `written`, once the journal's write has
+ * returned (it survives a crash of the gateway, and its fdatasync runs meanwhile); `durable`, once it
+ * is fdatasync'd, with its acknowledgement. Acknowledgements always wait for the fdatasync.
+ */
+export type FanoutWhen = 'written' | 'durable'
+
+export interface PipelineLimits { readonly maxPayload: number, readonly fanout?: FanoutWhen }
 
 const DUPLICATE: Duplicate = { duplicate: true, denied: false }
 
@@ -69,9 +76,10 @@ export class Pipeline {
   /**
    * Ingests one message (one record or a JSON array of them) for `device` in `dataset`. Returns null
    * when it was handed to the journal (`cb` fires when durable, or with the journal's refusal), or the
-   * refusal (already counted and logged; `cb` is not called).
+   * refusal (already counted and logged; `cb` is not called). `deliver` (the live fan-out) is called
+   * when STREAMGATE_FANOUT says, never for a message the journal refuses, and before `cb`.
    */
-  ingest (principal: string, dataset: string, device: string, payload: Buffer, topic: string | null, cb: AppendCallback, origin?: string): Refusal | Duplicate | null {
+  ingest (principal: string, dataset: string, device: string, payload: Buffer, topic: string | null, cb: AppendCallback, origin?: string, deliver?: () => void): Refusal | Duplicate | null {
     const compiled = this.catalog.current(dataset)
     if (compiled === undefined) {
       // Counted globally: a dataset that does not exist must not grow the per-dataset counters.
@@ -119,17 +127,24 @@ export class Pipeline {
     this.stats.records += n
     compiled.stats.messages++
     compiled.stats.records += n
-    this.journal.append({ origin, arrivalUs, dataset, version: compiled.version, device, principal, payload }, done)
+    this.append({ origin, arrivalUs, dataset, version: compiled.version, device, principal, payload }, done, deliver)
     return null
+  }
+
+  /** Appends to the journal, calling `deliver` when STREAMGATE_FANOUT says (before `cb`). */
+  private append (record: JournalRecord, cb: AppendCallback, deliver: (() => void) | undefined): void {
+    if (deliver === undefined) this.journal.append(record, cb)
+    else if (this.limits.fanout === 'durable') this.journal.append(record, (err) => { if (err === null) deliver(); cb(err) })
+    else this.journal.append(record, cb, deliver)
   }
 
   setFanout (fanout: Fanout): void {
     this.fanout = fanout
   }
 
-  /** Delivers a durable message that came in outside MQTT (AMQP) to MQTT subscribers. */
-  fanoutAccepted (dataset: string, device: string, payload: Buffer): void {
-    this.fanout?.(dataset, device, payload)
+  /** The live fan-out of a message that came in outside MQTT (AMQP): for ingest()'s `deliver`. */
+  deliverer (dataset: string, device: string, payload: Buffer): () => void {
+    return () => this.fanout?.(dataset, device, payload)
   }
 
   /**
@@ -184,12 +199,8 @@ export class Pipeline {
       for (let from = 0; from < group.length; from += compiled.maxBatch) {
         const payload = Buffer.from(JSON.stringify(group.slice(from, from + compiled.maxBatch)))
         appends.push(new Promise<void>((resolve, reject) => {
-          this.journal.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload }, (err) => {
-            if (err !== null) return reject(err)
-            // Like MQTT QoS 1: subscribers see it once it is durable.
-            this.fanout?.(dataset, device, payload)
-            resolve()
-          })
+          this.append({ arrivalUs, dataset, version: compiled.version, device, principal, payload },
+            (err) => { if (err !== null) reject(err); else resolve() }, this.deliverer(dataset, device, payload))
         }))
       }
     }

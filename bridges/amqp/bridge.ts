@@ -189,7 +189,6 @@ export class AmqpBridge {
       if (err === null) {
         if (origin !== undefined) this.origins.commit(principal, origin)
         this.ack(ch, msg)
-        this.pipeline.fanoutAccepted(dataset, device, msg.content)
         return
       }
       if (origin !== undefined) this.origins.abort(principal, origin)
@@ -197,7 +196,7 @@ export class AmqpBridge {
       this.counts.requeued++
       try { ch.nack(msg, false, true) } catch { /* channel gone: RabbitMQ redelivers */ }
       if (err instanceof JournalFullError) this.pause()
-    }, origin)
+    }, origin, this.pipeline.deliverer(dataset, device, msg.content))
     if (refusal !== null) {
       if (origin !== undefined) this.origins.abort(principal, origin)
       if ('duplicate' in refusal) {

@@ -144,6 +144,36 @@ describe('journal', () => {
     expect(err).toBeNull()
     await journal.close()
   })
+
+  it('calls `written` once the write returned, while the fdatasync still runs, and never for a failed write', async () => {
+    const dir = tmpDir()
+    const { journal } = await Journal.open(opts(dir))
+    // A slow disk: every fdatasync takes 300 ms longer.
+    const syncer = (journal as unknown as { syncer: { fdatasync: (fd: number, cb: (err: Error | null) => void) => void } }).syncer
+    const sync = syncer.fdatasync.bind(syncer)
+    syncer.fdatasync = (fd, cb) => { setTimeout(() => sync(fd, cb), 300) }
+    const events: string[] = []
+    let onDisk = 0
+    const done = Promise.all([1, 2, 3].map((i) => new Promise<void>((resolve) => journal.append(rec(i), (err) => {
+      events.push(`durable ${i} ${err === null}`)
+      resolve()
+    }, () => {
+      events.push(`written ${i} committed=${journal.committedSeq}`)
+      onDisk = fs.statSync(path.join(dir, fs.readdirSync(dir)[0]!)).size
+    }))))
+    await waitUntil(() => events.length === 3, 200, 'the written callbacks, before the fdatasync returns')
+    expect(events).toEqual(['written 1 committed=0', 'written 2 committed=0', 'written 3 committed=0'])
+    expect(onDisk).toBeGreaterThan(0)
+    await done
+    expect(events.slice(3)).toEqual(['durable 1 true', 'durable 2 true', 'durable 3 true'])
+
+    // A write that fails (here: its file descriptor closed under it) is refused, and never "written".
+    fs.closeSync((journal as unknown as { fd: number }).fd)
+    let written = false
+    const err = await new Promise<Error | null>((resolve) => journal.append(rec(4), resolve, () => { written = true }))
+    expect(err?.message).toMatch(/journal write failed/)
+    expect(written).toBe(false)
+  })
 })
 
 describe('journal followed from another reader (the sink thread)', () => {
