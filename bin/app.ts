@@ -219,7 +219,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
     // and connect, publish and API rates per principal (and address) counted across the nodes.
     const rates = config.redis !== null ? new RedisRates(config.redis.url) : null
     if (rates !== null) cleanups.push(() => rates.close())
-    const broker = await Broker.create({ config, access, pipeline, management, log, acks: journal, ...(brokerState !== null ? { shared: brokerState } : {}), ...(rates !== null ? { rates } : {}) })
+    const broker = await Broker.create({ config, access, pipeline, management, log, ...(brokerState !== null ? { shared: brokerState } : {}), ...(rates !== null ? { rates } : {}) })
     cleanups.push(() => broker.close())
     const listeners = await broker.listen()
 

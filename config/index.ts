@@ -64,7 +64,7 @@ export const configSchema = z.object({
   STREAMGATE_CONNECT_TIMEOUT_MS: positiveInt.default(30_000),
   STREAMGATE_JOURNAL_MAX_BYTES: positiveInt.default(2 * GiB),
   STREAMGATE_JOURNAL_SEGMENT_BYTES: positiveInt.min(64 * KiB).default(64 * MiB),
-  STREAMGATE_FANOUT: z.enum(['written', 'durable']).default('written'),
+  STREAMGATE_FANOUT: z.enum(['written', 'durable']).optional(),
   STREAMGATE_SINK_BATCH: positiveInt.default(100_000),
   STREAMGATE_SINK_LINGER_MS: nonNegativeInt.max(10_000).default(200),
   STREAMGATE_STORE_MEMORY: z.string().regex(/^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$/i, 'a size like 512MB or 1GiB').default('512MB'),
@@ -330,7 +330,9 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       maxBytes: r.STREAMGATE_JOURNAL_MAX_BYTES,
       segmentBytes: r.STREAMGATE_JOURNAL_SEGMENT_BYTES
     },
-    fanout: r.STREAMGATE_FANOUT,
+    // Replicated, a written commit may still be undone (the replica refused it): subscribers would see
+    // messages that are then refused to their publishers, and sent again.
+    fanout: r.STREAMGATE_FANOUT ?? (r.STREAMGATE_REPLICATION === 'none' ? 'written' : 'durable'),
     sink: { batch: r.STREAMGATE_SINK_BATCH, lingerMs: r.STREAMGATE_SINK_LINGER_MS },
     api: {
       jwt: r.STREAMGATE_JWT_ISSUER === undefined

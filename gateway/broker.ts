@@ -61,8 +61,6 @@ export interface Listeners {
 
 export interface BrokerDeps {
   readonly config: Config
-  /** The journal's 'acking' event (just before a commit's acknowledgements) lets PUBACKs be batched. */
-  readonly acks?: { on: (event: 'acking', listener: () => void) => unknown }
   readonly access: AccessState
   readonly pipeline: Pipeline
   readonly management: Management
@@ -96,7 +94,6 @@ export class Broker {
   private readonly byPrincipal = new Map<string, Set<SessionClient>>()
   private closed = false
   /** Clients waiting for a durable PUBACK, whose sockets are held while a commit acknowledges them. */
-  private readonly awaitingAck = new Set<Client>()
   private readonly writes = new WriteCoalescer()
   readonly stats = { connects: 0, authFailures: 0, protocolErrors: 0, throttled: 0, rateLimitedDisconnects: 0, connectsRefusedRate: 0, connectionsRefusedAddress: 0 }
   private readonly connectBuckets: Buckets
@@ -142,7 +139,6 @@ export class Broker {
     const broker = new Broker(aedes, deps)
     holder.b = broker
     broker.wire()
-    deps.acks?.on('acking', broker.corkForAcks)
     deps.pipeline.setFanout((dataset, device, payload) => {
       aedes.publish({ cmd: 'publish', topic: `datasets/${dataset}/${device}`, payload, qos: 1, retain: false, dup: false }, noop)
     })
@@ -185,7 +181,6 @@ export class Broker {
       if (!this.stillValid(s, Date.now())) client.close()
     })
     this.aedes.on('clientDisconnect', (client: Client) => {
-      this.awaitingAck.delete(client)
       this.forget(client as SessionClient)
     })
     this.aedes.on('clientError', (client: Client, err: Error) => {
@@ -349,17 +344,56 @@ export class Broker {
       else this.refused(client, session, packet, addr.dataset, refusal, done)
       return
     }
-    // QoS 1/2: the acknowledgement waits for the journal's fdatasync (Aedes writes it once `done` is
-    // called); subscribers get the message when STREAMGATE_FANOUT says (the pipeline calls `deliver`),
-    // so Aedes' own publish, after its acknowledgement, goes nowhere.
-    const qos = packet.qos
-    const deliver = (): void => {
-      this.aedes.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, noop)
+    if (packet.qos === 2) {
+      // A QoS 2 PUBLISH sent again (its PUBREC was lost) is answered by Aedes with a PUBREC alone, after
+      // this hook: it must not be journaled or delivered a second time.
+      const persistence = (this.aedes as unknown as { persistence: { incomingGetPacket: (c: Client, p: PublishPacket) => Promise<unknown> } }).persistence
+      persistence.incomingGetPacket(client, packet).then(
+        () => { packet.topic = DROP_TOPIC; done(null) },
+        () => this.admitDurable(client, session, packet, addr.dataset, addr.device, done))
+      return
     }
-    const refusal = this.deps.pipeline.ingest(session.principal, addr.dataset, addr.device, payload, topic, done, undefined, deliver)
-    if (refusal !== null) return this.refused(client, session, packet, addr.dataset, refusal, done)
+    this.admitDurable(client, session, packet, addr.dataset, addr.device, done)
+  }
+
+  private admitDurable (client: Client, session: Session, packet: PublishPacket, dataset: string, device: string, done: (err?: Error | null) => void): void {
+    const { topic, qos } = packet
+    const payload = packet.payload as Buffer
+    // QoS 1/2: subscribers get the message when STREAMGATE_FANOUT says (the pipeline calls `deliver`),
+    // and Aedes' own publish of the packet goes nowhere. QoS 1: the PUBACK is written here once the
+    // message is durable (Aedes is handed it as QoS 0, so it writes none); Aedes is called back, and
+    // reads the client's next packets, once the fan-out is written too (or handed to Redis): publishers
+    // go no faster than their subscribers read, as with Aedes' own publish (without that wait the QoS 1
+    // flood fell to 0.25x bare Aedes, deliveries piling up). QoS 2: Aedes goes on (PUBREC) once it is
+    // durable. A refusal by the journal (quota, failed disk) disconnects without an acknowledgement.
+    const messageId = packet.messageId ?? 0
+    let waiting = 1
+    let failure: Error | null = null
+    const finish = (): void => { if (--waiting === 0) done(failure) }
+    const deliver = (): void => {
+      if (qos === 2) {
+        this.aedes.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, noop)
+        return
+      }
+      waiting++
+      this.aedes.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, finish)
+    }
+    const refusal = this.deps.pipeline.ingest(session.principal, dataset, device, payload, topic, (err) => {
+      if (err === null && qos === 1) this.puback(client, messageId)
+      failure = err
+      finish()
+    }, undefined, deliver)
+    if (refusal !== null) return this.refused(client, session, packet, dataset, refusal, done)
     packet.topic = DROP_TOPIC
-    this.awaitingAck.add(client)
+    if (qos === 1) packet.qos = 0
+  }
+
+  /** Writes a PUBACK (0x40, remaining length 2, the packet identifier [MQTT-3.4]) with the others of this cycle, unless the connection is gone. */
+  private puback (client: Client, messageId: number): void {
+    const conn = client.conn as net.Socket
+    if (!conn.writable || (client as Client & { closed?: boolean }).closed === true) return
+    this.writes.hold(conn)
+    conn.write(Buffer.from([0x40, 2, messageId >> 8, messageId & 0xff]))
   }
 
   /** A publish the pipeline refused: denied ones disconnect; bad data is acknowledged and goes nowhere. */
@@ -378,13 +412,6 @@ export class Broker {
   /** Records a denied MQTT access in the audit log. */
   private audit (client: Client, session: Session, action: string, resource: string, detail: string): void {
     this.deps.management.denied({ principal: session.principal, address: addressOf(client), requestId: client.id }, action, resource, detail)
-  }
-
-  /** A commit is about to acknowledge its appends: its PUBACKs to one client leave in one write. */
-  private readonly corkForAcks = (): void => {
-    if (this.awaitingAck.size === 0) return
-    for (const c of this.awaitingAck) this.writes.hold(c.conn)
-    this.awaitingAck.clear()
   }
 
   /** Lets every held write leave (after the deliveries already queued are written): for shutdown. */

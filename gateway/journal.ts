@@ -494,8 +494,15 @@ export class Journal extends EventEmitter {
         (rerr: Error) => { wait.settled = true; wait.error = rerr; this.drainReplicated() })
       if (this.pending.length > 0) this.commit()
     })
-    // Written: let the live fan-out go while the fdatasync runs on its thread.
-    for (let i = 0; i < written.length; i++) written[i]?.()
+    // Written: let the live fan-out go while the fdatasync runs on its thread. One that throws must
+    // not keep the rest of the batch from theirs (nor leave this commit half done).
+    for (let i = 0; i < written.length; i++) {
+      try {
+        written[i]?.()
+      } catch (err) {
+        this.opts.log?.warn({ err: (err as Error).message }, 'journal: a written callback threw')
+      }
+    }
   }
 
   /**
@@ -553,8 +560,6 @@ export class Journal extends EventEmitter {
     const slot = this.arrivalCount++ % ARRIVALS
     this.arrivalSeq[slot] = this.lastCommitted
     this.arrivalUs[slot] = (batch[0] as JournalRecord).arrivalUs
-    // Listeners may cork sockets so the acknowledgements below leave in one write per client.
-    this.emit('acking')
     for (let i = 0; i < cbs.length; i++) (cbs[i] as AppendCallback)(null)
     this.emit('commit', this.lastCommitted)
   }

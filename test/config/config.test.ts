@@ -15,6 +15,14 @@ describe('config', () => {
     expect(Object.isFrozen(c.limits)).toBe(true)
   })
 
+  it('fans out once written, but once durable when the journal is replicated, unless STREAMGATE_FANOUT says', () => {
+    const amqp = { STREAMGATE_AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672', STREAMGATE_REPLICATION: 'rabbitmq-stream' }
+    expect(loadConfig({}).fanout).toBe('written')
+    expect(loadConfig(amqp).fanout).toBe('durable')
+    expect(loadConfig({ ...amqp, STREAMGATE_FANOUT: 'written' }).fanout).toBe('written')
+    expect(loadConfig({ STREAMGATE_FANOUT: 'durable' }).fanout).toBe('durable')
+  })
+
   it('names the variable and what is allowed when a value is bad', () => {
     const bad = (env: Record<string, string>): string => {
       try {

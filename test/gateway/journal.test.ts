@@ -167,12 +167,17 @@ describe('journal', () => {
     await done
     expect(events.slice(3)).toEqual(['durable 1 true', 'durable 2 true', 'durable 3 true'])
 
-    // A write that fails (here: its file descriptor closed under it) is refused, and never "written".
-    fs.closeSync((journal as unknown as { fd: number }).fd)
+    // A write that fails (here: the segment opened read-only under it, EBADF) is refused, and never "written".
+    const j = journal as unknown as { fd: number }
+    const fd = j.fd
+    j.fd = fs.openSync(path.join(dir, fs.readdirSync(dir)[0]!), 'r')
     let written = false
     const err = await new Promise<Error | null>((resolve) => journal.append(rec(4), resolve, () => { written = true }))
     expect(err?.message).toMatch(/journal write failed/)
     expect(written).toBe(false)
+    fs.closeSync(j.fd)
+    j.fd = fd
+    await journal.close()
   })
 })
 
