@@ -344,13 +344,17 @@ export class Broker {
       else this.refused(client, session, packet, addr.dataset, refusal, done)
       return
     }
-    if (packet.qos === 2) {
-      // A QoS 2 PUBLISH sent again (its PUBREC was lost) is answered by Aedes with a PUBREC alone, after
-      // this hook: it must not be journaled or delivered a second time.
+    if (packet.qos === 2 && packet.dup) {
+      // A QoS 2 PUBLISH sent again (its PUBREC was lost; a resend carries DUP [MQTT-3.3.1-1]) is
+      // answered by Aedes with a PUBREC alone, after this hook: it must not be journaled or delivered
+      // a second time. Both Aedes persistences answer a miss with "no such packet".
       const persistence = (this.aedes as unknown as { persistence: { incomingGetPacket: (c: Client, p: PublishPacket) => Promise<unknown> } }).persistence
       persistence.incomingGetPacket(client, packet).then(
         () => { packet.topic = DROP_TOPIC; done(null) },
-        () => this.admitDurable(client, session, packet, addr.dataset, addr.device, done))
+        (err: Error) => {
+          if (err?.message === 'no such packet') this.admitDurable(client, session, packet, addr.dataset, addr.device, done)
+          else done(err)
+        })
       return
     }
     this.admitDurable(client, session, packet, addr.dataset, addr.device, done)

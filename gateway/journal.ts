@@ -265,6 +265,15 @@ export class JournalFullError extends StreamgateError {
   }
 }
 
+/** Calls back one caller of a batch: one that throws must not keep the rest of the batch from theirs. */
+function call (cb: (err: Error | null) => void, err: Error | null, log: JournalOptions['log']): void {
+  try {
+    cb(err)
+  } catch (e) {
+    log?.warn({ err: (e as Error).message }, 'journal: a callback threw')
+  }
+}
+
 export class Journal extends EventEmitter {
   private readonly segments: Segment[] = []
   private fd = -1
@@ -497,11 +506,8 @@ export class Journal extends EventEmitter {
     // Written: let the live fan-out go while the fdatasync runs on its thread. One that throws must
     // not keep the rest of the batch from theirs (nor leave this commit half done).
     for (let i = 0; i < written.length; i++) {
-      try {
-        written[i]?.()
-      } catch (err) {
-        this.opts.log?.warn({ err: (err as Error).message }, 'journal: a written callback threw')
-      }
+      const w = written[i]
+      if (w !== undefined) call(w, null, this.opts.log)
     }
   }
 
@@ -560,7 +566,7 @@ export class Journal extends EventEmitter {
     const slot = this.arrivalCount++ % ARRIVALS
     this.arrivalSeq[slot] = this.lastCommitted
     this.arrivalUs[slot] = (batch[0] as JournalRecord).arrivalUs
-    for (let i = 0; i < cbs.length; i++) (cbs[i] as AppendCallback)(null)
+    for (let i = 0; i < cbs.length; i++) call(cbs[i]!, null, this.opts.log)
     this.emit('commit', this.lastCommitted)
   }
 
@@ -569,14 +575,14 @@ export class Journal extends EventEmitter {
       this.failure = err
       this.opts.log?.warn({ err: err.message }, 'journal failed; refusing appends')
     }
-    for (const cb of cbs) cb(err)
+    for (const cb of cbs) call(cb, err, this.opts.log)
     if (fatal) {
       const rest = this.pendingCbs
       this.pending = []
       this.pendingCbs = []
       this.pendingWritten = []
       this.pendingBytes = 0
-      for (const cb of rest) cb(err)
+      for (const cb of rest) call(cb, err, this.opts.log)
     } else if (this.pending.length > 0 && !this.scheduled) {
       this.scheduled = true
       setImmediate(this.commitNow)
