@@ -48,6 +48,11 @@ export interface SessionInfo {
 const SESSION = Symbol('streamgate.session')
 type SessionClient = Client & { [SESSION]?: Session }
 
+/** A client's QoS 1 PUBACKs not written yet, in the order their PUBLISHes came ([MQTT-4.6.0-2]). */
+const ACKS = Symbol('streamgate.acks')
+interface PendingAck { readonly id: number, ready: boolean }
+type AckingClient = Client & { [ACKS]?: PendingAck[] }
+
 export function sessionOf (client: Client | null): Session | undefined {
   return client === null ? undefined : (client as SessionClient)[SESSION]
 }
@@ -382,34 +387,61 @@ export class Broker {
       waiting++
       this.aedes.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, finish)
     }
+    const ack = qos === 1 ? this.pendingAck(client, messageId) : null
     const refusal = this.deps.pipeline.ingest(session.principal, dataset, device, payload, topic, (err) => {
-      if (err === null && qos === 1) this.puback(client, messageId)
+      if (err === null && ack !== null) {
+        ack.ready = true
+        this.writeAcks(client)
+      }
       failure = err
       finish()
     }, undefined, deliver)
-    if (refusal !== null) return this.refused(client, session, packet, dataset, refusal, done)
+    if (refusal !== null) return this.refused(client, session, packet, dataset, refusal, done, ack)
     packet.topic = DROP_TOPIC
     if (qos === 1) packet.qos = 0
   }
 
-  /** Writes a PUBACK (0x40, remaining length 2, the packet identifier [MQTT-3.4]) with the others of this cycle, unless the connection is gone. */
-  private puback (client: Client, messageId: number): void {
+  /** A QoS 1 PUBACK to write once `ready`, after those of the client's earlier PUBLISHes. */
+  private pendingAck (client: Client, id: number): PendingAck {
+    const c = client as AckingClient
+    const ack = { id, ready: false }
+    ;(c[ACKS] ??= []).push(ack)
+    return ack
+  }
+
+  /**
+   * Writes the client's ready PUBACKs (0x40, remaining length 2, the packet identifier [MQTT-3.4]) up
+   * to the first one still waiting, with the others of this cycle, unless the connection is gone.
+   */
+  private writeAcks (client: Client): void {
+    const queue = (client as AckingClient)[ACKS]!
     const conn = client.conn as net.Socket
-    if (!conn.writable || (client as Client & { closed?: boolean }).closed === true) return
-    this.writes.hold(conn)
-    conn.write(Buffer.from([0x40, 2, messageId >> 8, messageId & 0xff]))
+    const gone = !conn.writable || (client as Client & { closed?: boolean }).closed === true
+    if (!gone) this.writes.hold(conn)
+    let n = 0
+    while (n < queue.length && queue[n]!.ready) {
+      const id = queue[n++]!.id
+      if (!gone) conn.write(Buffer.from([0x40, 2, id >> 8, id & 0xff]))
+    }
+    queue.splice(0, n)
   }
 
   /** A publish the pipeline refused: denied ones disconnect; bad data is acknowledged and goes nowhere. */
-  private refused (client: Client, session: Session, packet: PublishPacket, dataset: string, refusal: Refusal | Duplicate, done: (err?: Error | null) => void): void {
+  private refused (client: Client, session: Session, packet: PublishPacket, dataset: string, refusal: Refusal | Duplicate, done: (err?: Error | null) => void, ack: PendingAck | null = null): void {
     if (refusal.denied) {
       this.audit(client, session, 'mqtt.publish', `datasets/${dataset}`, refusal.detail)
       done(new Error(refusal.detail))
       return
     }
     // Bad data (or a resend of a message stored already): MQTT 3.1.1 has no negative PUBACK.
-    // Acknowledge, deliver to nobody, keep the client connected.
+    // Acknowledge, deliver to nobody, keep the client connected; a QoS 1 PUBACK after those of the
+    // client's earlier PUBLISHes still waiting for the journal.
     packet.topic = DROP_TOPIC
+    if (ack !== null) {
+      packet.qos = 0
+      ack.ready = true
+      this.writeAcks(client)
+    }
     done(null)
   }
 

@@ -108,6 +108,23 @@ describe('STREAMGATE_FANOUT', () => {
     expect(got).toBe(0)
   })
 
+  it('acknowledges QoS 1 PUBLISHes in the order they came, a refused one after an earlier one still being made durable', async () => {
+    const gw = await writtenGateway()
+    const ds = uniqueId('order')
+    await createDataset(gw, ds, { fields: { n: 'long' } })
+    const pub = await client(gw)
+    const acks: number[] = []
+    pub.on('packetreceive', (p) => { if (p.cmd === 'puback') acks.push(p.messageId!) })
+    const sent: number[] = []
+    pub.on('packetsend', (p) => { if (p.cmd === 'publish') sent.push(p.messageId!) })
+    await Promise.all([
+      pub.publishAsync(`datasets/${ds}/d1`, JSON.stringify({ n: 1 }), { qos: 1 }), // journaled: waits SLOW_MS
+      pub.publishAsync(`datasets/${ds}/d1`, '{"n": "not a number"}', { qos: 1 }), // refused at once
+      pub.publishAsync(`datasets/${ds}/d1`, JSON.stringify({ n: 3 }), { qos: 1 })
+    ])
+    expect(acks).toEqual(sent)
+  })
+
   it('journals and delivers a QoS 2 message sent again (its PUBREC lost) once', async () => {
     const gw = await writtenGateway()
     const ds = uniqueId('qos2')
