@@ -27,6 +27,14 @@ async function slowDiskGateway (fanout: 'written' | 'durable'): Promise<TestGate
 let written: TestGateway | undefined
 const writtenGateway = async (): Promise<TestGateway> => (written ??= await slowDiskGateway('written'))
 
+/** A new dataset on the slow-disk gateway that fans out once written. */
+async function writtenDataset (prefix: string): Promise<{ gw: TestGateway, ds: string }> {
+  const gw = await writtenGateway()
+  const ds = uniqueId(prefix)
+  await createDataset(gw, ds, { fields: { n: 'long' } })
+  return { gw, ds }
+}
+
 async function client (gw: TestGateway): Promise<MqttClient> {
   const c = await connect(gw.mqttUrl, 'admin', ADMIN_KEY, { reconnectPeriod: 0 })
   clients.push(c)
@@ -70,9 +78,7 @@ describe('STREAMGATE_FANOUT', () => {
   })
 
   it('written: records posted over HTTP reach subscribers before the 202', async () => {
-    const gw = await writtenGateway()
-    const ds = uniqueId('http')
-    await createDataset(gw, ds, { fields: { n: 'long' } })
+    const { gw, ds } = await writtenDataset('http')
     const sub = await client(gw)
     let delivered = -1
     const t0 = performance.now()
@@ -88,9 +94,7 @@ describe('STREAMGATE_FANOUT', () => {
   })
 
   it('clears the retain flag: subscribers get QoS 0 and QoS 1 messages as not retained, and a later subscriber gets nothing', async () => {
-    const gw = await writtenGateway()
-    const ds = uniqueId('retain')
-    await createDataset(gw, ds, { fields: { n: 'long' } })
+    const { gw, ds } = await writtenDataset('retain')
     const sub = await client(gw)
     const flags: boolean[] = []
     sub.on('message', (_t, _p, packet) => { flags.push(packet.retain) })
@@ -109,9 +113,7 @@ describe('STREAMGATE_FANOUT', () => {
   })
 
   it('acknowledges QoS 1 PUBLISHes in the order they came, a refused one after an earlier one still being made durable', async () => {
-    const gw = await writtenGateway()
-    const ds = uniqueId('order')
-    await createDataset(gw, ds, { fields: { n: 'long' } })
+    const { gw, ds } = await writtenDataset('order')
     const pub = await client(gw)
     const acks: number[] = []
     pub.on('packetreceive', (p) => { if (p.cmd === 'puback') acks.push(p.messageId!) })
@@ -126,9 +128,7 @@ describe('STREAMGATE_FANOUT', () => {
   })
 
   it('journals and delivers a QoS 2 message sent again (its PUBREC lost) once', async () => {
-    const gw = await writtenGateway()
-    const ds = uniqueId('qos2')
-    await createDataset(gw, ds, { fields: { n: 'long' } })
+    const { gw, ds } = await writtenDataset('qos2')
     const sub = await client(gw)
     let copies = 0
     sub.on('message', () => { copies++ })
