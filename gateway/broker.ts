@@ -98,7 +98,7 @@ export class Broker {
   private readonly servers: (net.Server | http.Server)[] = []
   private readonly byPrincipal = new Map<string, Set<SessionClient>>()
   private closed = false
-  /** Clients waiting for a durable PUBACK, whose sockets are held while a commit acknowledges them. */
+  /** Holds sockets so PUBACKs and deliveries written in one cycle leave in one write per client. */
   private readonly writes = new WriteCoalescer()
   readonly stats = { connects: 0, authFailures: 0, protocolErrors: 0, throttled: 0, rateLimitedDisconnects: 0, connectsRefusedRate: 0, connectionsRefusedAddress: 0 }
   private readonly connectBuckets: Buckets
@@ -380,12 +380,8 @@ export class Broker {
     let failure: Error | null = null
     const finish = (): void => { if (--waiting === 0) done(failure) }
     const deliver = (): void => {
-      if (qos === 2) {
-        this.aedes.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, noop)
-        return
-      }
-      waiting++
-      this.aedes.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, finish)
+      if (qos === 1) waiting++
+      this.aedes.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, qos === 1 ? finish : noop)
     }
     const ack = qos === 1 ? this.pendingAck(client, messageId) : null
     const refusal = this.deps.pipeline.ingest(session.principal, dataset, device, payload, topic, (err) => {
