@@ -68,7 +68,7 @@ export function createMetrics (deps: MetricsDeps): Metrics {
   gaugeFrom(registry, 'streamgate_journal_bytes', 'Journal bytes on disk not yet released by every consumer', [], (set) => set({}, deps.journal.bytes))
   gaugeFrom(registry, 'streamgate_journal_committed_seq', 'Last durable journal sequence number', [], (set) => set({}, deps.journal.committedSeq))
   gaugeFrom(registry, 'streamgate_journal_healthy', '1 while the journal accepts appends', [], (set) => set({}, deps.journal.healthy ? 1 : 0))
-  counterFrom(registry, 'streamgate_journal_commits_total', 'Group commits (one write and one fdatasync each)', [], (set) => set({}, deps.journal.stats.commits))
+  counterFrom(registry, 'streamgate_journal_commits_total', 'Group commits (one fdatasync each, for every write made since the previous one)', [], (set) => set({}, deps.journal.stats.commits))
   counterFrom(registry, 'streamgate_journal_refused_full_total', 'Appends refused because the journal quota was reached', [], (set) => set({}, deps.journal.stats.refusedFull))
 
   gaugeFrom(registry, 'streamgate_consumer_lag_records', 'Journal entries a consumer has not stored yet', ['consumer'], (set) => { for (const c of deps.consumers) set({ consumer: c.name }, c.lag) })

@@ -243,15 +243,22 @@ const REPLICATING = 4
 /** Largest replicated commit (one RabbitMQ message; its default limit is 16 MiB in 4.x, 128 MiB in 3.x). */
 const REPLICA_COMMIT_BYTES = 4 << 20
 
-interface Replicating {
+/** A commit written to its segment, waiting for its fdatasync. */
+interface Written {
   readonly batch: JournalRecord[]
   readonly cbs: AppendCallback[]
   readonly firstSeq: number
-  /** Where in the segment its bytes start, and how many. */
+  /** Where in the segment its bytes start, and the bytes. */
   readonly start: number
-  readonly bytes: number
+  readonly bytes: Buffer
   readonly seg: Segment
   readonly fd: number
+}
+
+/** A durable commit waiting for the replica (STREAMGATE_REPLICATION). */
+interface Replicating extends Omit<Written, 'bytes'> {
+  /** How many bytes it has in the segment from `start`. */
+  readonly bytes: number
   settled: boolean
   error: Error | null
 }
@@ -285,7 +292,10 @@ export class Journal extends EventEmitter {
   private pendingWritten: (WrittenCallback | undefined)[] = []
   private pendingBytes = 0
   private scheduled = false
+  /** An fdatasync is running, for the commits in `syncing`; `unsynced` were written since it started. */
   private inFlight = false
+  private syncing: Written[] = []
+  private unsynced: Written[] = []
   /** fdatasync off libuv's threadpool, which DuckDB's queries can fill (gateway/syncer.ts). */
   private readonly syncer = new Syncer()
   /** Commits written and fdatasync'd, waiting for the replica (STREAMGATE_REPLICATION), oldest first. */
@@ -415,18 +425,23 @@ export class Journal extends EventEmitter {
     this.pendingCbs.push(cb)
     this.pendingWritten.push(written)
     this.pendingBytes += size
-    if (!this.scheduled && !this.inFlight) {
+    if (!this.scheduled) {
       this.scheduled = true
       // Let every publish dispatched in this turn (Aedes handles a socket read's packets together) join the commit.
       setImmediate(this.commitNow)
     }
   }
 
+  /**
+   * Writes what is pending as one commit, at once, even while the fdatasync of earlier ones runs:
+   * the live fan-out waits for the write only, never for someone else's fdatasync. One fdatasync is
+   * in flight at a time and covers every commit written before it started (group commit).
+   */
   private commit (): void {
-    if (this.pending.length === 0 || this.inFlight) return
-    // Replicated commits in flight: at most REPLICATING of them, none while one failed (it and every
-    // later one are being undone), and within one segment (an undo cuts one file).
-    if (this.replicating.length >= REPLICATING || this.undoing) return
+    if (this.pending.length === 0 || this.undoing) return
+    // Replicated commits written and not yet confirmed: at most REPLICATING of them, none while one
+    // failed (it and every later one are being undone), and within one segment (an undo cuts one file).
+    if (this.opts.replicate !== undefined && this.replicating.length + this.unsynced.length + this.syncing.length >= REPLICATING) return
     // A replicated commit is one message: keep it well below RabbitMQ's message size limit.
     let take = this.pending.length
     let bytes = this.pendingBytes
@@ -437,13 +452,16 @@ export class Journal extends EventEmitter {
     }
     const active = this.segments.at(-1)
     const newSegment = active !== undefined && active.size > 0 && active.size + bytes > this.opts.segmentBytes
-    if (newSegment && this.replicating.length > 0) return // taken up again once they are confirmed
-    const batch = take === this.pending.length ? this.pending : this.pending.slice(0, take)
-    const cbs = take === this.pending.length ? this.pendingCbs : this.pendingCbs.slice(0, take)
-    const written = take === this.pending.length ? this.pendingWritten : this.pendingWritten.slice(0, take)
-    this.pending = take === this.pending.length ? [] : this.pending.slice(take)
-    this.pendingCbs = take === this.pendingCbs.length ? [] : this.pendingCbs.slice(take)
-    this.pendingWritten = take === this.pendingWritten.length ? [] : this.pendingWritten.slice(take)
+    // The fdatasync covers one file: a new segment waits until the old one's commits are durable
+    // (and confirmed); taken up again then.
+    if (newSegment && (this.inFlight || this.unsynced.length > 0 || this.replicating.length > 0)) return
+    const all = take === this.pending.length
+    const batch = all ? this.pending : this.pending.slice(0, take)
+    const cbs = all ? this.pendingCbs : this.pendingCbs.slice(0, take)
+    const written = all ? this.pendingWritten : this.pendingWritten.slice(0, take)
+    this.pending = all ? [] : this.pending.slice(take)
+    this.pendingCbs = all ? [] : this.pendingCbs.slice(take)
+    this.pendingWritten = all ? [] : this.pendingWritten.slice(take)
     this.pendingBytes -= bytes
     if (newSegment) {
       try {
@@ -460,8 +478,8 @@ export class Journal extends EventEmitter {
     for (let i = 0; i < batch.length; i++) off = encodeInto(buf, off, firstSeq + i, batch[i] as JournalRecord)
     const start = seg.size
     try {
-      let written = 0
-      while (written < off) written += fs.writeSync(this.fd, buf, written, off - written, start + written)
+      let n = 0
+      while (n < off) n += fs.writeSync(this.fd, buf, n, off - n, start + n)
     } catch (err) {
       // ENOSPC and friends: roll back the partial write so the file stays a sequence of whole entries.
       try { fs.ftruncateSync(this.fd, start) } catch { /* the next recovery truncates it */ }
@@ -471,38 +489,8 @@ export class Journal extends EventEmitter {
     seg.size += off
     this.totalBytes += off
     this.nextSeq += batch.length
-    this.inFlight = true
-    this.syncer.fdatasync(this.fd, (err) => {
-      this.inFlight = false
-      if (err !== null) {
-        // After a failed fsync the page cache state is unknown (the "fsyncgate" lesson): stop accepting,
-        // and refuse the commits still waiting for the replica too (they were written before this one).
-        const waiting = this.replicating.splice(0).flatMap((w) => w.cbs)
-        this.undoing = false
-        this.failAll([...waiting, ...cbs], new StreamgateError('SG_ERR_UNAVAILABLE', 'journal fdatasync failed: ' + err.message, {}, { cause: err }), true)
-        return
-      }
-      if (this.opts.replicate === undefined) {
-        this.committed(batch, cbs, firstSeq)
-        if (this.pending.length > 0) this.commit()
-        return
-      }
-      // Nothing is acknowledged, and no consumer reads it (committedSeq stays), until the replica has
-      // it. Meanwhile the next commit is written and replicated (commits are confirmed in order).
-      const wait: Replicating = { batch, cbs, firstSeq, start, bytes: off, seg, fd: this.fd, settled: false, error: null }
-      this.replicating.push(wait)
-      if (this.undoing) {
-        // Written while an earlier commit failed: undone with it.
-        wait.settled = true
-        wait.error = new Error('an earlier commit was not replicated')
-        this.drainReplicated()
-        return
-      }
-      this.opts.replicate({ firstSeq, lastSeq: firstSeq + batch.length - 1, bytes: buf.subarray(0, off) }).then(
-        () => { wait.settled = true; this.drainReplicated() },
-        (rerr: Error) => { wait.settled = true; wait.error = rerr; this.drainReplicated() })
-      if (this.pending.length > 0) this.commit()
-    })
+    this.unsynced.push({ batch, cbs, firstSeq, start, bytes: buf.subarray(0, off), seg, fd: this.fd })
+    if (!this.inFlight) this.sync()
     // Written: let the live fan-out go while the fdatasync runs on its thread. One that throws must
     // not keep the rest of the batch from theirs (nor leave this commit half done).
     for (let i = 0; i < written.length; i++) {
@@ -511,22 +499,68 @@ export class Journal extends EventEmitter {
     }
   }
 
+  /** One fdatasync for every commit written since the last one started; then they are durable. */
+  private sync (): void {
+    const commits = this.unsynced
+    this.unsynced = []
+    this.syncing = commits
+    this.inFlight = true
+    this.syncer.fdatasync(this.fd, (err) => {
+      this.inFlight = false
+      this.syncing = []
+      if (err !== null) {
+        // After a failed fsync the page cache state is unknown (the "fsyncgate" lesson): stop accepting,
+        // and refuse every commit written and not acknowledged (all were written before this returned).
+        const waiting = [...this.replicating.splice(0), ...commits, ...this.unsynced.splice(0)].flatMap((w) => w.cbs)
+        this.undoing = false
+        this.failAll(waiting, new StreamgateError('SG_ERR_UNAVAILABLE', 'journal fdatasync failed: ' + err.message, {}, { cause: err }), true)
+        return
+      }
+      if (this.opts.replicate === undefined) {
+        this.committed(commits)
+      } else {
+        for (const c of commits) this.replicate(c)
+      }
+      if (this.unsynced.length > 0) this.sync()
+      if (this.pending.length > 0 && !this.scheduled) this.commit()
+    })
+  }
+
+  /**
+   * A durable commit goes to the replica. Nothing is acknowledged, and no consumer reads it
+   * (committedSeq stays), until the replica has it; commits are confirmed in order.
+   */
+  private replicate (c: Written): void {
+    const wait: Replicating = { ...c, bytes: c.bytes.length, settled: false, error: null }
+    this.replicating.push(wait)
+    if (this.undoing) {
+      // Written while an earlier commit failed: undone with it.
+      wait.settled = true
+      wait.error = new Error('an earlier commit was not replicated')
+      this.drainReplicated()
+      return
+    }
+    this.opts.replicate!({ firstSeq: c.firstSeq, lastSeq: c.firstSeq + c.batch.length - 1, bytes: c.bytes }).then(
+      () => { wait.settled = true; this.drainReplicated() },
+      (rerr: Error) => { wait.settled = true; wait.error = rerr; this.drainReplicated() })
+  }
+
   /**
    * Acknowledges replicated commits in order. When one failed, it and every later one (written after
    * it, maybe already confirmed) are undone once all have settled: cut from the segment, their
    * sequence numbers skipped (never reused), refused to their callers.
    */
   private drainReplicated (): void {
-    while (this.replicating.length > 0 && !this.undoing) {
-      const head = this.replicating[0]!
-      if (!head.settled) return
-      if (head.error !== null) { this.undoing = true; break }
-      this.replicating.shift()
-      this.committed(head.batch, head.cbs, head.firstSeq)
+    let n = 0
+    while (n < this.replicating.length && this.replicating[n]!.settled) {
+      if (this.replicating[n]!.error !== null) { this.undoing = true; break }
+      n++
     }
+    if (n > 0) this.committed(this.replicating.splice(0, n))
+    if (this.replicating.length > 0 && !this.undoing) return
     if (this.undoing) {
-      // A commit being written joins the undo when its fdatasync returns.
-      if (this.inFlight || this.replicating.some((w) => !w.settled)) return
+      // Commits written and not yet durable join the undo when their fdatasync returns.
+      if (this.inFlight || this.unsynced.length > 0 || this.replicating.some((w) => !w.settled)) return
       const undone = this.replicating.splice(0)
       const first = undone[0]!
       const err = new StreamgateError('SG_ERR_UNAVAILABLE', 'journal replication failed: ' + first.error!.message, { retryAfter: 5 }, { cause: first.error })
@@ -558,15 +592,21 @@ export class Journal extends EventEmitter {
     if (this.pending.length > 0) this.commit()
   }
 
-  /** A commit is durable (and replicated, when configured): acknowledge it and let consumers read it. */
-  private committed (batch: JournalRecord[], cbs: AppendCallback[], firstSeq: number): void {
+  /**
+   * Commits are durable (and replicated, when configured), in order: acknowledge them and let
+   * consumers read them (one 'commit' event for all).
+   */
+  private committed (commits: readonly Pick<Written, 'batch' | 'cbs' | 'firstSeq'>[]): void {
+    const last = commits[commits.length - 1]!
     this.stats.commits++
-    this.stats.appended += batch.length
-    this.lastCommitted = firstSeq + batch.length - 1
+    this.lastCommitted = last.firstSeq + last.batch.length - 1
     const slot = this.arrivalCount++ % ARRIVALS
     this.arrivalSeq[slot] = this.lastCommitted
-    this.arrivalUs[slot] = (batch[0] as JournalRecord).arrivalUs
-    for (let i = 0; i < cbs.length; i++) call(cbs[i]!, null, this.opts.log)
+    this.arrivalUs[slot] = (commits[0]!.batch[0] as JournalRecord).arrivalUs
+    for (const c of commits) {
+      this.stats.appended += c.batch.length
+      for (let i = 0; i < c.cbs.length; i++) call(c.cbs[i]!, null, this.opts.log)
+    }
     this.emit('commit', this.lastCommitted)
   }
 
@@ -696,7 +736,7 @@ export class Journal extends EventEmitter {
   /** Waits for the commit in flight and closes the file. Appends after close are refused. Idempotent. */
   async close (): Promise<void> {
     if (this.closed) return
-    while (this.inFlight || this.pending.length > 0 || this.scheduled || this.replicating.length > 0) {
+    while (this.inFlight || this.unsynced.length > 0 || this.pending.length > 0 || this.scheduled || this.replicating.length > 0) {
       await new Promise<void>((resolve) => setTimeout(resolve, 1))
       if (this.failure !== null) break
     }

@@ -179,6 +179,59 @@ describe('journal', () => {
     j.fd = fd
     await journal.close()
   })
+
+  it('writes a commit at once while an earlier one is being fdatasync\'d, and one fdatasync then covers all written meanwhile', async () => {
+    const dir = tmpDir()
+    // Small segments: commits also roll to new files while others wait for their fdatasync.
+    const { journal } = await Journal.open(opts(dir, { segmentBytes: 4 * 1024 }))
+    const syncer = (journal as unknown as { syncer: { fdatasync: (fd: number, cb: (err: Error | null) => void) => void } }).syncer
+    const sync = syncer.fdatasync.bind(syncer)
+    let syncs = 0
+    syncer.fdatasync = (fd, cb) => { syncs++; setTimeout(() => sync(fd, cb), 200) }
+    const events: string[] = []
+    const append = (i: number): Promise<void> => new Promise((resolve) => journal.append(rec(i), (err) => {
+      events.push(`durable ${i} ${err === null}`)
+      resolve()
+    }, () => events.push(`written ${i}`)))
+    const first = append(1)
+    await waitUntil(() => events.includes('written 1'), 100, 'the first write')
+    // Three more commits, in three event-loop turns, while the first fdatasync runs.
+    const later: Promise<void>[] = []
+    for (const i of [2, 3, 4]) {
+      later.push(append(i))
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    await waitUntil(() => events.includes('written 4'), 100, 'writes while an fdatasync is in flight')
+    expect(events).toEqual(['written 1', 'written 2', 'written 3', 'written 4'])
+    expect(syncs).toBe(1)
+    await Promise.all([first, ...later])
+    expect(events.slice(4)).toEqual(['durable 1 true', 'durable 2 true', 'durable 3 true', 'durable 4 true'])
+    expect(syncs).toBe(2)
+    expect(journal.stats.commits).toBe(2) // group commits: one per fdatasync
+
+    // Many commits across segment boundaries with a slow disk: every one durable, in order, and read back after a restart.
+    // (A commit that needs a new segment waits for the commits in the old one to be durable.)
+    const n = 200
+    const acked: number[] = []
+    for (let round = 0; round < 4; round++) {
+      const all: Promise<void>[] = []
+      for (let i = 5 + round * 50; i < 5 + (round + 1) * 50; i++) {
+        all.push(new Promise((resolve) => journal.append(rec(i, 100), (err) => { expect(err).toBeNull(); acked.push(i); resolve() })))
+        if (i % 10 === 0) await new Promise((resolve) => setImmediate(resolve))
+      }
+      await Promise.all(all)
+    }
+    expect(acked).toEqual(Array.from({ length: n }, (_, k) => k + 5))
+    await journal.close()
+    const reopened = await Journal.open(opts(dir, { segmentBytes: 4 * 1024 }))
+    expect(reopened.recovery.segments).toBeGreaterThan(3)
+    const reader = reopened.journal.reader(1)
+    const seen: number[] = []
+    for (let got = await reader.read(1000); got.length > 0; got = await reader.read(1000)) for (const e of got) seen.push(JSON.parse(e.payload.toString()).i)
+    await reader.close()
+    expect(seen).toEqual(Array.from({ length: n + 4 }, (_, k) => k + 1))
+    await reopened.journal.close()
+  })
 })
 
 describe('journal followed from another reader (the sink thread)', () => {
