@@ -27,7 +27,7 @@ async function main (): Promise<void> {
       })
     }
   })
-  const store = await RecordStore.open({ dataDir: path.join(dir, 'store'), memoryLimit: '512MB' })
+  const store = await RecordStore.open({ dataDir: path.join(dir, 'store'), memoryLimit: process.env.STREAMGATE_STORE_MEMORY ?? '512MB', cacheLimit: process.env.STREAMGATE_STORE_CACHE ?? '64MB' })
   const catalog = new Catalog(limits)
   catalog.put(dataset)
   await store.prepareDataset(dataset)

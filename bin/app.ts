@@ -94,7 +94,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       journalDir: path.join(dataDir, 'journal'),
       sink: config.questdb !== null
         ? { kind: 'questdb', ilp: config.questdb.ilp, pg: config.questdb.pg, timeoutMs: config.questdb.timeoutMs, resetMs: config.questdb.resetMs, nodeId }
-        : { kind: 'embedded', dataDir, memoryLimit: config.storeMemory, queryConcurrency: config.limits.queryConcurrency, queryTimeoutMs: config.limits.queryTimeoutMs },
+        : { kind: 'embedded', dataDir, memoryLimit: config.storeMemory, cacheLimit: config.storeCache, queryConcurrency: config.limits.queryConcurrency, queryTimeoutMs: config.limits.queryTimeoutMs },
       consumer: { maxEntries: 20_000, maxRows: config.sink.batch, lingerMs: config.sink.lingerMs },
       limits: { maxBatch: config.limits.maxBatch, maxString: config.limits.maxString },
       ...(config.redis !== null ? { claims: { redisUrl: config.redis.url, ttlS: config.dedupTtlS, nodeId } } : {}),

@@ -10,7 +10,7 @@ import type { StoreRefusal } from '../bridges/index.js'
 import { Rpc } from './sink-rpc.js'
 
 export type SinkSpec =
-  | { readonly kind: 'embedded', readonly dataDir: string, readonly memoryLimit: string, readonly queryConcurrency: number, readonly queryTimeoutMs: number }
+  | { readonly kind: 'embedded', readonly dataDir: string, readonly memoryLimit: string, readonly cacheLimit: string, readonly queryConcurrency: number, readonly queryTimeoutMs: number }
   | { readonly kind: 'questdb', readonly ilp: string, readonly pg: string, readonly timeoutMs: number, readonly resetMs: number, readonly nodeId: string }
 
 /** What the worker is started with (structured-cloned). */

@@ -82,7 +82,7 @@ async function main (): Promise<void> {
   let store: RecordStore | null = null
   let sql: SqlExecutor | null = null
   if (init.sink.kind === 'embedded') {
-    store = await RecordStore.open({ dataDir: init.sink.dataDir, memoryLimit: init.sink.memoryLimit, queryConcurrency: init.sink.queryConcurrency, queryTimeoutMs: init.sink.queryTimeoutMs })
+    store = await RecordStore.open({ dataDir: init.sink.dataDir, memoryLimit: init.sink.memoryLimit, cacheLimit: init.sink.cacheLimit, queryConcurrency: init.sink.queryConcurrency, queryTimeoutMs: init.sink.queryTimeoutMs })
     sink = store
     records = store
   } else {

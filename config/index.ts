@@ -12,6 +12,13 @@ const MiB = 1024 * KiB
 const GiB = 1024 * MiB
 
 const port = z.coerce.number().int().min(0).max(65535)
+/** A DuckDB memory size (decimal KB/MB/GB or binary KiB/MiB/GiB, as DuckDB reads them). */
+const SIZE_UNITS: Record<string, number> = { kb: 1e3, mb: 1e6, gb: 1e9, kib: KiB, mib: MiB, gib: GiB }
+const size = z.string().regex(/^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$/i, 'a size like 512MB or 1GiB')
+function sizeBytes (v: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]+)$/i.exec(v)!
+  return Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!
+}
 const positiveInt = z.coerce.number().int().positive()
 const nonNegativeInt = z.coerce.number().int().min(0)
 const optionalPath = z.string().min(1).optional()
@@ -67,7 +74,8 @@ export const configSchema = z.object({
   STREAMGATE_FANOUT: z.enum(['written', 'durable']).optional(),
   STREAMGATE_SINK_BATCH: positiveInt.default(100_000),
   STREAMGATE_SINK_LINGER_MS: nonNegativeInt.max(10_000).default(200),
-  STREAMGATE_STORE_MEMORY: z.string().regex(/^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$/i, 'a size like 512MB or 1GiB').default('512MB'),
+  STREAMGATE_STORE_MEMORY: size.default('512MB'),
+  STREAMGATE_STORE_CACHE: size.default('64MB'),
   STREAMGATE_REJECTS_KEEP: positiveInt.default(10_000),
   STREAMGATE_HTTP_BODY_LIMIT: positiveInt.default(8 * MiB),
   STREAMGATE_HTTP_HEADERS_TIMEOUT_MS: positiveInt.default(10_000),
@@ -186,8 +194,10 @@ export interface Config {
     /** PUBLISHes a second per principal, by kind (0: unlimited). */
     readonly publishRate: { readonly device: number, readonly service: number, readonly admin: number }
   }
-  /** DuckDB's memory limit for the embedded store. */
+  /** DuckDB's memory limit for the embedded store, while queries run. */
   readonly storeMemory: string
+  /** What the embedded records store keeps in memory while no query runs (DuckDB's memory limit then). */
+  readonly storeCache: string
   readonly rejectsKeep: number
 }
 
@@ -258,6 +268,10 @@ export function loadConfig (env: Env = process.env): Config {
   }
   if (r.STREAMGATE_TLS_CLIENT_AUTH !== 'none' && (r.STREAMGATE_TLS_CERT === undefined || r.STREAMGATE_TLS_CA === undefined)) {
     const issue = 'STREAMGATE_TLS_CLIENT_AUTH: needs STREAMGATE_TLS_CERT, STREAMGATE_TLS_KEY and STREAMGATE_TLS_CA (the CA that signs client certificates)'
+    throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
+  }
+  if (sizeBytes(r.STREAMGATE_STORE_CACHE) > sizeBytes(r.STREAMGATE_STORE_MEMORY)) {
+    const issue = `STREAMGATE_STORE_CACHE (${r.STREAMGATE_STORE_CACHE}): at most STREAMGATE_STORE_MEMORY (${r.STREAMGATE_STORE_MEMORY})`
     throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
   }
   const explicit = new Set<PortName>()
@@ -353,6 +367,7 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       publishRate: { device: r.STREAMGATE_MQTT_PUBLISH_RATE_DEVICE, service: r.STREAMGATE_MQTT_PUBLISH_RATE_SERVICE, admin: r.STREAMGATE_MQTT_PUBLISH_RATE_ADMIN }
     },
     storeMemory: r.STREAMGATE_STORE_MEMORY,
+    storeCache: r.STREAMGATE_STORE_CACHE,
     rejectsKeep: r.STREAMGATE_REJECTS_KEEP
   }
 }

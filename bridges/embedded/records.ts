@@ -95,8 +95,16 @@ function appendRows (appender: DuckDBAppender, entries: readonly SinkEntry[], co
 
 export interface RecordStoreOptions {
   readonly dataDir: string
-  /** DuckDB's memory_limit, e.g. 256MB. */
+  /** DuckDB's memory_limit while queries run, e.g. 512MB (STREAMGATE_STORE_MEMORY). */
   readonly memoryLimit: string
+  /**
+   * DuckDB's memory_limit while no query runs (STREAMGATE_STORE_CACHE; default: memoryLimit). DuckDB
+   * keeps the blocks it writes cached up to its limit: at 20k rows/s that grew ~13 MiB a minute, for
+   * 40 minutes at 512MB. Lowering the limit between queries evicts them; large aggregates still get
+   * memoryLimit (one grouping 12M rows into 600k groups failed at 32MB, ran at 64MB, another into 6M
+   * groups needed more than 64MB).
+   */
+  readonly cacheLimit?: string
   /**
    * Queries run at once (STREAMGATE_QUERY_CONCURRENCY); more wait. DuckDB runs each on a thread of
    * libuv's pool (4 threads), which the store's own statements need too. Default 2.
@@ -111,7 +119,12 @@ export class RecordStore implements Sink, RecordQuery {
   private readonly tableColumns = new Map<string, [string, string][]>()
   private readonly querySlots: Slots
 
-  private constructor (private readonly db: DuckFile, queryConcurrency: number, private readonly queryTimeoutMs: number) {
+  /** Queries running: DuckDB's memory_limit is `limits.high` while one does, else `limits.low`. */
+  private running = 0
+  private limitChange: Promise<void> = Promise.resolve()
+
+  private constructor (private readonly db: DuckFile, queryConcurrency: number, private readonly queryTimeoutMs: number,
+    private readonly limits: { readonly conn: DuckDBConnection, readonly high: string, readonly low: string } | null) {
     this.querySlots = new Slots(queryConcurrency)
   }
 
@@ -124,12 +137,14 @@ export class RecordStore implements Sink, RecordQuery {
     // drains 3M batched readings ~4% faster (`ENTRIES=30000 npx tsx bench/sink-drain.ts`: 393-405k
     // against 381-385k rows/s; 64MB: 406k), for up to 32MB of WAL to replay after a crash and of rows
     // held in memory until they are checkpointed.
-    const db = await DuckFile.open(path.join(opts.dataDir, 'records.duckdb'), opts.memoryLimit, 2, { checkpoint_threshold: '32MB' })
+    const low = opts.cacheLimit ?? opts.memoryLimit
+    const db = await DuckFile.open(path.join(opts.dataDir, 'records.duckdb'), low, 2, { checkpoint_threshold: '32MB' })
     await db.writer.run(`
       CREATE SCHEMA IF NOT EXISTS data;
       CREATE TABLE IF NOT EXISTS sg_checkpoint (consumer VARCHAR PRIMARY KEY, seq BIGINT NOT NULL);
     `)
-    return new RecordStore(db, opts.queryConcurrency ?? 2, opts.queryTimeoutMs ?? 10_000)
+    const limits = low === opts.memoryLimit ? null : { conn: await db.instance.connect(), high: opts.memoryLimit, low }
+    return new RecordStore(db, opts.queryConcurrency ?? 2, opts.queryTimeoutMs ?? 10_000, limits)
   }
 
   // ---- Sink
@@ -224,6 +239,7 @@ export class RecordStore implements Sink, RecordQuery {
     const deadline = performance.now() + timeoutMs
     await this.querySlots.acquire(timeoutMs, () => new StreamgateError('SG_ERR_QUERY_TIMEOUT',
       `query waited STREAMGATE_QUERY_TIMEOUT_MS=${timeoutMs} for one of STREAMGATE_QUERY_CONCURRENCY=${this.querySlots.size} query slots`))
+    if (this.running++ === 0) await this.setLimit()
     try {
       const conn = await this.db.instance.connect()
       const timer = setTimeout(() => conn.interrupt(), Math.max(1, deadline - performance.now()))
@@ -237,8 +253,23 @@ export class RecordStore implements Sink, RecordQuery {
         conn.closeSync()
       }
     } finally {
+      if (--this.running === 0) void this.setLimit()
       this.querySlots.release()
     }
+  }
+
+  /**
+   * Sets DuckDB's memory_limit for the queries running now; changes run one at a time, each reading
+   * `running` when it runs, so the last one leaves the right limit. Lowering evicts cached blocks; when
+   * it cannot (the sink's transaction holds more), the limit stays high until the next query ends.
+   */
+  private setLimit (): Promise<void> {
+    const limits = this.limits
+    if (limits === null) return Promise.resolve()
+    this.limitChange = this.limitChange
+      .then(() => limits.conn.run(`SET memory_limit = '${this.running > 0 ? limits.high : limits.low}'`))
+      .then(() => undefined, () => undefined)
+    return this.limitChange
   }
 
   async stats (ds: Dataset): Promise<{ stored: number, lastRecordUs: number | null }> {
@@ -253,7 +284,9 @@ export class RecordStore implements Sink, RecordQuery {
     return toNumber(r[0]?.[0] ?? 0)
   }
 
-  close (): Promise<void> {
-    return this.db.close()
+  async close (): Promise<void> {
+    await this.limitChange
+    this.limits?.conn.closeSync()
+    await this.db.close()
   }
 }

@@ -7,7 +7,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { RecordStore } from '../../bridges/index.js'
-import type { Dataset, Row, SinkEntry } from '../../gateway/index.js'
+import { tableName, type Dataset, type Row, type SinkEntry } from '../../gateway/index.js'
+import { planQuery } from '../../gateway/query.js'
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-store-'))
 let store: RecordStore
@@ -80,5 +81,28 @@ describe('embedded store', () => {
     expect((await store.stats(ds)).stored).toBe(before + 5500)
     const back = (await store.latest(ds, { from: t0, to: null, limit: 10_000 })).reverse()
     expect(back).toEqual(batches.flat().map((r) => ({ b: false, ...r })))
+  })
+
+  it('keeps STREAMGATE_STORE_CACHE while no query runs, and gives queries STREAMGATE_STORE_MEMORY', async () => {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-store-cache-'))
+    const small = await RecordStore.open({ dataDir: d, memoryLimit: '512MB', cacheLimit: '8MB' })
+    try {
+      await small.prepareDataset(ds)
+      const db = (small as unknown as { db: { writer: { run: (sql: string) => Promise<unknown> }, rows: (sql: string) => Promise<unknown[][]> } }).db
+      const limit = async (): Promise<number> => Number((await db.rows("SELECT current_setting('memory_limit')"))[0]![0]!.toString().replace(/ MiB$/, ''))
+      expect(await limit()).toBeLessThanOrEqual(8)
+      // 1M rows in 500k groups: the aggregate's hash table needs far more than 8MB.
+      await db.writer.run(`INSERT INTO data."${tableName(ds.id, 1)}" (_seq, _idx, ts, device, site, d)
+        SELECT i, 0, make_timestamp(1700000000000000 + i), 'dev-1', 'site-' || (i % 500000), i FROM range(1000000) t(i)`)
+      const plan = planQuery(ds, { groupBy: ['site'], aggregate: { d: ['avg', 'min', 'max', 'count', 'first', 'last'] }, limit: 10 }, { maxRows: 10_000 })
+      const [a, b] = await Promise.all([small.query(plan, 30_000), small.query(plan, 30_000)])
+      expect(a.rows).toHaveLength(10)
+      expect(b.rows).toEqual(a.rows)
+      await (small as unknown as { limitChange: Promise<void> }).limitChange // lowered once the last query ended
+      expect(await limit()).toBeLessThanOrEqual(8)
+    } finally {
+      await small.close()
+      fs.rmSync(d, { recursive: true, force: true })
+    }
   })
 })

@@ -12,6 +12,7 @@ describe('config', () => {
     expect(c.dataDir).toBe('./data')
     expect(c.limits.maxPayload).toBe(256 * 1024)
     expect(c.tls).toBeNull()
+    expect([c.storeMemory, c.storeCache]).toEqual(['512MB', '64MB'])
     expect(Object.isFrozen(c.limits)).toBe(true)
   })
 
@@ -38,6 +39,9 @@ describe('config', () => {
     expect(bad({ STREAMGATE_LOG_LEVEL: 'loud' })).toMatch(/STREAMGATE_LOG_LEVEL.*info/)
     expect(bad({ STREAMGATE_ADMIN_KEY: 'short' })).toMatch(/STREAMGATE_ADMIN_KEY.*16/)
     expect(bad({ STREAMGATE_TLS_CERT: '/x.pem' })).toMatch(/STREAMGATE_TLS_KEY/)
+    expect(bad({ STREAMGATE_STORE_CACHE: '1GB' })).toMatch(/STREAMGATE_STORE_CACHE \(1GB\): at most STREAMGATE_STORE_MEMORY \(512MB\)/)
+    expect(bad({ STREAMGATE_STORE_MEMORY: '500MiB', STREAMGATE_STORE_CACHE: '0.6GB' })).toMatch(/STREAMGATE_STORE_CACHE/)
+    expect(loadConfig({ STREAMGATE_STORE_MEMORY: '500MiB', STREAMGATE_STORE_CACHE: '0.5GB' }).storeCache).toBe('0.5GB')
   })
 
   it('reads a JSON file named by STREAMGATE_CONFIG; variables win', () => {
