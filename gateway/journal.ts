@@ -309,6 +309,7 @@ export class Journal extends EventEmitter {
   private arrivalCount = 0
   private readonly acks = new Map<string, number>()
   private readonly commitNow = (): void => { this.scheduled = false; this.commit() }
+  /** `commits`: fdatasyncs, each covering the writes made since the previous one started. */
   readonly stats = { appended: 0, commits: 0, refusedFull: 0 }
   /**
    * The latest arrival time (epoch µs) among the entries of the last segment found at open (0: none):
@@ -516,10 +517,16 @@ export class Journal extends EventEmitter {
         this.failAll(waiting, new StreamgateError('SG_ERR_UNAVAILABLE', 'journal fdatasync failed: ' + err.message, {}, { cause: err }), true)
         return
       }
+      this.stats.commits++
       if (this.opts.replicate === undefined) {
         this.committed(commits)
       } else {
-        for (const c of commits) this.replicate(c)
+        // Every commit of the group joins `replicating` before any is sent or undone: an undo that
+        // waited for this fdatasync must cut them all.
+        const waits = commits.map((c): Replicating => ({ ...c, bytes: c.bytes.length, settled: false, error: null }))
+        this.replicating.push(...waits)
+        for (let i = 0; i < waits.length; i++) this.replicate(waits[i]!, commits[i]!.bytes)
+        if (this.undoing) this.drainReplicated()
       }
       if (this.unsynced.length > 0) this.sync()
       if (this.pending.length > 0 && !this.scheduled) this.commit()
@@ -530,17 +537,14 @@ export class Journal extends EventEmitter {
    * A durable commit goes to the replica. Nothing is acknowledged, and no consumer reads it
    * (committedSeq stays), until the replica has it; commits are confirmed in order.
    */
-  private replicate (c: Written): void {
-    const wait: Replicating = { ...c, bytes: c.bytes.length, settled: false, error: null }
-    this.replicating.push(wait)
+  private replicate (wait: Replicating, bytes: Buffer): void {
     if (this.undoing) {
       // Written while an earlier commit failed: undone with it.
       wait.settled = true
       wait.error = new Error('an earlier commit was not replicated')
-      this.drainReplicated()
       return
     }
-    this.opts.replicate!({ firstSeq: c.firstSeq, lastSeq: c.firstSeq + c.batch.length - 1, bytes: c.bytes }).then(
+    this.opts.replicate!({ firstSeq: wait.firstSeq, lastSeq: wait.firstSeq + wait.batch.length - 1, bytes }).then(
       () => { wait.settled = true; this.drainReplicated() },
       (rerr: Error) => { wait.settled = true; wait.error = rerr; this.drainReplicated() })
   }
@@ -597,14 +601,12 @@ export class Journal extends EventEmitter {
    * consumers read them (one 'commit' event for all).
    */
   private committed (commits: readonly Pick<Written, 'batch' | 'cbs' | 'firstSeq'>[]): void {
-    const last = commits[commits.length - 1]!
-    this.stats.commits++
-    this.lastCommitted = last.firstSeq + last.batch.length - 1
-    const slot = this.arrivalCount++ % ARRIVALS
-    this.arrivalSeq[slot] = this.lastCommitted
-    this.arrivalUs[slot] = (commits[0]!.batch[0] as JournalRecord).arrivalUs
     for (const c of commits) {
+      this.lastCommitted = c.firstSeq + c.batch.length - 1
       this.stats.appended += c.batch.length
+      const slot = this.arrivalCount++ % ARRIVALS
+      this.arrivalSeq[slot] = this.lastCommitted
+      this.arrivalUs[slot] = (c.batch[0] as JournalRecord).arrivalUs
       for (let i = 0; i < c.cbs.length; i++) call(c.cbs[i]!, null, this.opts.log)
     }
     this.emit('commit', this.lastCommitted)

@@ -365,4 +365,43 @@ describe('journal replicated before acknowledging', () => {
     expect(reopened.recovery.nextSeq).toBe(6)
     await reopened.journal.close()
   })
+
+  it('undoes every commit made durable by the same fdatasync as one written after the refused commit', async () => {
+    // Commits 2 and 3 are written while commit 1's fdatasync runs and share the next one; commit 1's
+    // replica refuses meanwhile. The undo must wait for that fdatasync and cut both, not send 3 on.
+    const dir = tmpDir()
+    const r = scriptedReplica()
+    const undone: { firstSeq: number, lastSeq: number }[] = []
+    const { journal } = await Journal.open(opts(dir, { replicate: r.replicate, onUndo: (u) => undone.push(u) }))
+    const syncer = (journal as unknown as { syncer: { fdatasync: (fd: number, cb: (err: Error | null) => void) => void } }).syncer
+    const sync = syncer.fdatasync.bind(syncer)
+    syncer.fdatasync = (fd, cb) => { setTimeout(() => sync(fd, cb), 100) }
+    const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
+    const results: Promise<(Error | null)[]>[] = []
+    for (const i of [1, 2, 3]) {
+      results.push(appendAll(journal, [rec(i)]))
+      await turn()
+      await turn()
+    }
+    await sent(r, 1)
+    r.commits[0]!.fail(new Error('no confirm')) // while the fdatasync of 2 and 3 runs
+    let settled = 0
+    for (const p of results) void p.then(() => settled++)
+    await waitUntil(() => settled === 3, 2000, 'every commit refused')
+    const errs = (await Promise.all(results)).flat()
+    expect(r.commits).toHaveLength(1)
+    expect(errs.every((e) => e instanceof Error && /journal replication failed: no confirm/.test(e.message))).toBe(true)
+    expect(r.commits.map((c) => c.firstSeq)).toEqual([1])
+    expect(undone).toEqual([{ firstSeq: 1, lastSeq: 3 }])
+    expect(journal.committedSeq).toBe(0)
+    expect(journal.bytes).toBe(0)
+    const next = appendAll(journal, [rec(9)])
+    await sent(r, 2)
+    r.commits[1]!.ok()
+    expect(await next).toEqual([null])
+    const reader = new JournalReader(journal, 1)
+    expect((await reader.read(100)).map((e) => [e.seq, JSON.parse(e.payload.toString()).i])).toEqual([[4, 9]])
+    await reader.close()
+    await journal.close()
+  })
 })
