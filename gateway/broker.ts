@@ -587,7 +587,8 @@ function holdDeliveriesUntilConnack (client: Client): void {
  * Holds client sockets corked so the packets a commit produces leave in one write (one syscall, one
  * loopback segment) per client instead of one each: a commit's PUBACKs are written in its callbacks,
  * and Aedes writes each delivery in a setImmediate of its own, queued after the hold. A cycle of holds
- * is armed by a setImmediate and released by a setImmediate queued from it, i.e. after the writes.
+ * is armed once the callback that made them returns (process.nextTick) and released by a setImmediate
+ * queued then, i.e. right after the writes that callback queued: in the next turn, not a turn later.
  *
  * A socket is corked once at most (Node flushes only when its cork count is back to zero, so nested
  * holds made every turn under steady load would hold it for good). A socket held again after its
@@ -618,7 +619,7 @@ export class WriteCoalescer {
     this.current.push(s)
     if (!this.armed) {
       this.armed = true
-      setImmediate(this.arm)
+      process.nextTick(this.arm)
     }
   }
 

@@ -38,6 +38,21 @@ describe('WriteCoalescer', () => {
     expect(chunks.length).toBe(1)
   })
 
+  it('releases in the turn after the hold, right after the writes queued with it, not a turn later', async () => {
+    const { client, chunks } = await pair()
+    const w = new WriteCoalescer()
+    // As a commit's fan-out: the hold, then Aedes' write of the delivery in a setImmediate, from one callback.
+    const corked = await new Promise<number>((resolve) => setImmediate(() => {
+      w.hold(client)
+      for (let i = 0; i < 10; i++) setImmediate(() => client.write(Buffer.alloc(10, i)))
+      process.nextTick(() => setImmediate(() => resolve(client.writableCorked)))
+    }))
+    expect(corked).toBe(0)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(Buffer.concat(chunks).length).toBe(100)
+    expect(chunks.length).toBe(1)
+  })
+
   it('flushes within a few turns a socket held again every turn (steady load), instead of keeping it corked', async () => {
     const { client, chunks } = await pair()
     const w = new WriteCoalescer()
