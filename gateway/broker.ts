@@ -332,7 +332,8 @@ export class Broker {
     if (addr === null) {
       // Outside the dataset grammar: admins may use plain MQTT topics (not stored); `$` topics are reserved.
       if (topic.charCodeAt(0) !== 36 /* $ */ && this.deps.access.getPrincipal(session.principal)?.kind === 'admin') {
-        done(null)
+        if (packet.qos === 1 && ((client as AckingClient)[ACKS]?.length ?? 0) > 0) this.ackInOrder(client, packet, done)
+        else done(null)
         return
       }
       this.deps.pipeline.refuse(session.principal, null, null, topic, packet.payload as Buffer, RejectReason.BAD_TOPIC,
@@ -395,6 +396,21 @@ export class Broker {
     if (refusal !== null) return this.refused(client, session, packet, dataset, refusal, done, ack)
     packet.topic = DROP_TOPIC
     if (qos === 1) packet.qos = 0
+  }
+
+  /**
+   * A QoS 1 publish to a plain topic while the client's earlier PUBLISHes wait for the journal: Aedes
+   * would acknowledge it at once, ahead of theirs [MQTT-4.6.0-2]. Its PUBACK joins the client's queue
+   * instead, and the broker publishes it at QoS 1 itself (Aedes is handed it as QoS 0, to DROP_TOPIC).
+   */
+  private ackInOrder (client: Client, packet: PublishPacket, done: (err?: Error | null) => void): void {
+    const { topic, payload } = packet
+    const ack = this.pendingAck(client, packet.messageId ?? 0)
+    ack.ready = true
+    this.writeAcks(client)
+    packet.topic = DROP_TOPIC
+    packet.qos = 0
+    this.aedes.publish({ cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false }, (err?: Error) => done(err ?? null))
   }
 
   /** A QoS 1 PUBACK to write once `ready`, after those of the client's earlier PUBLISHes. */

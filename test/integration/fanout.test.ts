@@ -112,8 +112,12 @@ describe('STREAMGATE_FANOUT', () => {
     expect(got).toBe(0)
   })
 
-  it('acknowledges QoS 1 PUBLISHes in the order they came, a refused one after an earlier one still being made durable', async () => {
+  it('acknowledges QoS 1 PUBLISHes in the order they came, a refused one and a plain topic\'s after an earlier one still being made durable', async () => {
     const { gw, ds } = await writtenDataset('order')
+    const sub = await client(gw)
+    const plain: { qos: number, payload: string }[] = []
+    sub.on('message', (t, payload, p) => { if (t === `plain/${ds}`) plain.push({ qos: p.qos, payload: payload.toString() }) })
+    await sub.subscribeAsync(`plain/${ds}`, { qos: 1 })
     const pub = await client(gw)
     const acks: number[] = []
     pub.on('packetreceive', (p) => { if (p.cmd === 'puback') acks.push(p.messageId!) })
@@ -122,9 +126,14 @@ describe('STREAMGATE_FANOUT', () => {
     await Promise.all([
       pub.publishAsync(`datasets/${ds}/d1`, JSON.stringify({ n: 1 }), { qos: 1 }), // journaled: waits SLOW_MS
       pub.publishAsync(`datasets/${ds}/d1`, '{"n": "not a number"}', { qos: 1 }), // refused at once
+      pub.publishAsync(`plain/${ds}`, 'not stored', { qos: 1 }), // an admin's plain topic: not journaled
       pub.publishAsync(`datasets/${ds}/d1`, JSON.stringify({ n: 3 }), { qos: 1 })
     ])
+    expect(sent).toHaveLength(4)
     expect(acks).toEqual(sent)
+    // The plain topic's message still reaches its subscriber, at QoS 1.
+    await waitUntil(() => plain.length === 1, 5000, 'the plain topic\'s delivery')
+    expect(plain).toEqual([{ qos: 1, payload: 'not stored' }])
   })
 
   it('journals and delivers a QoS 2 message sent again (its PUBREC lost) once', async () => {
