@@ -15,6 +15,9 @@ const port = z.coerce.number().int().min(0).max(65535)
 /** A DuckDB memory size (decimal KB/MB/GB or binary KiB/MiB/GiB, as DuckDB reads them). */
 const SIZE_UNITS: Record<string, number> = { kb: 1e3, mb: 1e6, gb: 1e9, kib: KiB, mib: MiB, gib: GiB }
 const size = z.string().regex(/^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$/i, 'a size like 512MB or 1GiB')
+/** STREAMGATE_STORE_CACHE: its default, or STREAMGATE_STORE_MEMORY when that is smaller; and its least. */
+const STORE_CACHE = '64MB'
+const MIN_STORE_CACHE = 16e6
 function sizeBytes (v: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([a-z]+)$/i.exec(v)!
   return Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!
@@ -75,7 +78,7 @@ export const configSchema = z.object({
   STREAMGATE_SINK_BATCH: positiveInt.default(100_000),
   STREAMGATE_SINK_LINGER_MS: nonNegativeInt.max(10_000).default(200),
   STREAMGATE_STORE_MEMORY: size.default('512MB'),
-  STREAMGATE_STORE_CACHE: size.default('64MB'),
+  STREAMGATE_STORE_CACHE: size.optional(),
   STREAMGATE_REJECTS_KEEP: positiveInt.default(10_000),
   STREAMGATE_HTTP_BODY_LIMIT: positiveInt.default(8 * MiB),
   STREAMGATE_HTTP_HEADERS_TIMEOUT_MS: positiveInt.default(10_000),
@@ -270,8 +273,9 @@ export function loadConfig (env: Env = process.env): Config {
     const issue = 'STREAMGATE_TLS_CLIENT_AUTH: needs STREAMGATE_TLS_CERT, STREAMGATE_TLS_KEY and STREAMGATE_TLS_CA (the CA that signs client certificates)'
     throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
   }
-  if (sizeBytes(r.STREAMGATE_STORE_CACHE) > sizeBytes(r.STREAMGATE_STORE_MEMORY)) {
-    const issue = `STREAMGATE_STORE_CACHE (${r.STREAMGATE_STORE_CACHE}): at most STREAMGATE_STORE_MEMORY (${r.STREAMGATE_STORE_MEMORY})`
+  const cache = r.STREAMGATE_STORE_CACHE
+  if (cache !== undefined && (sizeBytes(cache) > sizeBytes(r.STREAMGATE_STORE_MEMORY) || sizeBytes(cache) < MIN_STORE_CACHE)) {
+    const issue = `STREAMGATE_STORE_CACHE (${cache}): at least 16MB (DuckDB needs it to write) and at most STREAMGATE_STORE_MEMORY (${r.STREAMGATE_STORE_MEMORY})`
     throw new ConfigError(`invalid configuration:\n  ${issue}`, [issue])
   }
   const explicit = new Set<PortName>()
@@ -367,7 +371,7 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       publishRate: { device: r.STREAMGATE_MQTT_PUBLISH_RATE_DEVICE, service: r.STREAMGATE_MQTT_PUBLISH_RATE_SERVICE, admin: r.STREAMGATE_MQTT_PUBLISH_RATE_ADMIN }
     },
     storeMemory: r.STREAMGATE_STORE_MEMORY,
-    storeCache: r.STREAMGATE_STORE_CACHE,
+    storeCache: r.STREAMGATE_STORE_CACHE ?? (sizeBytes(r.STREAMGATE_STORE_MEMORY) < sizeBytes(STORE_CACHE) ? r.STREAMGATE_STORE_MEMORY : STORE_CACHE),
     rejectsKeep: r.STREAMGATE_REJECTS_KEEP
   }
 }

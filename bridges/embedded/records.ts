@@ -19,6 +19,9 @@ function table (name: string): string {
   return `data.${ident(name)}`
 }
 
+/** How soon a lowering of DuckDB's memory limit that failed is tried again. */
+const LIMIT_RETRY_MS = 5000
+
 const VECTOR = 2048
 /** What a column holds: a row's value, or the entry's journal position (`_seq`) or the row's index in it (`_idx`). */
 const VALUE = 0
@@ -122,6 +125,8 @@ export class RecordStore implements Sink, RecordQuery {
   /** Queries running: DuckDB's memory_limit is `limits.high` while one does, else `limits.low`. */
   private running = 0
   private limitChange: Promise<void> = Promise.resolve()
+  private retry: NodeJS.Timeout | null = null
+  private closing = false
 
   private constructor (private readonly db: DuckFile, queryConcurrency: number, private readonly queryTimeoutMs: number,
     private readonly limits: { readonly conn: DuckDBConnection, readonly high: string, readonly low: string } | null) {
@@ -239,7 +244,8 @@ export class RecordStore implements Sink, RecordQuery {
     const deadline = performance.now() + timeoutMs
     await this.querySlots.acquire(timeoutMs, () => new StreamgateError('SG_ERR_QUERY_TIMEOUT',
       `query waited STREAMGATE_QUERY_TIMEOUT_MS=${timeoutMs} for one of STREAMGATE_QUERY_CONCURRENCY=${this.querySlots.size} query slots`))
-    if (this.running++ === 0) await this.setLimit()
+    // Every query waits for the raise: the first one's, or the one queued behind a lowering.
+    await (this.running++ === 0 ? this.setLimit() : this.limitChange)
     try {
       const conn = await this.db.instance.connect()
       const timer = setTimeout(() => conn.interrupt(), Math.max(1, deadline - performance.now()))
@@ -265,10 +271,15 @@ export class RecordStore implements Sink, RecordQuery {
    */
   private setLimit (): Promise<void> {
     const limits = this.limits
-    if (limits === null) return Promise.resolve()
+    if (limits === null || this.closing) return this.limitChange
     this.limitChange = this.limitChange
       .then(() => limits.conn.run(`SET memory_limit = '${this.running > 0 ? limits.high : limits.low}'`))
-      .then(() => undefined, () => undefined)
+      .then(() => undefined, () => {
+        // A lowering DuckDB could not make (what the sink's transaction holds does not fit): try again.
+        if (this.running === 0 && !this.closing && this.retry === null) {
+          this.retry = setTimeout(() => { this.retry = null; void this.setLimit() }, LIMIT_RETRY_MS).unref()
+        }
+      })
     return this.limitChange
   }
 
@@ -285,6 +296,8 @@ export class RecordStore implements Sink, RecordQuery {
   }
 
   async close (): Promise<void> {
+    this.closing = true
+    if (this.retry !== null) clearTimeout(this.retry)
     await this.limitChange
     this.limits?.conn.closeSync()
     await this.db.close()

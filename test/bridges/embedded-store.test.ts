@@ -95,6 +95,10 @@ describe('embedded store', () => {
       await db.writer.run(`INSERT INTO data."${tableName(ds.id, 1)}" (_seq, _idx, ts, device, site, d)
         SELECT i, 0, make_timestamp(1700000000000000 + i), 'dev-1', 'site-' || (i % 500000), i FROM range(1000000) t(i)`)
       const plan = planQuery(ds, { groupBy: ['site'], aggregate: { d: ['avg', 'min', 'max', 'count', 'first', 'last'] }, limit: 10 }, { maxRows: 10_000 })
+      // A slow limit change (a busy threadpool): the second query must wait for the raise too.
+      const limits = (small as unknown as { limits: { conn: { run: (sql: string) => Promise<unknown> } } }).limits
+      const run = limits.conn.run.bind(limits.conn)
+      limits.conn.run = async (sql) => { await new Promise((resolve) => setTimeout(resolve, 300)); return await run(sql) }
       const [a, b] = await Promise.all([small.query(plan, 30_000), small.query(plan, 30_000)])
       expect(a.rows).toHaveLength(10)
       expect(b.rows).toEqual(a.rows)

@@ -39,7 +39,10 @@ describe('config', () => {
     expect(bad({ STREAMGATE_LOG_LEVEL: 'loud' })).toMatch(/STREAMGATE_LOG_LEVEL.*info/)
     expect(bad({ STREAMGATE_ADMIN_KEY: 'short' })).toMatch(/STREAMGATE_ADMIN_KEY.*16/)
     expect(bad({ STREAMGATE_TLS_CERT: '/x.pem' })).toMatch(/STREAMGATE_TLS_KEY/)
-    expect(bad({ STREAMGATE_STORE_CACHE: '1GB' })).toMatch(/STREAMGATE_STORE_CACHE \(1GB\): at most STREAMGATE_STORE_MEMORY \(512MB\)/)
+    expect(bad({ STREAMGATE_STORE_CACHE: '1GB' })).toMatch(/STREAMGATE_STORE_CACHE \(1GB\): .*at most STREAMGATE_STORE_MEMORY \(512MB\)/)
+    expect(bad({ STREAMGATE_STORE_CACHE: '1KB' })).toMatch(/STREAMGATE_STORE_CACHE \(1KB\): at least 16MB/)
+    // Unset, the cache follows a smaller memory limit (a configuration valid before the setting came).
+    expect(loadConfig({ STREAMGATE_STORE_MEMORY: '32MB' }).storeCache).toBe('32MB')
     expect(bad({ STREAMGATE_STORE_MEMORY: '500MiB', STREAMGATE_STORE_CACHE: '0.6GB' })).toMatch(/STREAMGATE_STORE_CACHE/)
     expect(loadConfig({ STREAMGATE_STORE_MEMORY: '500MiB', STREAMGATE_STORE_CACHE: '0.5GB' }).storeCache).toBe('0.5GB')
   })
