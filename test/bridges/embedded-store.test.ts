@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { RecordStore } from '../../bridges/index.js'
 import { tableName, type Dataset, type Row, type SinkEntry } from '../../gateway/index.js'
 import { planQuery } from '../../gateway/query.js'
+import { waitUntil } from '../helpers.js'
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-store-'))
 let store: RecordStore
@@ -104,6 +105,32 @@ describe('embedded store', () => {
       expect(b.rows).toEqual(a.rows)
       await (small as unknown as { limitChange: Promise<void> }).limitChange // lowered once the last query ended
       expect(await limit()).toBeLessThanOrEqual(8)
+    } finally {
+      await small.close()
+      fs.rmSync(d, { recursive: true, force: true })
+    }
+  })
+
+  it('tries a lowering DuckDB could not make again, so the cache does not stay at the query limit', async () => {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-store-cache-'))
+    const small = await RecordStore.open({ dataDir: d, memoryLimit: '512MB', cacheLimit: '16MB' })
+    try {
+      await small.prepareDataset(ds)
+      const db = (small as unknown as { db: { rows: (sql: string) => Promise<unknown[][]> } }).db
+      const limit = async (): Promise<string> => String((await db.rows("SELECT current_setting('memory_limit')"))[0]![0])
+      // The first lowering fails, as when what the sink's transaction holds does not fit.
+      const limits = (small as unknown as { limits: { conn: { run: (sql: string) => Promise<unknown> } } }).limits
+      const run = limits.conn.run.bind(limits.conn)
+      let failed = 0
+      limits.conn.run = async (sql) => {
+        if (/16MB/.test(sql) && failed++ === 0) throw new Error('Out of Memory Error: could not free up enough memory for the new limit')
+        return await run(sql)
+      }
+      await small.latest(ds, { from: null, to: null, limit: 1 })
+      await (small as unknown as { limitChange: Promise<void> }).limitChange
+      expect(failed).toBe(1)
+      expect(await limit()).toMatch(/^4\d\d\.\d MiB$/) // still 512MB (488.2 MiB)
+      await waitUntil(async () => /^15\.\d MiB$/.test(await limit()), 8000, 'the lowering, tried again')
     } finally {
       await small.close()
       fs.rmSync(d, { recursive: true, force: true })
