@@ -659,7 +659,7 @@ export class Journal extends EventEmitter {
     return found
   }
 
-  /** A cursor over committed entries from `fromSeq`, served from memory at the tail and from disk behind it. */
+  /** A cursor over committed entries from `fromSeq`, read from the segments (the page cache keeps the tail). */
   reader (fromSeq: number): JournalReader {
     return new JournalReader(this, fromSeq)
   }
