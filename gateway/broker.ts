@@ -614,20 +614,34 @@ function holdDeliveriesUntilConnack (client: Client): void {
  * net.Sockets too; other streams (MQTT over WebSocket: one frame per chunk anyway) are not held.
  */
 export class WriteCoalescer {
-  /** Every socket corked here; `armed`: its cycle is armed; `again`: held since; `carried`: once already. */
-  private readonly corked = new Map<net.Socket, { armed: boolean, again: boolean, carried: boolean }>()
+  /**
+   * Each socket's state, kept on the socket and reused (a Map of sockets and a state object per hold
+   * re-made the Map's tables every cycle: ~24% of the main thread's promoted bytes at 20k msg/s).
+   * `held`: corked here; `armed`: its cycle is armed; `again`: held since; `carried`: once already.
+   */
+  private readonly key = Symbol('streamgate.hold')
+  private held = 0
+  /** Sockets held since the last arm, and the armed cycles not yet released (oldest first). */
   private current: net.Socket[] = []
+  private readonly cycles: net.Socket[][] = []
   private armed = false
+
+  private state (s: net.Socket): HoldState {
+    const o = s as net.Socket & Record<symbol, HoldState | undefined>
+    return o[this.key] ??= { held: false, armed: false, again: false, carried: false }
+  }
 
   hold (conn: unknown): void {
     if (!(conn instanceof net.Socket) || conn.destroyed) return
-    const held = this.corked.get(conn)
-    if (held !== undefined) {
-      if (held.armed) held.again = true
+    const st = this.state(conn)
+    if (st.held) {
+      if (st.armed) st.again = true
       return
     }
     conn.cork()
-    this.corked.set(conn, { armed: false, again: false, carried: false })
+    st.held = true
+    st.armed = st.again = st.carried = false
+    this.held++
     this.enlist(conn)
   }
 
@@ -644,38 +658,53 @@ export class WriteCoalescer {
     this.current = []
     this.armed = false
     for (const s of batch) {
-      const held = this.corked.get(s)
-      if (held !== undefined) held.armed = true
+      const st = this.state(s)
+      if (st.held) st.armed = true
     }
-    setImmediate(() => this.release(batch))
+    this.cycles.push(batch)
+    setImmediate(this.release)
   }
 
-  private release (batch: readonly net.Socket[]): void {
+  /** Releases the oldest armed cycle (immediates run in the order the cycles were armed). */
+  private readonly release = (): void => {
+    const batch = this.cycles.shift()
+    if (batch === undefined) return // released by releaseAll
     for (const s of batch) {
-      const held = this.corked.get(s)
-      if (held === undefined) continue // released by releaseAll
-      if (held.again && !held.carried && !s.destroyed && s.writableLength < CARRY_BYTES) {
-        held.armed = false
-        held.again = false
-        held.carried = true
+      const st = this.state(s)
+      if (!st.held) continue // released by releaseAll
+      if (st.again && !st.carried && !s.destroyed && s.writableLength < CARRY_BYTES) {
+        st.armed = false
+        st.again = false
+        st.carried = true
         this.enlist(s)
         continue
       }
-      this.corked.delete(s)
-      s.uncork()
+      this.unhold(s, st)
     }
+  }
+
+  private unhold (s: net.Socket, st: HoldState): void {
+    st.held = false
+    this.held--
+    s.uncork()
   }
 
   /** Uncorks every socket held now, whatever its cycle (shutdown). */
   releaseAll (): void {
-    for (const s of this.corked.keys()) s.uncork()
-    this.corked.clear()
+    for (const batch of [this.current, ...this.cycles.splice(0)]) {
+      for (const s of batch) {
+        const st = this.state(s)
+        if (st.held) this.unhold(s, st)
+      }
+    }
     this.current = []
   }
 
   /** Sockets corked now (tests). */
-  get holding (): number { return this.corked.size }
+  get holding (): number { return this.held }
 }
+
+interface HoldState { held: boolean, armed: boolean, again: boolean, carried: boolean }
 
 /** Bytes waiting in a held socket beyond which it is not carried into another cycle. */
 const CARRY_BYTES = 64 * 1024
