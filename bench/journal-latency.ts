@@ -38,7 +38,7 @@ async function main (): Promise<void> {
   let sent = 0
   let acked = 0
   const start = performance.now()
-  await new Promise<void>((resolve) => {
+  await new Promise<void>((resolve, reject) => {
     const tick = (): void => {
       const due = Math.min(total, Math.floor((performance.now() - start) / 1000 * RATE))
       for (let i = 0; i < PER_TURN && sent < due; i++) {
@@ -46,7 +46,8 @@ async function main (): Promise<void> {
         const t0 = performance.now()
         const record = { arrivalUs: Date.now() * 1000, dataset: 'bench', version: 1, device: 'dev-' + (k % 100), principal: 'bench', payload }
         journal.append(record, (err) => {
-          if (err !== null) throw err
+          // (A callback that throws is caught and logged by the journal: reject instead.)
+          if (err !== null) { reject(err); return }
           if (k >= RATE) durable.push(performance.now() - t0)
           if (++acked === total) resolve()
         }, () => { if (k >= RATE) written.push(performance.now() - t0) })

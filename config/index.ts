@@ -14,12 +14,13 @@ const GiB = 1024 * MiB
 const port = z.coerce.number().int().min(0).max(65535)
 /** A DuckDB memory size (decimal KB/MB/GB or binary KiB/MiB/GiB, as DuckDB reads them). */
 const SIZE_UNITS: Record<string, number> = { kb: 1e3, mb: 1e6, gb: 1e9, kib: KiB, mib: MiB, gib: GiB }
-const size = z.string().regex(/^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$/i, 'a size like 512MB or 1GiB')
+const SIZE = /^(\d+(?:\.\d+)?)\s*(KB|MB|GB|KiB|MiB|GiB)$/i
+const size = z.string().regex(SIZE, 'a size like 512MB or 1GiB')
 /** STREAMGATE_STORE_CACHE: its default, or STREAMGATE_STORE_MEMORY when that is smaller; and its least. */
 const STORE_CACHE = '64MB'
 const MIN_STORE_CACHE = 16e6
 function sizeBytes (v: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([a-z]+)$/i.exec(v)!
+  const m = SIZE.exec(v)!
   return Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!
 }
 const positiveInt = z.coerce.number().int().positive()

@@ -386,10 +386,7 @@ export class Broker {
     }
     const ack = qos === 1 ? this.pendingAck(client, messageId) : null
     const refusal = this.deps.pipeline.ingest(session.principal, dataset, device, payload, topic, (err) => {
-      if (err === null && ack !== null) {
-        ack.ready = true
-        this.writeAcks(client)
-      }
+      if (err === null && ack !== null) this.acknowledge(client, ack)
       failure = err
       finish()
     }, undefined, deliver)
@@ -405,12 +402,10 @@ export class Broker {
    */
   private ackInOrder (client: Client, packet: PublishPacket, done: (err?: Error | null) => void): void {
     const { topic, payload } = packet
-    const ack = this.pendingAck(client, packet.messageId ?? 0)
-    ack.ready = true
-    this.writeAcks(client)
+    this.acknowledge(client, this.pendingAck(client, packet.messageId ?? 0))
     packet.topic = DROP_TOPIC
     packet.qos = 0
-    this.aedes.publish({ cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false }, (err?: Error) => done(err ?? null))
+    this.aedes.publish({ cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false }, done)
   }
 
   /** A QoS 1 PUBACK to write once `ready`, after those of the client's earlier PUBLISHes. */
@@ -419,6 +414,12 @@ export class Broker {
     const ack = { id, ready: false }
     ;(c[ACKS] ??= []).push(ack)
     return ack
+  }
+
+  /** `ack` may be written: with the client's ready PUBACKs before it, or once those still waiting are. */
+  private acknowledge (client: Client, ack: PendingAck): void {
+    ack.ready = true
+    this.writeAcks(client)
   }
 
   /**
@@ -451,8 +452,7 @@ export class Broker {
     packet.topic = DROP_TOPIC
     if (ack !== null) {
       packet.qos = 0
-      ack.ready = true
-      this.writeAcks(client)
+      this.acknowledge(client, ack)
     }
     done(null)
   }

@@ -292,8 +292,7 @@ export class Journal extends EventEmitter {
   private pendingWritten: (WrittenCallback | undefined)[] = []
   private pendingBytes = 0
   private scheduled = false
-  /** An fdatasync is running, for the commits in `syncing`; `unsynced` were written since it started. */
-  private inFlight = false
+  /** The commits the fdatasync running now covers (none: no fdatasync runs); `unsynced` were written since it started. */
   private syncing: Written[] = []
   private unsynced: Written[] = []
   /** fdatasync off libuv's threadpool, which DuckDB's queries can fill (gateway/syncer.ts). */
@@ -393,6 +392,9 @@ export class Journal extends EventEmitter {
     opts.log?.info(recovery, 'journal opened')
     return { journal, recovery }
   }
+
+  /** An fdatasync is running (sync() is only called with commits to cover). */
+  private get inFlight (): boolean { return this.syncing.length > 0 }
 
   /** The last sequence number that is durable. */
   get committedSeq (): number { return this.lastCommitted }
@@ -505,9 +507,7 @@ export class Journal extends EventEmitter {
     const commits = this.unsynced
     this.unsynced = []
     this.syncing = commits
-    this.inFlight = true
     this.syncer.fdatasync(this.fd, (err) => {
-      this.inFlight = false
       this.syncing = []
       if (err !== null) {
         // After a failed fsync the page cache state is unknown (the "fsyncgate" lesson): stop accepting,
