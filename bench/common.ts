@@ -24,7 +24,11 @@ export function freePort (): Promise<number> {
   })
 }
 
-/** Tracks a child for cleanup; a system under test that exits before it is stopped fails the run loudly, with its last output. */
+/**
+ * Tracks a child for cleanup; a system under test that exits before it is stopped fails the run loudly, with its last output.
+ * BENCH_SUT_OUTPUT=dir also writes each system's whole output to `dir/<name>-<pid>.log` (e.g. with
+ * BENCH_NODE_ARGS=--trace-gc-nvp, V8's account of every collection).
+ */
 export function track (p: ChildProcess, what?: string): ChildProcess {
   children.add(p)
   let tail = ''
@@ -32,6 +36,13 @@ export function track (p: ChildProcess, what?: string): ChildProcess {
   if (what !== undefined) {
     p.stdout?.on('data', keep)
     p.stderr?.on('data', keep)
+    const dir = process.env.BENCH_SUT_OUTPUT
+    if (dir !== undefined && dir !== '') {
+      const out = fs.createWriteStream(path.join(dir, `${what}-${p.pid}.log`))
+      p.stdout?.pipe(out, { end: false })
+      p.stderr?.pipe(out, { end: false })
+      p.once('close', () => out.end())
+    }
   }
   p.on('exit', (code, signal) => {
     children.delete(p)
@@ -70,8 +81,8 @@ export function stopProc (p: ChildProcess): Promise<void> {
 }
 
 /** utime+stime of a process in ms, and its RSS in MiB, from /proc. */
-export function procStats (pid: number): { cpuMs: number, rssMiB: number } {
-  if (!fs.existsSync(`/proc/${pid}/stat`)) return { cpuMs: NaN, rssMiB: NaN }
+export function procStats (pid: number | null): { cpuMs: number, rssMiB: number } {
+  if (pid === null || !fs.existsSync(`/proc/${pid}/stat`)) return { cpuMs: NaN, rssMiB: NaN }
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   const ticks = Number(fields[11]) + Number(fields[12])

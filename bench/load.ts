@@ -1,6 +1,7 @@
 // A load generator process (forked by bench/run.ts, several at once). It runs lean MQTT publishers, a
-// subscriber or a connection storm, talks to the runner over IPC, and reports its own CPU time so the
-// runner can tell whether the generators or the broker are the bottleneck.
+// subscriber or a connection storm, or an AMQP producer or consumer, talks to the runner over IPC, and
+// reports its own CPU time so the runner can tell whether the generators or the broker are the bottleneck.
+import amqplib from 'amqplib'
 import { LeanClient } from './lean-client.js'
 
 export interface ClientSpec { username?: string, password?: string, topic: string }
@@ -9,6 +10,10 @@ export type LoadCommand =
   | { kind: 'subscribe', port: number, username?: string, password?: string, filter: string, qos: 0 | 1, expect: number, timeoutMs: number, sampleEvery: number, sampleAfterMs?: number }
   | { kind: 'publish', port: number, clients: ClientSpec[], qos: 0 | 1, perClient: number, inflight: number, payload: string, ratePerClient?: number, sampleAfterMs?: number }
   | { kind: 'connect', port: number, clients: { username?: string, password?: string }[], concurrency: number }
+  /** Persistent messages with a `message_id` each, through a confirm channel, at most `inflight` unconfirmed. */
+  | { kind: 'amqp-publish', url: string, exchange: string, routingKey: string, userId?: string, count: number, inflight: number, payload: string }
+  /** Consumes `expect` messages from `queue` and acks each (the reference: RabbitMQ without streamgate). */
+  | { kind: 'amqp-consume', url: string, queue: string, prefetch: number, expect: number, timeoutMs: number }
 
 export type LoadReport =
   | { kind: 'ready' }
@@ -166,8 +171,87 @@ async function connectAll (cmd: Extract<LoadCommand, { kind: 'connect' }>): Prom
   await Promise.all(open.map((c) => c.end()))
 }
 
+/**
+ * An AMQP producer as the README describes one ("RabbitMQ (AMQP 0-9-1)"): persistent messages with a `message_id`
+ * and the producer's `user_id`, on a confirm channel. `publisher-done` counts RabbitMQ's confirms; its
+ * latencies are publish→confirm.
+ */
+async function amqpPublish (cmd: Extract<LoadCommand, { kind: 'amqp-publish' }>): Promise<void> {
+  const conn = await amqplib.connect(cmd.url, { noDelay: true })
+  const ch = await conn.createConfirmChannel()
+  const at = cmd.payload.indexOf('"t":0')
+  const head = cmd.payload.slice(0, at + 4)
+  const tail = cmd.payload.slice(at + 5)
+  await send({ kind: 'ready' })
+  await go()
+  const cpu0 = process.cpuUsage()
+  const startedAt = now()
+  let sent = 0
+  let acked = 0
+  const lat: number[] = []
+  await new Promise<void>((resolve, reject) => {
+    const pump = (): void => {
+      while (sent < cmd.count && sent - acked < cmd.inflight) {
+        const t = now()
+        const i = sent++
+        ch.publish(cmd.exchange, cmd.routingKey, Buffer.from(head + t.toFixed(3) + tail), {
+          persistent: true, messageId: `${process.pid}-${i}`, contentType: 'application/json', ...(cmd.userId !== undefined ? { userId: cmd.userId } : {})
+        }, (err) => {
+          if (err !== null && err !== undefined) { reject(new Error(`RabbitMQ refused message ${i}: ${String(err)}`)); return }
+          acked++
+          if (acked % 10 === 0) lat.push(now() - t)
+          if (acked === cmd.count) resolve()
+          else pump()
+        })
+      }
+    }
+    pump()
+  })
+  const endedAt = now()
+  const used = cpuMs(cpu0)
+  await conn.close()
+  await send({ kind: 'publisher-done', sent, acked, startedAt, endedAt, ackLatenciesMs: lat, cpuMs: used })
+}
+
+async function amqpConsume (cmd: Extract<LoadCommand, { kind: 'amqp-consume' }>): Promise<void> {
+  const conn = await amqplib.connect(cmd.url, { noDelay: true })
+  const ch = await conn.createChannel()
+  await ch.prefetch(cmd.prefetch)
+  let received = 0
+  let firstAt = 0
+  let lastAt = 0
+  const latencies: number[] = []
+  let finish: () => void = () => undefined
+  const done = new Promise<void>((resolve) => { finish = resolve })
+  await ch.consume(cmd.queue, (msg) => {
+    if (msg === null) return
+    const t = now()
+    ch.ack(msg)
+    if (received === 0) firstAt = t
+    received++
+    lastAt = t
+    if (received % 10 === 0) {
+      const i = msg.content.indexOf('"t":')
+      if (i >= 0) latencies.push(t - Number.parseFloat(msg.content.toString('latin1', i + 4, i + 24)))
+    }
+    if (received >= cmd.expect) finish()
+  }, { noAck: false })
+  const cpu0 = process.cpuUsage()
+  await send({ kind: 'subscribed' })
+  const timer = setTimeout(finish, cmd.timeoutMs)
+  await done
+  clearTimeout(timer)
+  const used = cpuMs(cpu0)
+  await conn.close()
+  await send({ kind: 'subscriber-done', received, firstAt, lastAt, latenciesMs: latencies, cpuMs: used })
+}
+
+const commands: { [K in LoadCommand['kind']]: (cmd: Extract<LoadCommand, { kind: K }>) => Promise<void> } = {
+  subscribe, publish, connect: connectAll, 'amqp-publish': amqpPublish, 'amqp-consume': amqpConsume
+}
+
 process.once('message', (cmd: LoadCommand) => {
-  const run = cmd.kind === 'subscribe' ? subscribe(cmd) : cmd.kind === 'publish' ? publish(cmd) : connectAll(cmd)
+  const run = (commands[cmd.kind] as (c: LoadCommand) => Promise<void>)(cmd)
   run.then(() => process.exit(0), async (err: unknown) => {
     await send({ kind: 'error', message: err instanceof Error ? err.message : String(err) })
     process.exit(1)

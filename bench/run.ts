@@ -6,12 +6,15 @@
 // (streamgate on the embedded default, bare Aedes, Mosquitto when it is on the PATH), drives it with
 // load generator processes (bench/load.ts), and reports msgs/s, latency, broker CPU and RSS, with the
 // streamgate/Aedes and streamgate/Mosquitto ratios from the same run. For streamgate it checks that the
-// rows stored equal the messages acknowledged.
+// rows stored equal the messages acknowledged. With BENCH_AMQP_URL, streamgate runs with its RabbitMQ
+// bridge and `amqp-ingest` measures ingestion over AMQP against RabbitMQ alone (the same producers, a
+// plain consumer); QuestDB is used when STREAMGATE_QUESTDB is set (the environment is passed on).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
+import amqplib from 'amqplib'
 import { ADMIN_KEY, failures, forkLoad, freePort, http, next, now, pct, procStats, root, runMain, stopProc, track, waitForLine } from './common.js'
 import type { ClientSpec, LoadCommand } from './load.js'
 
@@ -30,17 +33,36 @@ const GENERATORS = 2
 const READING = '{"site":"site-0001","temp":21.53,"hum":48.27,"pressure":1013.25,"t":0}'
 const BATCH = '[' + Array.from({ length: 100 }, (_, i) => i === 0 ? READING : READING.replace('"t":0', `"t":${i}`)).join(',') + ']'
 
-type SystemName = 'streamgate' | 'aedes' | 'mosquitto'
+/**
+ * BENCH_AMQP_URL: the RabbitMQ of the AMQP workload (`--replication` uses the local one without it).
+ * Its user publishes: streamgate gets a principal of that name, as RabbitMQ vouches for `user_id`.
+ */
+const amqpUrl = process.env.BENCH_AMQP_URL ?? (replication ? 'amqp://guest:guest@127.0.0.1:5672' : undefined)
+const amqpUser = amqpUrl === undefined ? '' : decodeURIComponent(new URL(amqpUrl).username) || 'guest'
+/** Exchanges and queues the run declares are named after it, and deleted at its end. */
+const amqpPrefix = `bench-${process.pid}`
+const AMQP_PREFETCH = 200 // STREAMGATE_AMQP_PREFETCH's default, for the reference consumer too
 
-interface Plan { pubs: ClientSpec[], sub: { username?: string, password?: string }, filter: string, conns: { username?: string, password?: string }[] }
+type SystemName = 'streamgate' | 'aedes' | 'mosquitto' | 'rabbitmq'
+const MQTT_SYSTEMS: SystemName[] = ['streamgate', 'aedes', 'mosquitto']
+
+interface Plan {
+  pubs: ClientSpec[], sub: { username?: string, password?: string }, filter: string, conns: { username?: string, password?: string }[],
+  /** Where an AMQP producer sends the dataset's readings; `queue`: the reference's, drained by a plain consumer. */
+  amqp?: { exchange: string, routingKey: string, userId: string, queue?: string }
+}
 
 interface Sut {
   readonly name: SystemName
-  readonly proc: ChildProcess
+  /** The process whose CPU and RSS are reported (null: not on this machine). */
+  readonly pid: number | null
+  /** MQTT (0: none). */
   readonly port: number
   prepare (dataset: string): Promise<Plan>
   /** streamgate: rows stored for the dataset once the sink has caught up (waits while it makes progress). */
   stored? (dataset: string, expect: number): Promise<{ stored: number, at: number }>
+  /** streamgate with BENCH_AMQP_URL: the bridge's counts of inbound messages acked and rejected so far. */
+  amqpCounts? (): Promise<{ acked: number, rejected: number }>
   http? (): string
   stop (): Promise<void>
 }
@@ -58,14 +80,14 @@ async function startStreamgate (): Promise<Sut> {
       STREAMGATE_DATA_DIR: dataDir, STREAMGATE_ADMIN_KEY: ADMIN_KEY, STREAMGATE_LOG_LEVEL: 'warn',
       // Provisioning makes ~220 API requests at once; the API limits are not what is measured.
       STREAMGATE_API_RATE: '0', STREAMGATE_API_RATE_PER_ADDRESS: '0',
-      // --replication: the journal replicated to a RabbitMQ stream before each acknowledgement.
-      ...(replication
+      ...(amqpUrl !== undefined
         ? {
-            STREAMGATE_AMQP_URL: process.env.BENCH_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672', STREAMGATE_REPLICATION: 'rabbitmq-stream',
-            STREAMGATE_NODE_ID: `bench-${process.pid}`, STREAMGATE_RABBITMQ_AUTH_PORT: '0',
-            STREAMGATE_AMQP_INGEST_EXCHANGE: `bench-${process.pid}.ingest`, STREAMGATE_AMQP_RECORDS_EXCHANGE: `bench-${process.pid}.records`, STREAMGATE_AMQP_INGEST_QUEUE: `bench-${process.pid}.ingest`
+            STREAMGATE_AMQP_URL: amqpUrl, STREAMGATE_RABBITMQ_AUTH_PORT: '0',
+            STREAMGATE_AMQP_INGEST_EXCHANGE: `${amqpPrefix}.ingest`, STREAMGATE_AMQP_RECORDS_EXCHANGE: `${amqpPrefix}.records`, STREAMGATE_AMQP_INGEST_QUEUE: `${amqpPrefix}.ingest`
           }
-        : {})
+        : {}),
+      // --replication: the journal replicated to a RabbitMQ stream before each acknowledgement.
+      ...(replication ? { STREAMGATE_REPLICATION: 'rabbitmq-stream', STREAMGATE_NODE_ID: amqpPrefix } : {})
     },
     stdio: ['ignore', 'pipe', 'pipe']
   }), 'streamgate')
@@ -77,22 +99,33 @@ async function startStreamgate (): Promise<Sut> {
     await http(api, 'POST', '/v1/principals', { id, kind: id === 'sub' ? 'service' : 'device' })
     keys[id] = (await http<{ key: string }>(api, 'POST', `/v1/principals/${id}/keys`, {})).key
   }
+  // The AMQP producer: RabbitMQ vouches for its user_id, streamgate's grants decide what it may publish.
+  if (amqpUrl !== undefined) await http(api, 'POST', '/v1/principals', { id: amqpUser, kind: 'device' })
   return {
     name: 'streamgate',
-    proc,
+    pid: proc.pid!,
     port: Number(m[1]),
     http: () => api,
     async prepare (dataset) {
       await http(api, 'POST', '/v1/datasets', { id: dataset, schema: { tags: ['site'], fields: { temp: 'double', hum: 'double', pressure: 'double', t: 'double' } } })
       await http(api, 'PUT', `/v1/datasets/${dataset}/access`, {
-        grants: [...Array.from({ length: PUBLISHERS }, (_, i) => ({ principal: `pub${i}`, actions: ['publish'] })), { principal: 'sub', actions: ['subscribe', 'publish'], devices: ['+'] }]
+        grants: [
+          ...Array.from({ length: PUBLISHERS }, (_, i) => ({ principal: `pub${i}`, actions: ['publish'] })), { principal: 'sub', actions: ['subscribe', 'publish'], devices: ['+'] },
+          ...(amqpUrl !== undefined ? [{ principal: amqpUser, actions: ['publish'] }] : [])
+        ]
       })
       return {
         pubs: Array.from({ length: PUBLISHERS }, (_, i) => ({ username: `pub${i}`, password: keys[`pub${i}`]!, topic: `datasets/${dataset}/pub${i}` })),
         sub: { username: 'sub', password: keys.sub! },
         filter: `datasets/${dataset}/#`,
-        conns: Array.from({ length: CONN_PRINCIPALS }, (_, i) => ({ username: `conn${i}`, password: keys[`conn${i}`]! }))
+        conns: Array.from({ length: CONN_PRINCIPALS }, (_, i) => ({ username: `conn${i}`, password: keys[`conn${i}`]! })),
+        ...(amqpUrl !== undefined ? { amqp: { exchange: `${amqpPrefix}.ingest`, routingKey: `${dataset}.${amqpUser}`, userId: amqpUser } } : {})
       }
+    },
+    async amqpCounts () {
+      const st = await http<{ amqp?: { acked: number, rejected: number } }>(api, 'GET', '/v1/status')
+      if (st.amqp === undefined) throw new Error('streamgate reports no AMQP bridge in /v1/status')
+      return { acked: st.amqp.acked, rejected: st.amqp.rejected }
     },
     async stored (dataset, expect) {
       // The store may trail ingestion (the journal holds the difference): wait while it makes progress,
@@ -115,6 +148,70 @@ async function startStreamgate (): Promise<Sut> {
     async stop () {
       await stopProc(proc)
       fs.rmSync(dataDir, { recursive: true, force: true })
+      if (amqpUrl !== undefined) {
+        await deleteAmqpObjects([`${amqpPrefix}.ingest`], [`${amqpPrefix}.ingest`, `${amqpPrefix}.records`], replication ? [`streamgate.journal.${amqpPrefix}`] : [])
+      }
+    }
+  }
+}
+
+/** Deletes what a run declared in RabbitMQ (a queue or exchange already gone is fine). */
+async function deleteAmqpObjects (queues: string[], exchanges: string[], streams: string[] = []): Promise<void> {
+  const conn = await amqplib.connect(amqpUrl!)
+  try {
+    for (const name of [...queues, ...streams]) {
+      const ch = await conn.createChannel()
+      await ch.deleteQueue(name).catch(() => undefined)
+      await ch.close().catch(() => undefined)
+    }
+    for (const name of exchanges) {
+      const ch = await conn.createChannel()
+      await ch.deleteExchange(name).catch(() => undefined)
+      await ch.close().catch(() => undefined)
+    }
+  } finally {
+    await conn.close()
+  }
+}
+
+/** RabbitMQ's own process, when it runs here: its CPU and RSS are reported for the reference. */
+function rabbitPid (): number | null {
+  const host = new URL(amqpUrl!).hostname
+  if (host !== '127.0.0.1' && host !== 'localhost') return null
+  try {
+    const out = execFileSync('rabbitmqctl', ['eval', 'list_to_integer(os:getpid()).'], { encoding: 'utf8', timeout: 30_000, stdio: ['ignore', 'pipe', 'ignore'] })
+    const pid = Number(out.trim())
+    return Number.isInteger(pid) && pid > 0 ? pid : null
+  } catch {
+    return null
+  }
+}
+
+/**
+ * The reference for `amqp-ingest`: RabbitMQ alone, the same producers publishing to a durable queue
+ * of the run's own, drained by a plain consumer that acks each message (prefetch as streamgate's).
+ */
+async function startRabbitReference (): Promise<Sut | null> {
+  if (amqpUrl === undefined) return null
+  const exchange = `${amqpPrefix}.ref`
+  const queues: string[] = []
+  const conn = await amqplib.connect(amqpUrl)
+  const ch = await conn.createChannel()
+  await ch.assertExchange(exchange, 'topic', { durable: true })
+  return {
+    name: 'rabbitmq',
+    pid: rabbitPid(),
+    port: 0,
+    async prepare (dataset) {
+      const queue = `${exchange}.${dataset}`
+      await ch.assertQueue(queue, { durable: true })
+      await ch.bindQueue(queue, exchange, `${dataset}.#`)
+      queues.push(queue)
+      return { pubs: [], sub: {}, filter: '', conns: [], amqp: { exchange, routingKey: `${dataset}.${amqpUser}`, userId: amqpUser, queue } }
+    },
+    async stop () {
+      await conn.close().catch(() => undefined)
+      await deleteAmqpObjects(queues, [exchange])
     }
   }
 }
@@ -122,7 +219,7 @@ async function startStreamgate (): Promise<Sut> {
 function anonymous (name: 'aedes' | 'mosquitto', proc: ChildProcess, port: number, cleanup = (): void => undefined): Sut {
   return {
     name,
-    proc,
+    pid: proc.pid!,
     port,
     async prepare (dataset) {
       return { pubs: Array.from({ length: PUBLISHERS }, (_, i) => ({ topic: `datasets/${dataset}/pub${i}` })), sub: {}, filter: `datasets/${dataset}/#`, conns: [{}] }
@@ -204,14 +301,14 @@ async function pubRun (sut: Sut, w: PubWorkload): Promise<RunResult> {
     } satisfies LoadCommand)
   }
   await Promise.all(gens.map((p) => next(p, 'ready')))
-  const before = procStats(sut.proc.pid!)
+  const before = procStats(sut.pid)
   const wallStart = now()
   const pubDone = gens.map((p) => next(p, 'publisher-done'))
   const subDone = sub !== null ? next(sub, 'subscriber-done') : null
   for (const p of gens) p.send('go')
   const pubs = await Promise.all(pubDone)
   const s = subDone !== null ? await subDone : null
-  const after = procStats(sut.proc.pid!)
+  const after = procStats(sut.pid)
   const wall = now() - wallStart
   const startedAt = Math.min(...pubs.map((p) => p.startedAt))
   const endedAt = Math.max(...pubs.map((p) => p.endedAt))
@@ -252,7 +349,7 @@ async function pubRun (sut: Sut, w: PubWorkload): Promise<RunResult> {
 /** N authenticated connections (streamgate) or anonymous ones, opened as fast as they are accepted. */
 async function connectRun (sut: Sut, n: number): Promise<RunResult> {
   const plan = await sut.prepare(`bench_${Date.now().toString(36)}_${++datasetNo}`)
-  const before = procStats(sut.proc.pid!)
+  const before = procStats(sut.pid)
   const gens: ChildProcess[] = []
   for (let g = 0; g < GENERATORS; g++) {
     const p = forkLoad()
@@ -266,7 +363,7 @@ async function connectRun (sut: Sut, n: number): Promise<RunResult> {
   for (const p of gens) p.send('go')
   const rs = await Promise.all(done)
   const wall = now() - wallStart
-  const after = procStats(sut.proc.pid!)
+  const after = procStats(sut.pid)
   const connected = rs.reduce((a, r) => a + r.connected, 0)
   const failed = rs.reduce((a, r) => a + r.failed, 0)
   const elapsed = Math.max(...rs.map((r) => r.endedAt)) - Math.min(...rs.map((r) => r.startedAt))
@@ -287,7 +384,7 @@ async function httpRun (sut: Sut, total: number): Promise<RunResult | null> {
   await sut.prepare(dataset)
   const api = sut.http()
   const body = '[' + Array.from({ length: 1000 }, () => READING.replace('"t":0', '"device":"pub0","t":0')).join(',') + ']'
-  const before = procStats(sut.proc.pid!)
+  const before = procStats(sut.pid)
   const startedAt = now()
   let sent = 0
   let accepted = 0
@@ -299,7 +396,7 @@ async function httpRun (sut: Sut, total: number): Promise<RunResult | null> {
     }
   }))
   const endedAt = now()
-  const after = procStats(sut.proc.pid!)
+  const after = procStats(sut.pid)
   const st = await sut.stored!(dataset, accepted)
   return {
     rate: Math.round(accepted / ((endedAt - startedAt) / 1000)), unit: 'readings/s', sent, acked: accepted, received: 0, stored: st.stored,
@@ -308,7 +405,88 @@ async function httpRun (sut: Sut, total: number): Promise<RunResult | null> {
   }
 }
 
-/** `full`: left out of --quick, which must stay under a minute. */
+/**
+ * Readings over AMQP: 2 producer processes, persistent messages with a message_id on confirm channels,
+ * 500 unconfirmed each. The rate is messages taken off RabbitMQ and acked by the consumer (streamgate's
+ * bridge, once journaled; or the reference's plain consumer) per second from the first publish; the
+ * ack-latency column is publish→RabbitMQ's confirm.
+ */
+async function amqpRun (sut: Sut, total: number): Promise<RunResult | null> {
+  const dataset = `bench_${Date.now().toString(36)}_${++datasetNo}`
+  const plan = await sut.prepare(dataset)
+  const target = plan.amqp
+  if (target === undefined) return null
+  let consumer: ChildProcess | null = null
+  if (target.queue !== undefined) {
+    consumer = forkLoad()
+    consumer.send({ kind: 'amqp-consume', url: amqpUrl!, queue: target.queue, prefetch: AMQP_PREFETCH, expect: total, timeoutMs: 300_000 } satisfies LoadCommand)
+    await next(consumer, 'subscribed')
+  }
+  const counts0 = await sut.amqpCounts?.()
+  const gens: ChildProcess[] = []
+  for (let g = 0; g < GENERATORS; g++) {
+    const p = forkLoad()
+    gens.push(p)
+    p.send({ kind: 'amqp-publish', url: amqpUrl!, exchange: target.exchange, routingKey: target.routingKey, userId: target.userId, count: total / GENERATORS, inflight: 500, payload: READING } satisfies LoadCommand)
+  }
+  await Promise.all(gens.map((p) => next(p, 'ready')))
+  const before = procStats(sut.pid)
+  const wallStart = now()
+  const pubDone = gens.map((p) => next(p, 'publisher-done'))
+  const consumed = consumer !== null ? next(consumer, 'subscriber-done') : null
+  for (const p of gens) p.send('go')
+  const pubs = await Promise.all(pubDone)
+  const startedAt = Math.min(...pubs.map((p) => p.startedAt))
+  const confirmed = pubs.reduce((a, p) => a + p.acked, 0)
+  let taken: number
+  let lastAt: number
+  let consumerCpuMs = 0
+  if (consumed !== null) {
+    const s = await consumed
+    taken = s.received
+    lastAt = s.lastAt
+    consumerCpuMs = s.cpuMs
+  } else {
+    // streamgate's bridge: poll its counts until every confirmed message is acked (or 60 s without progress).
+    let last = -1
+    let deadline = now() + 60_000
+    for (;;) {
+      const c = await sut.amqpCounts!()
+      taken = c.acked - counts0!.acked
+      if (c.rejected !== counts0!.rejected) failures.push(`amqp-ingest: streamgate rejected ${c.rejected - counts0!.rejected} bench messages`)
+      if (taken !== last) { last = taken; deadline = now() + 60_000 }
+      if (taken >= confirmed || c.rejected !== counts0!.rejected || now() > deadline) break
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+    lastAt = now()
+  }
+  const after = procStats(sut.pid)
+  const wall = now() - wallStart
+  let stored: number | null = null
+  let storedRate: number | null = null
+  if (sut.stored !== undefined) {
+    const r = await sut.stored(dataset, taken)
+    stored = r.stored
+    storedRate = Math.round(r.stored / ((r.at - startedAt) / 1000))
+  }
+  const ackLat = pubs.flatMap((p) => p.ackLatenciesMs).sort((a, b) => a - b)
+  return {
+    rate: Math.round(taken / (Math.max(1, lastAt - startedAt) / 1000)),
+    unit: 'msgs/s',
+    sent: pubs.reduce((a, p) => a + p.sent, 0),
+    acked: taken,
+    received: 0,
+    stored,
+    storedRate,
+    latencyMs: null,
+    ackLatencyMs: ackLat.length > 0 ? { p50: pct(ackLat, 0.5), p99: pct(ackLat, 0.99), p999: pct(ackLat, 0.999) } : null,
+    brokerCpuPct: Math.round((after.cpuMs - before.cpuMs) / wall * 100),
+    brokerRssMiB: Math.round(after.rssMiB),
+    generatorCpuPct: Math.round((pubs.reduce((a, p) => a + p.cpuMs, 0) + consumerCpuMs) / wall * 100)
+  }
+}
+
+/** `full`: left out of --quick, which must stay under a minute. `systems`: the MQTT brokers unless given. */
 interface Workload { name: string, run: (sut: Sut) => Promise<RunResult | null>, runs: number, systems?: SystemName[], full?: boolean }
 
 const q = (n: number, quickN: number): number => quick ? quickN : n
@@ -331,6 +509,7 @@ const allWorkloads: Workload[] = [
   { name: 'batch-100', runs: RUNS, run: (s) => pubRun(s, { qos: 1, perPublisher: q(1000, 200), subscriber: true, payload: BATCH, readingsPerMessage: 100, sampleEvery: 1 }) },
   { name: 'http-batch', runs: RUNS, full: true, systems: ['streamgate' as const], run: (s) => httpRun(s, q(300_000, 50_000)) },
   { name: 'connections-10k', runs: 1, run: (s) => connectRun(s, q(10_000, 2000)) },
+  ...(amqpUrl !== undefined ? [{ name: 'amqp-ingest', runs: RUNS, systems: ['rabbitmq' as const, 'streamgate' as const], run: (s: Sut) => amqpRun(s, q(100_000, 20_000)) }] : []),
   ...(soak ? [{ name: `soak-20k-${soakSeconds / 60}min`, runs: 1, systems: ['streamgate' as const], run: (s: Sut) => soakRun(s, soakSeconds) }] : [])
 ]
 const workloads = allWorkloads.filter((w) => onlyWorkloads.size > 0 ? onlyWorkloads.has(w.name) : !(quick && w.full === true))
@@ -343,7 +522,7 @@ const workloads = allWorkloads.filter((w) => onlyWorkloads.size > 0 ? onlyWorklo
 async function soakRun (sut: Sut, seconds: number): Promise<RunResult> {
   const samples: { at: number, rss: number }[] = []
   const start = Date.now()
-  const timer = setInterval(() => samples.push({ at: Date.now() - start, rss: procStats(sut.proc.pid!).rssMiB }), 2000)
+  const timer = setInterval(() => samples.push({ at: Date.now() - start, rss: procStats(sut.pid).rssMiB }), 2000)
   // streamgate: where the memory is (main heap, sink thread heap, DuckDB), every 30 s.
   const api = sut.http?.()
   const where = setInterval(() => {
@@ -397,7 +576,7 @@ const fmt = (l: { p50: number, p99: number, p999: number } | null): string => l 
 
 async function main (): Promise<void> {
   execFileSync('npm', ['run', 'build', '--silent'], { cwd: root, stdio: 'inherit' })
-  const starters: [SystemName, () => Promise<Sut | null>][] = [['aedes', startAedes], ['streamgate', startStreamgate], ['mosquitto', startMosquitto]]
+  const starters: [SystemName, () => Promise<Sut | null>][] = [['aedes', startAedes], ['streamgate', startStreamgate], ['mosquitto', startMosquitto], ['rabbitmq', startRabbitReference]]
   const results: Record<string, Record<string, Summary>> = {}
   // Every system runs for the whole benchmark and runs alternate between them (aedes, streamgate,
   // mosquitto, aedes, ...), so a machine whose speed drifts (shared VMs do) biases no system, and the
@@ -410,14 +589,14 @@ async function main (): Promise<void> {
       if (sut === null) continue
       suts.push(sut)
       // Warm-up (not measured): the JIT compiles the hot paths before the first measured run.
-      await pubRun(sut, { qos: 1, perPublisher: 2000, subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 100 })
+      if (sut.port !== 0) await pubRun(sut, { qos: 1, perPublisher: 2000, subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 100 })
     }
     for (const w of workloads) {
       const runs = new Map<SystemName, RunResult[]>()
       for (let i = 0; i < w.runs; i++) {
         for (const sut of suts) {
           const name = sut.name
-          if (w.systems !== undefined && !w.systems.includes(name)) continue
+          if (!(w.systems ?? MQTT_SYSTEMS).includes(name)) continue
           const r = await w.run(sut)
           if (r === null) continue
           let list = runs.get(name)
@@ -430,6 +609,7 @@ async function main (): Promise<void> {
             (r.ackLatencyMs !== null ? `, pub→PUBACK p99 ${r.ackLatencyMs.p99.toFixed(2)} ms` : '') +
             `, broker CPU ${r.brokerCpuPct}%, RSS ${r.brokerRssMiB} MiB, generators CPU ${r.generatorCpuPct}%\n`)
           const perMsg = w.name === 'batch-100' ? 100 : 1
+          if (w.name === 'amqp-ingest' && r.acked !== r.sent) failures.push(`amqp-ingest run ${i + 1} (${name}): ${r.acked} of ${r.sent} published messages consumed`)
           if (name === 'streamgate' && r.stored !== null && w.name !== 'qos0-flood' && r.stored !== r.acked * perMsg) {
             failures.push(`${w.name} run ${i + 1}: stored ${r.stored} != acknowledged ${r.acked * perMsg}`)
           }
@@ -446,9 +626,13 @@ async function main (): Promise<void> {
   const command = `npm run bench${argv.length > 0 ? ' -- ' + argv.join(' ') : ''}`
   lines.push(`Command: \`${command}\` on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${date}.`)
   lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per throughput workload, alternating between systems after an unmeasured warm-up; ratios are medians of run-by-run ratios; fixed-rate runs sample latency in steady state, from their ${LATENCY_WARM_MS / 1000} s on. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
+  if (amqpUrl !== undefined) {
+    lines.push(`amqp-ingest (RabbitMQ at ${new URL(amqpUrl).host}): 2 AMQP producers, persistent messages with a message_id, 500 unconfirmed each; rate = messages the consumer took and acked (streamgate: once journaled) per second from the first publish; the PUBACK column is publish→RabbitMQ's confirm; "rabbitmq" is RabbitMQ alone (a plain consumer acking each message, prefetch ${AMQP_PREFETCH}), its CPU and RSS RabbitMQ's. streamgate's bridge is on in every workload of this run (every record is also published to its records exchange).`)
+  }
+  const refs: [SystemName, string][] = [['aedes', 'Aedes'], ['mosquitto', 'Mosquitto'], ...(amqpUrl !== undefined ? [['rabbitmq', 'RabbitMQ alone'] as [SystemName, string]] : [])]
   lines.push('')
-  lines.push('| workload | system | rate median (min–max) | stored/s | publish→subscriber ms p50 / p99 / p99.9 | publish→PUBACK ms p50 / p99 / p99.9 | broker CPU % | broker RSS MiB | generators CPU % | vs Aedes | vs Mosquitto |')
-  lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  lines.push(`| workload | system | rate median (min–max) | stored/s | publish→subscriber ms p50 / p99 / p99.9 | publish→PUBACK ms p50 / p99 / p99.9 | broker CPU % | broker RSS MiB | generators CPU % | ${refs.map(([, label]) => `vs ${label}`).join(' | ')} |`)
+  lines.push(`| --- | --- | --- | --- | --- | --- | --- | --- | --- | ${refs.map(() => '---').join(' | ')} |`)
   for (const [w, bySys] of Object.entries(results)) {
     for (const [sys, s] of Object.entries(bySys)) {
       const mid = s.runs.find((r) => r.rate === s.median) ?? s.runs[0]!
@@ -456,7 +640,8 @@ async function main (): Promise<void> {
         const o = bySys[other]
         return o !== undefined && sys !== other ? pairedRatio(s, o).toFixed(2) + '×' : '–'
       }
-      lines.push(`| ${w} | ${sys} | ${s.median} ${mid.unit} (${s.min}–${s.max}) | ${mid.storedRate ?? '–'} | ${fmt(mid.latencyMs)} | ${fmt(mid.ackLatencyMs)} | ${mid.brokerCpuPct} | ${mid.brokerRssMiB} | ${mid.generatorCpuPct} | ${ratio('aedes')} | ${ratio('mosquitto')} |`)
+      const num = (n: number): string => Number.isFinite(n) ? String(n) : '–'
+      lines.push(`| ${w} | ${sys} | ${s.median} ${mid.unit} (${s.min}–${s.max}) | ${mid.storedRate ?? '–'} | ${fmt(mid.latencyMs)} | ${fmt(mid.ackLatencyMs)} | ${num(mid.brokerCpuPct)} | ${num(mid.brokerRssMiB)} | ${mid.generatorCpuPct} | ${refs.map(([ref]) => ratio(ref)).join(' | ')} |`)
     }
   }
   const table = lines.join('\n')
