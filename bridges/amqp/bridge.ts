@@ -56,12 +56,40 @@ const PAUSE_MS = 1000
 
 /** A managed RabbitMQ connection as every bridge opens it (reconnecting each second). */
 export function connectAmqp (url: string, connectionName: string, heartbeatS: number): AmqpConnectionManager {
-  return amqp.connect([url], {
+  const manager = amqp.connect([url], {
     heartbeatIntervalInSeconds: heartbeatS,
     reconnectTimeInSeconds: 1,
     // TCP_NODELAY: small frames (acks, confirms, single publishes) must not wait for Nagle.
     connectionOptions: { noDelay: true, clientProperties: { connection_name: connectionName } }
   })
+  manager.on('connect', ({ connection }: { connection: { connection?: unknown } }) => coalesceFrames(connection.connection))
+  return manager
+}
+
+/** The parts of amqplib's Connection (lib/connection.js) coalesceFrames reaches into. */
+interface AmqplibMux { _readIncoming?: () => void, out?: { cork: () => void, uncork: () => void } }
+
+/**
+ * amqplib writes the frames its channels queued (each publish, each ack) to the socket one `write`
+ * at a time: a system call per frame, and as many small TCP segments for RabbitMQ to read. Corked
+ * for the length of one pass of its multiplexer, they leave in one `writev`. amqplib has no option for
+ * it, so this wraps its multiplexer's pass; a version without one is left as it is (the frames still
+ * go out, one by one). test/bridges/amqp-frames.test.ts counts the writes.
+ */
+export function coalesceFrames (connection: unknown): boolean {
+  const mux = (connection as { muxer?: AmqplibMux } | undefined)?.muxer
+  const pass = mux?._readIncoming
+  const out = mux?.out
+  if (mux === undefined || typeof pass !== 'function' || out === undefined || typeof out.cork !== 'function') return false
+  mux._readIncoming = function (this: AmqplibMux): void {
+    out.cork()
+    try {
+      pass.call(this)
+    } finally {
+      out.uncork()
+    }
+  }
+  return true
 }
 
 /**
