@@ -5,13 +5,13 @@
 // subscribers spread over the nodes, every message to every subscriber: deliveries/s). Both
 // configurations run in cluster mode, so the only difference is the number of nodes. Writes
 // bench/results/<date>-cluster.json and the cluster table in BENCHMARKS.md.
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { type ChildProcess, spawn } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { Redis } from 'ioredis'
 import pg from 'pg'
-import { ADMIN_KEY, failures, forkLoad, http, next, now, pct, procStats, root, runMain, stopProc, track, waitForLine } from './common.js'
+import { ADMIN_KEY, buildIfStale, failures, forkLoad, http, next, now, pct, procStats, root, runMain, stopProc, track, waitForLine } from './common.js'
 import type { ClientSpec, LoadCommand } from './load.js'
 
 const argv = process.argv.slice(2)
@@ -127,7 +127,7 @@ async function fanout (nodes: readonly Node[], keys: Record<string, string>): Pr
 }
 
 async function main (): Promise<void> {
-  execFileSync('npm', ['run', 'build', '--silent'], { cwd: root, stdio: 'inherit' })
+  buildIfStale()
   const results: Record<string, Record<string, Result[]>> = {}
   for (const count of [1, 2]) {
     const redis = new Redis(REDIS)

@@ -15,7 +15,7 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import amqplib from 'amqplib'
-import { ADMIN_KEY, failures, forkLoad, freePort, http, next, now, pct, procStats, root, runMain, stopProc, track, waitForLine } from './common.js'
+import { ADMIN_KEY, buildIfStale, failures, forkLoad, freePort, http, next, now, pct, procStats, root, runMain, stopProc, track, waitForLine } from './common.js'
 import type { ClientSpec, LoadCommand } from './load.js'
 
 const argv = process.argv.slice(2)
@@ -575,7 +575,7 @@ function summarize (runs: RunResult[]): Summary {
 const fmt = (l: { p50: number, p99: number, p999: number } | null): string => l === null ? '–' : `${l.p50.toFixed(2)} / ${l.p99.toFixed(2)} / ${l.p999.toFixed(2)}`
 
 async function main (): Promise<void> {
-  execFileSync('npm', ['run', 'build', '--silent'], { cwd: root, stdio: 'inherit' })
+  buildIfStale()
   const starters: [SystemName, () => Promise<Sut | null>][] = [['aedes', startAedes], ['streamgate', startStreamgate], ['mosquitto', startMosquitto], ['rabbitmq', startRabbitReference]]
   const results: Record<string, Record<string, Summary>> = {}
   // Every system runs for the whole benchmark and runs alternate between them (aedes, streamgate,
