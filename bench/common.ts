@@ -38,7 +38,9 @@ export function track (p: ChildProcess, what?: string): ChildProcess {
     p.stderr?.on('data', keep)
     const dir = process.env.BENCH_SUT_OUTPUT
     if (dir !== undefined && dir !== '') {
+      fs.mkdirSync(dir, { recursive: true })
       const out = fs.createWriteStream(path.join(dir, `${what}-${p.pid}.log`))
+      out.on('error', (err) => process.stderr.write(`BENCH_SUT_OUTPUT: ${err.message}\n`))
       p.stdout?.pipe(out, { end: false })
       p.stderr?.pipe(out, { end: false })
       p.once('close', () => out.end())
@@ -104,8 +106,9 @@ export async function http<T = any> (base: string, method: string, url: string, 
  * from: the build takes ~12 s of a quick run's minute on a slow machine.
  */
 export function buildIfStale (): void {
-  const out = path.join(root, 'dist/bin/streamgate.js')
-  const built = fs.existsSync(out) ? fs.statSync(out).mtimeMs : 0
+  // A stamp written after a build that succeeded: tsc writes its output even when it reports errors.
+  const stamp = path.join(root, 'dist/.bench-built')
+  const built = fs.existsSync(stamp) ? fs.statSync(stamp).mtimeMs : 0
   const newest = (p: string): number => {
     const st = fs.statSync(p)
     if (!st.isDirectory()) return st.mtimeMs
@@ -114,7 +117,9 @@ export function buildIfStale (): void {
   const sources = ['config', 'gateway', 'bridges', 'api', 'bin', 'console', 'package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json']
     .map((f) => path.join(root, f)).filter((f) => fs.existsSync(f))
   if (built > 0 && Math.max(...sources.map(newest)) < built) return
+  fs.rmSync(stamp, { force: true })
   execFileSync('npm', ['run', 'build', '--silent'], { cwd: root, stdio: 'inherit' })
+  fs.writeFileSync(stamp, new Date().toISOString() + '\n')
 }
 
 export function forkLoad (): ChildProcess {

@@ -4,19 +4,20 @@
 // first. Filled at start from the journal's last segments, so it holds across a restart.
 
 export class RecentOrigins {
+  /** In insertion order: the oldest first. */
+  private readonly seen = new Set<string>()
   /**
-   * The ids remembered, by the ring slot of their latest remembering. (Forgetting the oldest through
-   * a Set's `keys().next()` walks past every entry deleted from its front since its last rehash: up to
-   * ~100 µs a message once 100,000 were held.)
+   * One iterator over `seen` for its whole life, standing at the oldest id. A fresh `keys().next()`
+   * per forgetting walked past every id deleted from the Set's front since its last rehash (up to
+   * ~100 µs a message once 100,000 were held); a Set iterator skips deleted entries and visits
+   * later additions (ECMAScript's live iteration), so this one only ever steps over what it passed.
+   * Every id it has passed is forgotten; ids remembered again move behind it, to the end.
    */
-  private readonly seen = new Map<string, number>()
-  /** The last `max` ids remembered, oldest at `next` once full. */
-  private readonly ring: (string | undefined)[]
-  private next = 0
+  private oldest: SetIterator<string>
   private readonly pending = new Set<string>()
 
   constructor (private readonly max = 100_000) {
-    this.ring = new Array<string | undefined>(max).fill(undefined)
+    this.oldest = this.seen.values()
   }
 
   private static key (principal: string, origin: string): string {
@@ -54,13 +55,14 @@ export class RecentOrigins {
   /** How many ids are remembered. */
   get size (): number { return this.seen.size }
 
-  /** Remembers `k` as the newest; the id remembered `max` rememberings ago is forgotten, unless remembered again since. */
   private remember (k: string): void {
-    const slot = this.next
-    const oldest = this.ring[slot]
-    if (oldest !== undefined && this.seen.get(oldest) === slot) this.seen.delete(oldest)
-    this.ring[slot] = k
-    this.seen.set(k, slot)
-    this.next = slot + 1 === this.max ? 0 : slot + 1
+    this.seen.delete(k)
+    this.seen.add(k)
+    while (this.seen.size > this.max) {
+      let next = this.oldest.next()
+      // Never exhausted while an id is ahead of it; a new one would start at the oldest again.
+      if (next.done === true) next = (this.oldest = this.seen.values()).next()
+      this.seen.delete(next.value as string)
+    }
   }
 }
