@@ -144,7 +144,10 @@ export function pct (sorted: number[], p: number): number {
 
 /** Runs a runner's main: its failure sets exit code 1; every child it started is killed at the end or on Ctrl-C. */
 export function runMain (main: () => Promise<void>): void {
-  process.on('SIGINT', () => { for (const c of children) c.kill('SIGKILL'); process.exit(130) })
+  // Interrupted or stopped: no system under test or generator outlives the runner.
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    process.on(signal, () => { for (const c of children) c.kill('SIGKILL'); process.exit(code) })
+  }
   main().catch((err: unknown) => {
     process.stderr.write(String(err instanceof Error ? err.stack : err) + '\n')
     process.exitCode = 1

@@ -128,20 +128,23 @@ async function startStreamgate (): Promise<Sut> {
       return { acked: st.amqp.acked, rejected: st.amqp.rejected }
     },
     async stored (dataset, expect) {
-      // The store may trail ingestion (the journal holds the difference): wait while it makes progress,
-      // and give up after 60 s without any.
-      let last = -1
+      // The store may trail ingestion (the journal holds the difference), and so may the other
+      // consumers (with BENCH_AMQP_URL, the records exchange): wait until every one has caught up, so
+      // no run starts behind the previous one's backlog, while they make progress; give up after 60 s
+      // without any. `at` is when the store had it all.
+      let last = ''
       let deadline = Date.now() + 60_000
+      let at: number | null = null
       for (;;) {
-        const s = await http<{ stored: number }>(api, 'GET', `/v1/datasets/${dataset}/stats`)
-        if (s.stored !== last) {
-          last = s.stored
+        const { stored } = await http<{ stored: number }>(api, 'GET', `/v1/datasets/${dataset}/stats`)
+        const st = await http<{ consumers: { lag: number }[] }>(api, 'GET', '/v1/status')
+        if (at === null && stored >= expect) at = now()
+        const lag = st.consumers.reduce((a, c) => a + c.lag, 0)
+        if (`${stored}/${lag}` !== last) {
+          last = `${stored}/${lag}`
           deadline = Date.now() + 60_000
         }
-        if (s.stored >= expect || Date.now() > deadline) {
-          const st = await http<{ consumers: { lag: number }[] }>(api, 'GET', '/v1/status')
-          if (st.consumers.every((c) => c.lag === 0) || Date.now() > deadline) return { stored: s.stored, at: now() }
-        }
+        if ((at !== null && lag === 0) || Date.now() > deadline) return { stored, at: at ?? now() }
         await new Promise((resolve) => setTimeout(resolve, 50))
       }
     },
