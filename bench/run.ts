@@ -16,7 +16,7 @@ import os from 'node:os'
 import path from 'node:path'
 import amqplib from 'amqplib'
 import { ADMIN_KEY, buildIfStale, failures, forkLoad, freePort, http, next, now, pct, procStats, root, runMain, stopProc, track, waitForLine } from './common.js'
-import type { ClientSpec, LoadCommand } from './load.js'
+import type { ClientSpec, LoadCommand, LoadReport } from './load.js'
 
 const argv = process.argv.slice(2)
 const quick = argv.includes('--quick')
@@ -281,6 +281,28 @@ interface PubWorkload { qos: 0 | 1, perPublisher: number, subscriber: boolean, r
   /** Fixed-rate runs: messages sent in the run's first ms are delivered and counted but not sampled for latency. */
   sampleAfterMs?: number }
 
+/**
+ * Forks a generator per command and starts them together once every one is ready. `sub`, subscribed
+ * already, reports beside them. `before` and `wallStart`: the system's CPU and the clock at the start.
+ */
+async function startGenerators (sut: Sut, commands: LoadCommand[], sub: ChildProcess | null): Promise<{
+  before: ReturnType<typeof procStats>, wallStart: number,
+  published: Promise<Extract<LoadReport, { kind: 'publisher-done' }>[]>, subscribed: Promise<Extract<LoadReport, { kind: 'subscriber-done' }>> | null
+}> {
+  const gens = commands.map((cmd) => {
+    const p = forkLoad()
+    p.send(cmd)
+    return p
+  })
+  await Promise.all(gens.map((p) => next(p, 'ready')))
+  const before = procStats(sut.pid)
+  const wallStart = now()
+  const published = Promise.all(gens.map((p) => next(p, 'publisher-done')))
+  const subscribed = sub !== null ? next(sub, 'subscriber-done') : null
+  for (const p of gens) p.send('go')
+  return { before, wallStart, published, subscribed }
+}
+
 async function pubRun (sut: Sut, w: PubWorkload): Promise<RunResult> {
   const dataset = `bench_${Date.now().toString(36)}_${++datasetNo}`
   const plan = await sut.prepare(dataset)
@@ -293,24 +315,13 @@ async function pubRun (sut: Sut, w: PubWorkload): Promise<RunResult> {
     sub.send({ kind: 'subscribe', port: sut.port, ...plan.sub, filter: plan.filter, qos: w.qos, expect: total, timeoutMs, sampleEvery: w.sampleEvery, sampleAfterMs: w.sampleAfterMs ?? 0 } satisfies LoadCommand)
     await next(sub, 'subscribed')
   }
-  const gens: ChildProcess[] = []
   const per = PUBLISHERS / GENERATORS
-  for (let g = 0; g < GENERATORS; g++) {
-    const p = forkLoad()
-    gens.push(p)
-    p.send({
-      kind: 'publish', port: sut.port, clients: plan.pubs.slice(g * per, (g + 1) * per), qos: w.qos, perClient: w.perPublisher, inflight: 100, payload: w.payload, sampleAfterMs: w.sampleAfterMs ?? 0,
-      ...(w.ratePerSecond !== undefined ? { ratePerClient: w.ratePerSecond / PUBLISHERS } : {})
-    } satisfies LoadCommand)
-  }
-  await Promise.all(gens.map((p) => next(p, 'ready')))
-  const before = procStats(sut.pid)
-  const wallStart = now()
-  const pubDone = gens.map((p) => next(p, 'publisher-done'))
-  const subDone = sub !== null ? next(sub, 'subscriber-done') : null
-  for (const p of gens) p.send('go')
-  const pubs = await Promise.all(pubDone)
-  const s = subDone !== null ? await subDone : null
+  const { before, wallStart, published, subscribed } = await startGenerators(sut, Array.from({ length: GENERATORS }, (_, g) => ({
+    kind: 'publish', port: sut.port, clients: plan.pubs.slice(g * per, (g + 1) * per), qos: w.qos, perClient: w.perPublisher, inflight: 100, payload: w.payload, sampleAfterMs: w.sampleAfterMs ?? 0,
+    ...(w.ratePerSecond !== undefined ? { ratePerClient: w.ratePerSecond / PUBLISHERS } : {})
+  })), sub)
+  const pubs = await published
+  const s = subscribed !== null ? await subscribed : null
   const after = procStats(sut.pid)
   const wall = now() - wallStart
   const startedAt = Math.min(...pubs.map((p) => p.startedAt))
@@ -426,19 +437,10 @@ async function amqpRun (sut: Sut, total: number): Promise<RunResult | null> {
     await next(consumer, 'subscribed')
   }
   const counts0 = await sut.amqpCounts?.()
-  const gens: ChildProcess[] = []
-  for (let g = 0; g < GENERATORS; g++) {
-    const p = forkLoad()
-    gens.push(p)
-    p.send({ kind: 'amqp-publish', url: amqpUrl!, exchange: target.exchange, routingKey: target.routingKey, userId: target.userId, count: total / GENERATORS, inflight: 500, payload: READING } satisfies LoadCommand)
-  }
-  await Promise.all(gens.map((p) => next(p, 'ready')))
-  const before = procStats(sut.pid)
-  const wallStart = now()
-  const pubDone = gens.map((p) => next(p, 'publisher-done'))
-  const consumed = consumer !== null ? next(consumer, 'subscriber-done') : null
-  for (const p of gens) p.send('go')
-  const pubs = await Promise.all(pubDone)
+  const { before, wallStart, published, subscribed: consumed } = await startGenerators(sut, Array.from({ length: GENERATORS }, () => ({
+    kind: 'amqp-publish', url: amqpUrl!, exchange: target.exchange, routingKey: target.routingKey, userId: target.userId, count: total / GENERATORS, inflight: 500, payload: READING
+  })), consumer)
+  const pubs = await published
   const startedAt = Math.min(...pubs.map((p) => p.startedAt))
   const confirmed = pubs.reduce((a, p) => a + p.acked, 0)
   let taken: number
