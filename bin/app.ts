@@ -199,12 +199,16 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       amqp = new AmqpBridge(opts, pipeline, origins)
       const bridge = amqp
       cleanups.push(() => bridge.close())
-      const amqpConsumer = new SinkConsumer(journal, new AmqpSink(amqp, opts, store, () => journal.committedSeq, nodeId), catalog, {
-        maxEntries: 2000, maxRows: config.sink.batch, lingerMs: 0, retryMinMs: 200, retryMaxMs: 5000, log
-      })
-      await amqpConsumer.start()
-      cleanups.push(() => amqpConsumer.close())
-      consumers.push(amqpConsumer)
+      // STREAMGATE_AMQP_OUTBOUND=none: RabbitMQ only brings records in (its checkpoint stays where it
+      // was, so turning it on again publishes what was accepted meanwhile, as far as the journal holds it).
+      if (a.outbound) {
+        const amqpConsumer = new SinkConsumer(journal, new AmqpSink(amqp, opts, store, () => journal.committedSeq, nodeId), catalog, {
+          maxEntries: 2000, maxRows: config.sink.batch, lingerMs: 0, retryMinMs: 200, retryMaxMs: 5000, log
+        })
+        await amqpConsumer.start()
+        cleanups.push(() => amqpConsumer.close())
+        consumers.push(amqpConsumer)
+      }
       const authApp = express()
       authApp.disable('x-powered-by')
       authApp.use(rabbitAuthRouter(access, opts.exchanges, (path, params) => log.warn({ rabbitmq: path, username: params.username, name: params.name, routingKey: params.routing_key }, 'rabbitmq access denied')))

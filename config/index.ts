@@ -56,6 +56,7 @@ export const configSchema = z.object({
   STREAMGATE_AMQP_INGEST_QUEUE: z.string().min(1).max(255).default('streamgate.ingest'),
   STREAMGATE_AMQP_PREFETCH: positiveInt.max(65535).default(200),
   STREAMGATE_AMQP_PUBLISH_TIMEOUT_MS: positiveInt.default(10_000),
+  STREAMGATE_AMQP_OUTBOUND: z.enum(['records', 'none']).default('records'),
   STREAMGATE_AMQP_HEARTBEAT_S: positiveInt.max(65535).default(15),
   STREAMGATE_AMQP_CONNECTION_NAME: z.string().min(1).max(255).optional(),
   STREAMGATE_REPLICATION: z.enum(['none', 'rabbitmq-stream']).default('none'),
@@ -137,7 +138,9 @@ export interface Config {
   /** The RabbitMQ bridge, when STREAMGATE_AMQP_URL is set; its auth backend listens on `authPort`. */
   readonly amqp: {
     readonly url: string, readonly ingestExchange: string, readonly recordsExchange: string, readonly ingestQueue: string,
-    readonly prefetch: number, readonly publishTimeoutMs: number, readonly heartbeatS: number, readonly connectionName: string, readonly authPort: number, readonly authBind: string
+    readonly prefetch: number, readonly publishTimeoutMs: number, readonly heartbeatS: number, readonly connectionName: string, readonly authPort: number, readonly authBind: string,
+    /** Publish every accepted record to the records exchange (true), or only ingest from RabbitMQ. */
+    readonly outbound: boolean
   } | null
   /**
    * The journal replicated to a RabbitMQ stream per node before each acknowledgement
@@ -319,7 +322,8 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
           heartbeatS: r.STREAMGATE_AMQP_HEARTBEAT_S,
           connectionName: r.STREAMGATE_AMQP_CONNECTION_NAME ?? `streamgate ${os.hostname()} ${process.pid}`,
           authPort: r.STREAMGATE_RABBITMQ_AUTH_PORT,
-          authBind: r.STREAMGATE_RABBITMQ_AUTH_BIND
+          authBind: r.STREAMGATE_RABBITMQ_AUTH_BIND,
+          outbound: r.STREAMGATE_AMQP_OUTBOUND === 'records'
         },
     replication: r.STREAMGATE_REPLICATION === 'none' || r.STREAMGATE_AMQP_URL === undefined
       ? null

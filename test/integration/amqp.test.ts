@@ -38,6 +38,8 @@ describe('RabbitMQ bridge', () => {
   afterAll(async () => {
     for (const c of clients) await c.endAsync(true).catch(() => undefined)
     for (const c of conns) await c.close().catch(() => undefined)
+    // The gateway first: a running bridge declares its queue again when it is deleted.
+    await gw.stop()
     const conn = await amqplib.connect(AMQP)
     const ch = await conn.createChannel()
     await ch.deleteQueue(`${run}.ingest`).catch(() => undefined)
@@ -45,7 +47,6 @@ describe('RabbitMQ bridge', () => {
     await ch.deleteExchange(ex.ingest).catch(() => undefined)
     await ch.deleteExchange(ex.records).catch(() => undefined)
     await conn.close()
-    await gw.stop()
     deleteRabbitUsers()
   })
 
