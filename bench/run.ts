@@ -630,7 +630,10 @@ async function main (): Promise<void> {
   const date = new Date().toISOString()
   // The RabbitMQ a run used is part of its command (without the password).
   const amqpVar = process.env.BENCH_AMQP_URL !== undefined ? `BENCH_AMQP_URL=${new URL(process.env.BENCH_AMQP_URL).protocol}//${amqpUser}@${new URL(process.env.BENCH_AMQP_URL).host} ` : ''
-  const command = `${amqpVar}npm run bench${argv.length > 0 ? ' -- ' + argv.join(' ') : ''}`
+  // So are the STREAMGATE_* settings it passed on to streamgate (secrets, URLs with passwords, left out).
+  const settings = Object.entries(process.env).filter(([k, v]) => k.startsWith('STREAMGATE_') && v !== undefined && !/KEY|PASSWORD|SECRET|TOKEN|_URL$/.test(k))
+    .map(([k, v]) => `${k}=${v} `).join('')
+  const command = `${amqpVar}${settings}npm run bench${argv.length > 0 ? ' -- ' + argv.join(' ') : ''}`
   lines.push(`Command: \`${command}\` on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${date}.`)
   lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per throughput workload, alternating between systems after an unmeasured warm-up; ratios are medians of run-by-run ratios; fixed-rate runs sample latency in steady state, from their ${LATENCY_WARM_MS / 1000} s on. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
   if (amqpUrl !== undefined) {
