@@ -72,23 +72,28 @@ const CONN_PRINCIPALS = 100
 /** BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the Node.js systems under test (streamgate, bare Aedes). */
 const nodeArgs = (): string[] => (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '')
 
+/** What the runner sets for streamgate itself, over the environment it passes on. */
+function streamgateEnv (dataDir = ''): Record<string, string> {
+  return {
+    STREAMGATE_BIND: '127.0.0.1', STREAMGATE_MQTT_PORT: '0', STREAMGATE_WS_PORT: '0', STREAMGATE_HTTP_PORT: '0',
+    STREAMGATE_DATA_DIR: dataDir, STREAMGATE_ADMIN_KEY: ADMIN_KEY, STREAMGATE_LOG_LEVEL: 'warn',
+    // Provisioning makes ~220 API requests at once; the API limits are not what is measured.
+    STREAMGATE_API_RATE: '0', STREAMGATE_API_RATE_PER_ADDRESS: '0',
+    ...(amqpUrl !== undefined
+      ? {
+          STREAMGATE_AMQP_URL: amqpUrl, STREAMGATE_RABBITMQ_AUTH_PORT: '0',
+          STREAMGATE_AMQP_INGEST_EXCHANGE: `${amqpPrefix}.ingest`, STREAMGATE_AMQP_RECORDS_EXCHANGE: `${amqpPrefix}.records`, STREAMGATE_AMQP_INGEST_QUEUE: `${amqpPrefix}.ingest`
+        }
+      : {}),
+    // --replication: the journal replicated to a RabbitMQ stream before each acknowledgement.
+    ...(replication ? { STREAMGATE_REPLICATION: 'rabbitmq-stream', STREAMGATE_NODE_ID: amqpPrefix } : {})
+  }
+}
+
 async function startStreamgate (): Promise<Sut> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-bench-'))
   const proc = track(spawn(process.execPath, [...nodeArgs(), path.join(root, 'dist/bin/streamgate.js')], {
-    env: {
-      ...process.env, STREAMGATE_BIND: '127.0.0.1', STREAMGATE_MQTT_PORT: '0', STREAMGATE_WS_PORT: '0', STREAMGATE_HTTP_PORT: '0',
-      STREAMGATE_DATA_DIR: dataDir, STREAMGATE_ADMIN_KEY: ADMIN_KEY, STREAMGATE_LOG_LEVEL: 'warn',
-      // Provisioning makes ~220 API requests at once; the API limits are not what is measured.
-      STREAMGATE_API_RATE: '0', STREAMGATE_API_RATE_PER_ADDRESS: '0',
-      ...(amqpUrl !== undefined
-        ? {
-            STREAMGATE_AMQP_URL: amqpUrl, STREAMGATE_RABBITMQ_AUTH_PORT: '0',
-            STREAMGATE_AMQP_INGEST_EXCHANGE: `${amqpPrefix}.ingest`, STREAMGATE_AMQP_RECORDS_EXCHANGE: `${amqpPrefix}.records`, STREAMGATE_AMQP_INGEST_QUEUE: `${amqpPrefix}.ingest`
-          }
-        : {}),
-      // --replication: the journal replicated to a RabbitMQ stream before each acknowledgement.
-      ...(replication ? { STREAMGATE_REPLICATION: 'rabbitmq-stream', STREAMGATE_NODE_ID: amqpPrefix } : {})
-    },
+    env: { ...process.env, ...streamgateEnv(dataDir) },
     stdio: ['ignore', 'pipe', 'pipe']
   }), 'streamgate')
   const m = await waitForLine(proc, /mqtt [^:]+:(\d+).*http http:\/\/[^:]+:(\d+)/, 'streamgate')
@@ -630,9 +635,12 @@ async function main (): Promise<void> {
   const date = new Date().toISOString()
   // The RabbitMQ a run used is part of its command (without the password).
   const amqpVar = process.env.BENCH_AMQP_URL !== undefined ? `BENCH_AMQP_URL=${new URL(process.env.BENCH_AMQP_URL).protocol}//${amqpUser}@${new URL(process.env.BENCH_AMQP_URL).host} ` : ''
-  // So are the STREAMGATE_* settings it passed on to streamgate (secrets, URLs with passwords, left out).
-  const settings = Object.entries(process.env).filter(([k, v]) => k.startsWith('STREAMGATE_') && v !== undefined && !/KEY|PASSWORD|SECRET|TOKEN|_URL$/.test(k))
-    .map(([k, v]) => `${k}=${v} `).join('')
+  // So are the STREAMGATE_* settings it passed on to streamgate (not those it sets itself). A value
+  // that could hold a secret (credentials in a URL or a QuestDB config string, keys) or would need
+  // quoting is shown as <set>.
+  const own = new Set(Object.keys(streamgateEnv()))
+  const settings = Object.entries(process.env).filter(([k, v]) => k.startsWith('STREAMGATE_') && v !== undefined && !own.has(k))
+    .map(([k, v]) => `${k}=${/KEY|PASSWORD|SECRET|TOKEN|QUESTDB|_URL$/.test(k) || !/^[\w.,:/-]*$/.test(v!) ? '<set>' : v} `).join('')
   const command = `${amqpVar}${settings}npm run bench${argv.length > 0 ? ' -- ' + argv.join(' ') : ''}`
   lines.push(`Command: \`${command}\` on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${date}.`)
   lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per throughput workload, alternating between systems after an unmeasured warm-up; ratios are medians of run-by-run ratios; fixed-rate runs sample latency in steady state, from their ${LATENCY_WARM_MS / 1000} s on. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)

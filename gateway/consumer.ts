@@ -48,6 +48,8 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
   private readonly onCommit = (): void => { this.wake?.() }
   private gate: { readonly promise: Promise<void>, readonly open: () => void } | null = null
   private parked: (() => void) | null = null
+  /** Until the first read after start(): whether it begins where the checkpoint said. */
+  private resuming = false
   lastError: string | null = null
   failures = 0
   skipped = 0
@@ -77,6 +79,7 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
   }
 
   async start (): Promise<void> {
+    this.resuming = true
     this.position = await this.sink.checkpoint()
     this.journal.register(this.name, this.position)
     this.reader = this.journal.reader(this.position + 1)
@@ -115,6 +118,15 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
         this.journal.off('commit', this.onCommit)
         this.wake = null
         continue
+      }
+      if (this.resuming) {
+        this.resuming = false
+        // A checkpoint older than the journal's oldest segment (a consumer left off for a while, e.g.
+        // STREAMGATE_AMQP_OUTBOUND=none): the entries in between are gone for this sink. Say so.
+        const first = (entries[0] as JournalEntry).seq
+        if (first > this.position + 1) {
+          this.opts.log?.warn({ consumer: this.name, from: this.position + 1, to: first - 1 }, 'journal entries missing before this sink read them (deleted with their segment, or undone); skipped')
+        }
       }
       const batch = this.decode(entries)
       if (this.opts.claims !== undefined) batch.entries = await this.claimed(batch.entries, this.opts.claims)
