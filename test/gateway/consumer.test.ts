@@ -1,6 +1,6 @@
 // The sink consumer's batching: it lingers after a small batch only when that batch took everything
 // committed before it was read, so a backlog cut into batches by maxEntries drains at once instead of
-// a batch per linger.
+// a batch per linger. And a consumer whose checkpoint is older than the journal holds says what it skipped.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -58,5 +58,44 @@ describe('sink consumer batching', () => {
     await append(5)
     await consumer.waitFor(journal.committedSeq, 5000)
     expect(sink.batches.at(-1)!.at - small.at).toBeGreaterThanOrEqual(900)
+  })
+})
+
+describe('sink consumer resuming behind the journal', () => {
+  it('warns of the entries deleted before it read them, and goes on from the oldest the journal holds', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-consumer-'))
+    const { journal } = await Journal.open({ dir, maxBytes: 1 << 30, segmentBytes: 64 * 1024 })
+    const catalog = new Catalog({ maxBatch: 1000, maxString: 1000 })
+    catalog.put(dataset)
+    const payload = Buffer.from(`{"n":1${' '.repeat(1000)}}`)
+    // Ten commits of 30 entries (~33 KB each): a new segment every two.
+    for (let c = 0; c < 10; c++) {
+      await new Promise<void>((resolve, reject) => {
+        let left = 30
+        for (let i = 0; i < 30; i++) {
+          journal.append({ arrivalUs: Date.now() * 1000, dataset: 'lin', version: 1, device: 'd', principal: 'p', payload }, (err) => {
+            if (err !== null) reject(err)
+            else if (--left === 0) resolve()
+          })
+        }
+      })
+    }
+    // The only registered consumer has everything: the segments before the active one are deleted.
+    journal.ack('store', journal.committedSeq)
+    const first = journal.segmentsFrom(0)[0]!.firstSeq
+    expect(first).toBeGreaterThan(1)
+
+    // A sink left off all along (its checkpoint 0), turned on now.
+    const sink = new RecordingSink()
+    const seqs: number[] = []
+    sink.write = async (entries) => { for (const e of entries) seqs.push(e.seq) }
+    const warnings: { obj: object, msg: string }[] = []
+    const consumer = new SinkConsumer(journal, sink, catalog, { maxEntries: 1000, maxRows: 10_000, lingerMs: 0, log: { warn: (obj, msg) => warnings.push({ obj, msg }) } })
+    cleanup.push(async () => { await consumer.close(); await journal.close(); fs.rmSync(dir, { recursive: true, force: true }) })
+    await consumer.start()
+    await consumer.waitFor(journal.committedSeq, 5000)
+    expect(seqs[0]).toBe(first)
+    expect(seqs.length).toBe(300 - first + 1)
+    expect(warnings).toEqual([{ obj: { consumer: 'recording', from: 1, to: first - 1 }, msg: expect.stringContaining('skipped') }])
   })
 })
