@@ -35,6 +35,20 @@ function cpuMs (since: NodeJS.CpuUsage): number {
 
 const go = (): Promise<void> => new Promise((resolve) => process.once('message', () => resolve()))
 
+/** The payload template with its `"t":0` replaced by a send time: what every publisher sends. */
+function stamper (template: string): (t: number) => Buffer {
+  const at = template.indexOf('"t":0')
+  const head = template.slice(0, at + 4)
+  const tail = template.slice(at + 5)
+  return (t) => Buffer.from(head + t.toFixed(3) + tail)
+}
+
+/** The send time a stamped payload carries (NaN if none). */
+function sentAtIn (payload: Buffer): number {
+  const i = payload.indexOf('"t":')
+  return i < 0 ? NaN : Number.parseFloat(payload.toString('latin1', i + 4, i + 24))
+}
+
 async function subscribe (cmd: Extract<LoadCommand, { kind: 'subscribe' }>): Promise<void> {
   const c = await LeanClient.connect({ port: cmd.port, clientId: `sub-${process.pid}`, ...(cmd.username !== undefined ? { username: cmd.username, password: cmd.password ?? '' } : {}) })
   let received = 0
@@ -50,9 +64,8 @@ async function subscribe (cmd: Extract<LoadCommand, { kind: 'subscribe' }>): Pro
     received++
     lastAt = t
     if (received % cmd.sampleEvery === 0) {
-      const i = payload.indexOf('"t":')
-      if (i >= 0) {
-        const sentAt = Number.parseFloat(payload.toString('latin1', i + 4, i + 24))
+      const sentAt = sentAtIn(payload)
+      if (!Number.isNaN(sentAt)) {
         if (firstSentAt === 0) firstSentAt = sentAt
         if (sentAt >= firstSentAt + (cmd.sampleAfterMs ?? 0)) latencies.push(t - sentAt)
       }
@@ -86,9 +99,7 @@ async function subscribe (cmd: Extract<LoadCommand, { kind: 'subscribe' }>): Pro
  */
 function publishOne (c: LeanClient, spec: ClientSpec, cmd: Extract<LoadCommand, { kind: 'publish' }>, stats: { acked: number, lat: number[] }): Promise<number> {
   const topic = Buffer.from(spec.topic)
-  const at = cmd.payload.indexOf('"t":0')
-  const head = cmd.payload.slice(0, at + 4)
-  const tail = cmd.payload.slice(at + 5)
+  const stamp = stamper(cmd.payload)
   const sentAt = new Float64Array(cmd.qos === 1 ? 65536 : 0)
   return new Promise((resolve) => {
     let sent = 0
@@ -110,7 +121,7 @@ function publishOne (c: LeanClient, spec: ClientSpec, cmd: Extract<LoadCommand, 
       }
       while (sent < cap && (cmd.qos === 0 || c.inflight < cmd.inflight)) {
         const t = now()
-        const id = c.publish(topic, Buffer.from(head + t.toFixed(3) + tail), cmd.qos, cmd.qos === 1 ? onAck : undefined)
+        const id = c.publish(topic, stamp(t), cmd.qos, cmd.qos === 1 ? onAck : undefined)
         if (cmd.qos === 1) sentAt[id] = t
         sent++
       }
@@ -179,9 +190,7 @@ async function connectAll (cmd: Extract<LoadCommand, { kind: 'connect' }>): Prom
 async function amqpPublish (cmd: Extract<LoadCommand, { kind: 'amqp-publish' }>): Promise<void> {
   const conn = await amqplib.connect(cmd.url, { noDelay: true })
   const ch = await conn.createConfirmChannel()
-  const at = cmd.payload.indexOf('"t":0')
-  const head = cmd.payload.slice(0, at + 4)
-  const tail = cmd.payload.slice(at + 5)
+  const stamp = stamper(cmd.payload)
   await send({ kind: 'ready' })
   await go()
   const cpu0 = process.cpuUsage()
@@ -194,7 +203,7 @@ async function amqpPublish (cmd: Extract<LoadCommand, { kind: 'amqp-publish' }>)
       while (sent < cmd.count && sent - acked < cmd.inflight) {
         const t = now()
         const i = sent++
-        ch.publish(cmd.exchange, cmd.routingKey, Buffer.from(head + t.toFixed(3) + tail), {
+        ch.publish(cmd.exchange, cmd.routingKey, stamp(t), {
           persistent: true, messageId: `${process.pid}-${i}`, contentType: 'application/json', ...(cmd.userId !== undefined ? { userId: cmd.userId } : {})
         }, (err) => {
           if (err !== null && err !== undefined) { reject(new Error(`RabbitMQ refused message ${i}: ${String(err)}`)); return }
@@ -231,8 +240,8 @@ async function amqpConsume (cmd: Extract<LoadCommand, { kind: 'amqp-consume' }>)
     received++
     lastAt = t
     if (received % 10 === 0) {
-      const i = msg.content.indexOf('"t":')
-      if (i >= 0) latencies.push(t - Number.parseFloat(msg.content.toString('latin1', i + 4, i + 24)))
+      const sentAt = sentAtIn(msg.content)
+      if (!Number.isNaN(sentAt)) latencies.push(t - sentAt)
     }
     if (received >= cmd.expect) finish()
   }, { noAck: false })

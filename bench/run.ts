@@ -135,39 +135,33 @@ async function startStreamgate (): Promise<Sut> {
     async stored (dataset, expect) {
       // The store may trail ingestion (the journal holds the difference), and so may the other
       // consumers (with BENCH_AMQP_URL, the records exchange): wait until every one has caught up, so
-      // no run starts behind the previous one's backlog, while they make progress; give up after 60 s
-      // without any. `at` is when the store had it all.
-      let last = ''
-      let deadline = Date.now() + 60_000
+      // no run starts behind the previous one's backlog. `at` is when the store had it all.
       let at: number | null = null
-      for (;;) {
+      const { stored } = await whileProgressing(async () => {
         const { stored } = await http<{ stored: number }>(api, 'GET', `/v1/datasets/${dataset}/stats`)
         const st = await http<{ consumers: { lag: number }[] }>(api, 'GET', '/v1/status')
         if (at === null && stored >= expect) at = now()
-        const lag = st.consumers.reduce((a, c) => a + c.lag, 0)
-        if (`${stored}/${lag}` !== last) {
-          last = `${stored}/${lag}`
-          deadline = Date.now() + 60_000
-        }
-        if ((at !== null && lag === 0) || Date.now() > deadline) return { stored, at: at ?? now() }
-        await new Promise((resolve) => setTimeout(resolve, 50))
-      }
+        return { stored, lag: st.consumers.reduce((a, c) => a + c.lag, 0) }
+      }, (v) => `${v.stored}/${v.lag}`, (v) => at !== null && v.lag === 0, 50)
+      return { stored, at: at ?? now() }
     },
     async stop () {
       await stopProc(proc)
       fs.rmSync(dataDir, { recursive: true, force: true })
       if (amqpUrl !== undefined) {
-        await deleteAmqpObjects([`${amqpPrefix}.ingest`], [`${amqpPrefix}.ingest`, `${amqpPrefix}.records`], replication ? [`streamgate.journal.${amqpPrefix}`] : [])
+        // Its ingest queue, and with --replication its journal's stream (a queue too).
+        const queues = [`${amqpPrefix}.ingest`, ...(replication ? [`streamgate.journal.${amqpPrefix}`] : [])]
+        await deleteAmqpObjects(queues, [`${amqpPrefix}.ingest`, `${amqpPrefix}.records`])
       }
     }
   }
 }
 
 /** Deletes what a run declared in RabbitMQ (a queue or exchange already gone is fine). */
-async function deleteAmqpObjects (queues: string[], exchanges: string[], streams: string[] = []): Promise<void> {
+async function deleteAmqpObjects (queues: string[], exchanges: string[]): Promise<void> {
   const conn = await amqplib.connect(amqpUrl!)
   try {
-    for (const name of [...queues, ...streams]) {
+    for (const name of queues) {
       const ch = await conn.createChannel()
       await ch.deleteQueue(name).catch(() => undefined)
       await ch.close().catch(() => undefined)
@@ -285,6 +279,25 @@ let datasetNo = 0
 interface PubWorkload { qos: 0 | 1, perPublisher: number, subscriber: boolean, ratePerSecond?: number, payload: string, readingsPerMessage: number, sampleEvery: number,
   /** Fixed-rate runs: messages sent in the run's first ms are delivered and counted but not sampled for latency. */
   sampleAfterMs?: number }
+
+/**
+ * Reads `read()` every `everyMs` until `done` holds, or until it made no progress (`progress` gave
+ * the same key) for 60 s; returns the last reading.
+ */
+async function whileProgressing<T> (read: () => Promise<T>, progress: (v: T) => string, done: (v: T) => boolean, everyMs: number): Promise<T> {
+  let last = ''
+  let deadline = Date.now() + 60_000
+  for (;;) {
+    const v = await read()
+    const key = progress(v)
+    if (key !== last) {
+      last = key
+      deadline = Date.now() + 60_000
+    }
+    if (done(v) || Date.now() > deadline) return v
+    await new Promise((resolve) => setTimeout(resolve, everyMs))
+  }
+}
 
 /**
  * Forks a generator per command and starts them together once every one is ready. `sub`, subscribed
@@ -457,18 +470,11 @@ async function amqpRun (sut: Sut, total: number): Promise<RunResult | null> {
     lastAt = s.lastAt
     consumerCpuMs = s.cpuMs
   } else {
-    // streamgate's bridge: poll its counts until every confirmed message is acked (or 60 s without progress).
-    let last = -1
-    let deadline = now() + 60_000
-    for (;;) {
-      const c = await sut.amqpCounts!()
-      taken = c.acked - counts0!.acked
-      if (c.rejected !== counts0!.rejected) failures.push(`amqp-ingest: streamgate rejected ${c.rejected - counts0!.rejected} bench messages`)
-      if (taken !== last) { last = taken; deadline = now() + 60_000 }
-      if (taken >= confirmed || c.rejected !== counts0!.rejected || now() > deadline) break
-      await new Promise((resolve) => setTimeout(resolve, 20))
-    }
+    // streamgate's bridge: its counts, until every confirmed message is acked (or one is rejected).
+    const c = await whileProgressing(sut.amqpCounts!, (c) => String(c.acked), (c) => c.acked - counts0!.acked >= confirmed || c.rejected !== counts0!.rejected, 20)
     lastAt = now()
+    taken = c.acked - counts0!.acked
+    if (c.rejected !== counts0!.rejected) failures.push(`amqp-ingest: streamgate rejected ${c.rejected - counts0!.rejected} bench messages`)
   }
   const after = procStats(sut.pid)
   const wall = now() - wallStart
@@ -583,6 +589,8 @@ function summarize (runs: RunResult[]): Summary {
 }
 
 const fmt = (l: { p50: number, p99: number, p999: number } | null): string => l === null ? '–' : `${l.p50.toFixed(2)} / ${l.p99.toFixed(2)} / ${l.p999.toFixed(2)}`
+/** A CPU or RSS figure; '–' for a system not on this machine. */
+const num = (n: number): string => Number.isFinite(n) ? String(n) : '–'
 
 async function main (): Promise<void> {
   buildIfStale()
@@ -634,7 +642,8 @@ async function main (): Promise<void> {
   const lines: string[] = []
   const date = new Date().toISOString()
   // The RabbitMQ a run used is part of its command (without the password).
-  const amqpVar = process.env.BENCH_AMQP_URL !== undefined ? `BENCH_AMQP_URL=${new URL(process.env.BENCH_AMQP_URL).protocol}//${amqpUser}@${new URL(process.env.BENCH_AMQP_URL).host} ` : ''
+  const given = process.env.BENCH_AMQP_URL !== undefined ? new URL(process.env.BENCH_AMQP_URL) : null
+  const amqpVar = given !== null ? `BENCH_AMQP_URL=${given.protocol}//${amqpUser}@${given.host} ` : ''
   // So are the STREAMGATE_* settings it passed on to streamgate (not those it sets itself). A value
   // that could hold a secret (credentials in a URL or a QuestDB config string, keys) or would need
   // quoting is shown as <set>.
@@ -658,7 +667,6 @@ async function main (): Promise<void> {
         const o = bySys[other]
         return o !== undefined && sys !== other ? pairedRatio(s, o).toFixed(2) + '×' : '–'
       }
-      const num = (n: number): string => Number.isFinite(n) ? String(n) : '–'
       lines.push(`| ${w} | ${sys} | ${s.median} ${mid.unit} (${s.min}–${s.max}) | ${mid.storedRate ?? '–'} | ${fmt(mid.latencyMs)} | ${fmt(mid.ackLatencyMs)} | ${num(mid.brokerCpuPct)} | ${num(mid.brokerRssMiB)} | ${mid.generatorCpuPct} | ${refs.map(([ref]) => ratio(ref)).join(' | ')} |`)
     }
   }

@@ -12,6 +12,13 @@ import { planQuery } from '../../gateway/query.js'
 import { waitUntil } from '../helpers.js'
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-store-'))
+
+/** Puts `wrap` around the statements that change a store's DuckDB memory limit (`run`: the real one). */
+function onLimitChange (store: RecordStore, wrap: (sql: string, run: (sql: string) => Promise<unknown>) => Promise<unknown>): void {
+  const conn = (store as unknown as { limits: { conn: { run: (sql: string) => Promise<unknown> } } }).limits.conn
+  const run = conn.run.bind(conn)
+  conn.run = (sql) => wrap(sql, run)
+}
 let store: RecordStore
 
 const ds = {
@@ -97,9 +104,7 @@ describe('embedded store', () => {
         SELECT i, 0, make_timestamp(1700000000000000 + i), 'dev-1', 'site-' || (i % 500000), i FROM range(1000000) t(i)`)
       const plan = planQuery(ds, { groupBy: ['site'], aggregate: { d: ['avg', 'min', 'max', 'count', 'first', 'last'] }, limit: 10 }, { maxRows: 10_000 })
       // A slow limit change (a busy threadpool): the second query must wait for the raise too.
-      const limits = (small as unknown as { limits: { conn: { run: (sql: string) => Promise<unknown> } } }).limits
-      const run = limits.conn.run.bind(limits.conn)
-      limits.conn.run = async (sql) => { await new Promise((resolve) => setTimeout(resolve, 300)); return await run(sql) }
+      onLimitChange(small, async (sql, run) => { await new Promise((resolve) => setTimeout(resolve, 300)); return await run(sql) })
       const [a, b] = await Promise.all([small.query(plan, 30_000), small.query(plan, 30_000)])
       expect(a.rows).toHaveLength(10)
       expect(b.rows).toEqual(a.rows)
@@ -119,13 +124,11 @@ describe('embedded store', () => {
       const db = (small as unknown as { db: { rows: (sql: string) => Promise<unknown[][]> } }).db
       const limit = async (): Promise<string> => String((await db.rows("SELECT current_setting('memory_limit')"))[0]![0])
       // The first lowering fails, as when what the sink's transaction holds does not fit.
-      const limits = (small as unknown as { limits: { conn: { run: (sql: string) => Promise<unknown> } } }).limits
-      const run = limits.conn.run.bind(limits.conn)
       let failed = 0
-      limits.conn.run = async (sql) => {
+      onLimitChange(small, async (sql, run) => {
         if (/16MB/.test(sql) && failed++ === 0) throw new Error('Out of Memory Error: could not free up enough memory for the new limit')
         return await run(sql)
-      }
+      })
       await small.latest(ds, { from: null, to: null, limit: 1 })
       await (small as unknown as { limitChange: Promise<void> }).limitChange
       expect(failed).toBe(1)
