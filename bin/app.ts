@@ -164,6 +164,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       dir: path.join(dataDir, 'journal'),
       maxBytes: config.journal.maxBytes,
       segmentBytes: config.journal.segmentBytes,
+      syncIntervalUs: config.journal.syncIntervalUs,
       floorSeq: await sinkThread.checkpoint(),
       log,
       ...(replica !== null ? { replicate: replica.replicate, onUndo: replica.undone } : {})

@@ -42,6 +42,13 @@ export interface JournalOptions {
   readonly dir: string
   readonly maxBytes: number
   readonly segmentBytes: number
+  /**
+   * The least time between the starts of two fdatasyncs, in µs (0: each starts as soon as the one
+   * before returns). While commits arrive more often than that, they wait for the window to close and
+   * share one fdatasync: fewer, larger syncs for a little acknowledgement latency. A commit after a
+   * quiet spell is synced at once.
+   */
+  readonly syncIntervalUs?: number
   /** Sequence numbers at or below this were already consumed (e.g. the journal directory was lost). */
   readonly floorSeq?: number
   /**
@@ -308,6 +315,13 @@ export class Journal extends EventEmitter {
   private arrivalCount = 0
   private readonly acks = new Map<string, number>()
   private readonly commitNow = (): void => { this.scheduled = false; this.commit() }
+  /** When the last fdatasync started (performance.now()), and the timer of one waiting for syncIntervalUs. */
+  private lastSyncStart = -Infinity
+  private syncTimer: NodeJS.Timeout | null = null
+  private readonly syncDue = (): void => {
+    this.syncTimer = null
+    if (!this.inFlight && this.unsynced.length > 0) this.sync()
+  }
   /** `commits`: fdatasyncs, each covering the writes made since the previous one started. */
   readonly stats = { appended: 0, commits: 0, refusedFull: 0 }
   /**
@@ -493,7 +507,7 @@ export class Journal extends EventEmitter {
     this.totalBytes += off
     this.nextSeq += batch.length
     this.unsynced.push({ batch, cbs, firstSeq, start, bytes: buf.subarray(0, off), seg, fd: this.fd })
-    if (!this.inFlight) this.sync()
+    if (!this.inFlight) this.syncSoon()
     // Written: let the live fan-out go while the fdatasync runs on its thread. One that throws must
     // not keep the rest of the batch from theirs (nor leave this commit half done).
     for (let i = 0; i < written.length; i++) {
@@ -502,8 +516,27 @@ export class Journal extends EventEmitter {
     }
   }
 
+  /**
+   * Starts the fdatasync of what is written now, or once `syncIntervalUs` has passed since the last
+   * one started: a commit written meanwhile (every event-loop turn, under load) checks again, and a
+   * timer covers the last commit of a burst.
+   */
+  private syncSoon (): void {
+    const wait = this.lastSyncStart + (this.opts.syncIntervalUs ?? 0) / 1000 - performance.now()
+    if (wait <= 0) {
+      this.sync()
+    } else if (this.syncTimer === null) {
+      this.syncTimer = setTimeout(this.syncDue, Math.ceil(wait))
+    }
+  }
+
   /** One fdatasync for every commit written since the last one started; then they are durable. */
   private sync (): void {
+    if (this.syncTimer !== null) {
+      clearTimeout(this.syncTimer)
+      this.syncTimer = null
+    }
+    this.lastSyncStart = performance.now()
     const commits = this.unsynced
     this.unsynced = []
     this.syncing = commits
@@ -528,7 +561,7 @@ export class Journal extends EventEmitter {
         for (let i = 0; i < waits.length; i++) this.replicate(waits[i]!, commits[i]!.bytes)
         if (this.undoing) this.drainReplicated()
       }
-      if (this.unsynced.length > 0) this.sync()
+      if (this.unsynced.length > 0) this.syncSoon()
       if (this.pending.length > 0 && !this.scheduled) this.commit()
     })
   }

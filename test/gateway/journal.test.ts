@@ -232,6 +232,49 @@ describe('journal', () => {
     expect(seen).toEqual(Array.from({ length: n + 4 }, (_, k) => k + 1))
     await reopened.journal.close()
   })
+
+  it('starts an fdatasync at most every syncIntervalUs: commits written inside the window share the next one', async () => {
+    const dir = tmpDir()
+    const { journal } = await Journal.open(opts(dir, { syncIntervalUs: 200_000 }))
+    const syncer = (journal as unknown as { syncer: { fdatasync: (fd: number, cb: (err: Error | null) => void) => void } }).syncer
+    const sync = syncer.fdatasync.bind(syncer)
+    const starts: number[] = []
+    syncer.fdatasync = (fd, cb) => { starts.push(performance.now()); sync(fd, cb) }
+    const written: number[] = []
+    const append = (i: number): Promise<void> => new Promise((resolve, reject) => journal.append(rec(i), (err) => {
+      if (err !== null) reject(err)
+      else resolve()
+    }, () => written.push(i)))
+    const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
+
+    // The first commit has no window to wait for.
+    await append(1)
+    expect(starts).toHaveLength(1)
+    // Three commits in three turns inside the window: each written at once (the live fan-out does not
+    // wait), all made durable by one fdatasync once the window closes.
+    const later: Promise<void>[] = []
+    for (const i of [2, 3, 4]) {
+      later.push(append(i))
+      await turn()
+    }
+    expect(written).toEqual([1, 2, 3, 4])
+    expect(starts).toHaveLength(1)
+    await Promise.all(later)
+    expect(starts).toHaveLength(2)
+    expect(starts[1]! - starts[0]!).toBeGreaterThanOrEqual(195)
+    expect(journal.committedSeq).toBe(4)
+
+    // Closing while a commit waits for the window: it is made durable first.
+    const last = append(5)
+    await turn()
+    expect(starts).toHaveLength(2)
+    await journal.close()
+    await last
+    expect(starts).toHaveLength(3)
+    const reopened = await Journal.open(opts(dir))
+    expect(reopened.recovery.nextSeq).toBe(6)
+    await reopened.journal.close()
+  })
 })
 
 describe('journal followed from another reader (the sink thread)', () => {
