@@ -1,7 +1,9 @@
 // Summarises a V8 .cpuprofile: self and total time by function (top N), for finding the hot path.
 // Only the busy part of the profile counts: 250 ms windows in which the main thread was idle less
 // than a fifth of the time (so start-up, set-up requests and pauses between runs do not dilute it).
-// Usage: tsx bench/profile-summary.ts <file.cpuprofile> [N] [--all]
+// Usage: tsx bench/profile-summary.ts <file.cpuprofile> [N] [--all] [--window=FROM-TO] [--callers=NAME]
+// --window=12-20: only the samples from 12 s to 20 s after the profile started (one run's steady state),
+// idle included. --callers=writeBuffer: what called the functions whose label contains NAME, by share.
 import fs from 'node:fs'
 
 interface Node { id: number, callFrame: { functionName: string, url: string, lineNumber: number }, children?: number[] }
@@ -31,7 +33,9 @@ prof.samples.forEach((id, i) => {
   if (byId.get(id)!.callFrame.functionName === '(idle)') c[0]++
   idleIn.set(w, c)
 })
+const windowArg = args.find((a) => a.startsWith('--window='))?.slice('--window='.length).split('-').map(Number)
 const busy = (i: number): boolean => {
+  if (windowArg !== undefined) return times[i]! >= windowArg[0]! * 1e6 && times[i]! < windowArg[1]! * 1e6
   if (args.includes('--all')) return true
   const c = idleIn.get(Math.floor(times[i]! / WINDOW_US))!
   return c[0] / c[1] < 0.2
@@ -39,11 +43,23 @@ const busy = (i: number): boolean => {
 
 const self = new Map<string, number>()
 const total = new Map<string, number>()
+const callersOf = args.find((a) => a.startsWith('--callers='))?.slice('--callers='.length)
+const callers = new Map<string, number>()
 let counted = 0
 prof.samples.forEach((id, i) => {
   if (!busy(i)) return
   counted++
   const n = byId.get(id)!
+  if (callersOf !== undefined) {
+    // The nearest frame above the first one matching NAME.
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      if (!label(byId.get(cur)!).includes(callersOf)) continue
+      const up = parent.get(cur)
+      const l = up === undefined ? '(none)' : label(byId.get(up)!)
+      callers.set(l, (callers.get(l) ?? 0) + 1)
+      break
+    }
+  }
   self.set(label(n), (self.get(label(n)) ?? 0) + 1)
   const seen = new Set<string>()
   for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
@@ -61,3 +77,7 @@ const show = (m: Map<string, number>): void => {
 show(self)
 process.stdout.write('\ntotal time (self + callees)\n')
 show(total)
+if (callersOf !== undefined) {
+  process.stdout.write(`\ncallers of ${callersOf}\n`)
+  show(callers)
+}
