@@ -41,5 +41,6 @@ EXPOSE 1883 8083 8080 8883 8084 8443
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.STREAMGATE_HTTP_PORT || 8080) + '/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 # SIGTERM drains (see docs/operations.md); node is PID 1's only child of note, so run it directly.
+# Node's options: bin/node-options.ts says why.
 STOPSIGNAL SIGTERM
-CMD ["node", "dist/bin/streamgate.js"]
+CMD ["node", "--v8-pool-size=0", "dist/bin/streamgate.js"]

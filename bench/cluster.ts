@@ -13,6 +13,7 @@ import { Redis } from 'ioredis'
 import pg from 'pg'
 import { ADMIN_KEY, buildIfStale, failures, forkLoad, http, next, now, pct, procStats, root, runMain, stopProc, track, waitForLine } from './common.js'
 import type { ClientSpec, LoadCommand } from './load.js'
+import { NODE_OPTIONS } from '../bin/node-options.js'
 
 const argv = process.argv.slice(2)
 const quick = argv.includes('--quick')
@@ -30,7 +31,7 @@ interface Node { readonly proc: ChildProcess, readonly mqtt: number, readonly ap
 
 async function startNode (id: string, metadataUrl: string): Promise<Node> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), `sg-bench-${id}-`))
-  const proc = track(spawn(process.execPath, [path.join(root, 'dist/bin/streamgate.js')], {
+  const proc = track(spawn(process.execPath, [...NODE_OPTIONS, path.join(root, 'dist/bin/streamgate.js')], {
     env: {
       ...process.env, STREAMGATE_BIND: '127.0.0.1', STREAMGATE_MQTT_PORT: '0', STREAMGATE_WS_PORT: '0', STREAMGATE_HTTP_PORT: '0',
       STREAMGATE_DATA_DIR: dataDir, STREAMGATE_ADMIN_KEY: ADMIN_KEY, STREAMGATE_LOG_LEVEL: 'warn', STREAMGATE_NODE_ID: id,

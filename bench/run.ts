@@ -17,6 +17,7 @@ import path from 'node:path'
 import amqplib from 'amqplib'
 import { ADMIN_KEY, buildIfStale, failures, forkLoad, freePort, http, next, now, pct, procStats, root, runMain, stopProc, track, waitForLine } from './common.js'
 import type { ClientSpec, LoadCommand, LoadReport } from './load.js'
+import { NODE_OPTIONS } from '../bin/node-options.js'
 
 const argv = process.argv.slice(2)
 const quick = argv.includes('--quick')
@@ -92,7 +93,8 @@ function streamgateEnv (dataDir = ''): Record<string, string> {
 
 async function startStreamgate (): Promise<Sut> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-bench-'))
-  const proc = track(spawn(process.execPath, [...nodeArgs(), path.join(root, 'dist/bin/streamgate.js')], {
+  // As `npm start` runs it (bin/node-options.ts); BENCH_NODE_ARGS come after, so they can override.
+  const proc = track(spawn(process.execPath, [...NODE_OPTIONS, ...nodeArgs(), path.join(root, 'dist/bin/streamgate.js')], {
     env: { ...process.env, ...streamgateEnv(dataDir) },
     stdio: ['ignore', 'pipe', 'pipe']
   }), 'streamgate')

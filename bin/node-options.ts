@@ -1,0 +1,14 @@
+// The Node.js options streamgate is started with: by `npm start`, by the container image's CMD and by
+// the benchmark. They cannot be set once the process runs (V8's platform is made before any of our
+// code), so they go on the command line; test/deploy/node-options.test.ts keeps package.json and the
+// Dockerfile in step with this list.
+
+/**
+ * `--v8-pool-size=0`: V8's worker threads (the collector's parallel scavenge and concurrent marking,
+ * background compilation) sized to the CPUs available, one fewer than them; Node's default is 4 on
+ * any machine. On two vCPUs the four helpers of each scavenge competed with the event loop, the sink
+ * thread and the load for two CPUs, and the scavenge waited for the slowest: at 20k msg/s, seven
+ * alternating pairs of runs each gave less scavenge time with one helper (12 s of a run: 164-287 ms
+ * against 273-462, mean pause 1.3-2.3 ms against 2.1-3.7; BENCHMARKS.md, 2026-11-30 08:30 UTC).
+ */
+export const NODE_OPTIONS: readonly string[] = ['--v8-pool-size=0']
