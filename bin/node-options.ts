@@ -9,6 +9,6 @@
  * any machine. On two vCPUs the four helpers of each scavenge competed with the event loop, the sink
  * thread and the load for two CPUs, and the scavenge waited for the slowest: at 20k msg/s, seven
  * alternating pairs of runs each gave less scavenge time with one helper (12 s of a run: 164-287 ms
- * against 273-462, mean pause 1.3-2.3 ms against 2.1-3.7; BENCHMARKS.md, 2026-11-30 08:30 UTC).
+ * against 264-462, mean pause 1.3-2.3 ms against 2.1-3.7; BENCHMARKS.md, 2026-11-30 08:30 UTC).
  */
 export const NODE_OPTIONS: readonly string[] = ['--v8-pool-size=0']
