@@ -320,7 +320,8 @@ export class Journal extends EventEmitter {
   private syncTimer: NodeJS.Timeout | null = null
   private readonly syncDue = (): void => {
     this.syncTimer = null
-    if (!this.inFlight && this.unsynced.length > 0) this.sync()
+    // Timers count whole milliseconds and may fire a little early: syncSoon arms again if so.
+    if (!this.inFlight && this.unsynced.length > 0) this.syncSoon()
   }
   /** `commits`: fdatasyncs, each covering the writes made since the previous one started. */
   readonly stats = { appended: 0, commits: 0, refusedFull: 0 }
