@@ -269,8 +269,8 @@ interface RunResult {
   stored: number | null
   /** streamgate: rows stored per second, from the first publish to the store catching up. */
   storedRate: number | null
-  latencyMs: { p50: number, p99: number, p999: number } | null
-  ackLatencyMs: { p50: number, p99: number, p999: number } | null
+  latencyMs: Latency | null
+  ackLatencyMs: Latency | null
   brokerCpuPct: number
   brokerRssMiB: number
   generatorCpuPct: number
@@ -505,7 +505,13 @@ async function amqpRun (sut: Sut, total: number): Promise<RunResult | null> {
 }
 
 /** `full`: left out of --quick, which must stay under a minute. `systems`: the MQTT brokers unless given. */
-interface Workload { name: string, run: (sut: Sut) => Promise<RunResult | null>, runs: number, systems?: SystemName[], full?: boolean }
+/** Percentiles of one run, in ms. */
+interface Latency { p50: number, p99: number, p999: number }
+/**
+ * `fixedRate`: every system delivers the same rate, so the "vs" columns compare the pub→sub p99
+ * (run by run) instead of the rates.
+ */
+interface Workload { name: string, run: (sut: Sut) => Promise<RunResult | null>, runs: number, systems?: SystemName[], full?: boolean, fixedRate?: boolean }
 
 const q = (n: number, quickN: number): number => quick ? quickN : n
 /**
@@ -522,8 +528,8 @@ const allWorkloads: Workload[] = [
   { name: 'qos1-flood', runs: RUNS, run: (s) => pubRun(s, { qos: 1, perPublisher: q(10_000, 2000), subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 10 }) },
   { name: 'qos0-flood', runs: RUNS, run: (s) => pubRun(s, { qos: 0, perPublisher: q(10_000, 2000), subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 10 }) },
   { name: 'qos1-ingest', runs: RUNS, run: (s) => pubRun(s, { qos: 1, perPublisher: q(10_000, 2000), subscriber: false, payload: READING, readingsPerMessage: 1, sampleEvery: 10 }) },
-  { name: 'latency-5k', runs: 1, full: true, run: (s) => pubRun(s, { qos: 1, perPublisher: q(5000, 1000), ratePerSecond: 5000, subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 1, sampleAfterMs: LATENCY_WARM_MS }) },
-  { name: 'latency-20k', runs: 1, run: (s) => pubRun(s, { qos: 1, perPublisher: q(20_000, 4000), ratePerSecond: 20_000, subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 1, sampleAfterMs: LATENCY_WARM_MS }) },
+  { name: 'latency-5k', runs: RUNS, full: true, fixedRate: true, run: (s) => pubRun(s, { qos: 1, perPublisher: q(5000, 1000), ratePerSecond: 5000, subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 1, sampleAfterMs: LATENCY_WARM_MS }) },
+  { name: 'latency-20k', runs: RUNS, fixedRate: true, run: (s) => pubRun(s, { qos: 1, perPublisher: q(20_000, 4000), ratePerSecond: 20_000, subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 1, sampleAfterMs: LATENCY_WARM_MS }) },
   { name: 'batch-100', runs: RUNS, run: (s) => pubRun(s, { qos: 1, perPublisher: q(1000, 200), subscriber: true, payload: BATCH, readingsPerMessage: 100, sampleEvery: 1 }) },
   { name: 'http-batch', runs: RUNS, full: true, systems: ['streamgate' as const], run: (s) => httpRun(s, q(300_000, 50_000)) },
   { name: 'connections-10k', runs: 1, run: (s) => connectRun(s, q(10_000, 2000)) },
@@ -590,7 +596,30 @@ function summarize (runs: RunResult[]): Summary {
   return { median: rates[Math.floor(rates.length / 2)]!, min: rates[0]!, max: rates.at(-1)!, runs }
 }
 
-const fmt = (l: { p50: number, p99: number, p999: number } | null): string => l === null ? '–' : `${l.p50.toFixed(2)} / ${l.p99.toFixed(2)} / ${l.p999.toFixed(2)}`
+/** The median of each percentile over the runs that have one (each run's own), and the p99's range. */
+function latencyOver (runs: RunResult[], of: (r: RunResult) => Latency | null): (Latency & { p99Min: number, p99Max: number }) | null {
+  const all = runs.map(of).filter((l) => l !== null)
+  if (all.length === 0) return null
+  const median = (k: keyof Latency): number => {
+    const v = all.map((l) => l[k]).sort((a, b) => a - b)
+    return v[Math.floor(v.length / 2)]!
+  }
+  const p99s = all.map((l) => l.p99)
+  return { p50: median('p50'), p99: median('p99'), p999: median('p999'), p99Min: Math.min(...p99s), p99Max: Math.max(...p99s) }
+}
+
+/** The median of run-by-run ratios of the pub→sub p99 (runs alternate between systems). */
+function pairedP99Ratio (a: Summary, b: Summary): number | null {
+  const r = a.runs.flatMap((x, i) => {
+    const y = b.runs[i]
+    return x.latencyMs !== null && y?.latencyMs != null && y.latencyMs.p99 > 0 ? [x.latencyMs.p99 / y.latencyMs.p99] : []
+  }).sort((x, y) => x - y)
+  return r.length > 0 ? r[Math.floor(r.length / 2)]! : null
+}
+
+const fmt = (l: ReturnType<typeof latencyOver>): string => l === null
+  ? '–'
+  : `${l.p50.toFixed(2)} / ${l.p99.toFixed(2)}${l.p99Min !== l.p99Max ? ` (${l.p99Min.toFixed(2)}–${l.p99Max.toFixed(2)})` : ''} / ${l.p999.toFixed(2)}`
 /** A CPU or RSS figure; '–' for a system not on this machine. */
 const num = (n: number): string => Number.isFinite(n) ? String(n) : '–'
 
@@ -654,22 +683,26 @@ async function main (): Promise<void> {
     .map(([k, v]) => `${k}=${/KEY|PASSWORD|SECRET|TOKEN|QUESTDB|_URL$/.test(k) || !/^[\w.,:/-]*$/.test(v!) ? '<set>' : v} `).join('')
   const command = `${amqpVar}${settings}npm run bench${argv.length > 0 ? ' -- ' + argv.join(' ') : ''}`
   lines.push(`Command: \`${command}\` on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${date}.`)
-  lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per throughput workload, alternating between systems after an unmeasured warm-up; ratios are medians of run-by-run ratios; fixed-rate runs sample latency in steady state, from their ${LATENCY_WARM_MS / 1000} s on. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
+  lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per workload (connections: 1), alternating between systems after an unmeasured warm-up; ratios are medians of run-by-run ratios, of rates or, for the fixed-rate latency runs, of pub→sub p99s; latency columns are medians over the runs of each run's percentiles, with the range of the p99s; fixed-rate runs sample latency in steady state, from their ${LATENCY_WARM_MS / 1000} s on. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
   if (amqpUrl !== undefined) {
     lines.push(`amqp-ingest (RabbitMQ at ${new URL(amqpUrl).host}): 2 AMQP producers, persistent messages with a message_id, 500 unconfirmed each; rate = messages the consumer took and acked (streamgate: once journaled) per second from the first publish; the PUBACK column is publish→RabbitMQ's confirm; "rabbitmq" is RabbitMQ alone (a plain consumer acking each message, prefetch ${AMQP_PREFETCH}), its CPU and RSS RabbitMQ's. streamgate's bridge is on in every workload of this run (every record is also published to its records exchange).`)
   }
   const refs: [SystemName, string][] = [['aedes', 'Aedes'], ['mosquitto', 'Mosquitto'], ...(amqpUrl !== undefined ? [['rabbitmq', 'RabbitMQ alone'] as [SystemName, string]] : [])]
   lines.push('')
-  lines.push(`| workload | system | rate median (min–max) | stored/s | publish→subscriber ms p50 / p99 / p99.9 | publish→PUBACK ms p50 / p99 / p99.9 | broker CPU % | broker RSS MiB | generators CPU % | ${refs.map(([, label]) => `vs ${label}`).join(' | ')} |`)
+  lines.push(`| workload | system | rate median (min–max) | stored/s | publish→subscriber ms p50 / p99 (min–max) / p99.9 | publish→PUBACK ms p50 / p99 (min–max) / p99.9 | broker CPU % | broker RSS MiB | generators CPU % | ${refs.map(([, label]) => `vs ${label}`).join(' | ')} |`)
   lines.push(`| --- | --- | --- | --- | --- | --- | --- | --- | --- | ${refs.map(() => '---').join(' | ')} |`)
   for (const [w, bySys] of Object.entries(results)) {
+    const fixedRate = allWorkloads.find((x) => x.name === w)?.fixedRate === true
     for (const [sys, s] of Object.entries(bySys)) {
       const mid = s.runs.find((r) => r.rate === s.median) ?? s.runs[0]!
       const ratio = (other: string): string => {
         const o = bySys[other]
-        return o !== undefined && sys !== other ? pairedRatio(s, o).toFixed(2) + '×' : '–'
+        if (o === undefined || sys === other) return '–'
+        if (!fixedRate) return pairedRatio(s, o).toFixed(2) + '×'
+        const p99 = pairedP99Ratio(s, o)
+        return p99 === null ? '–' : `p99 ${p99.toFixed(2)}×`
       }
-      lines.push(`| ${w} | ${sys} | ${s.median} ${mid.unit} (${s.min}–${s.max}) | ${mid.storedRate ?? '–'} | ${fmt(mid.latencyMs)} | ${fmt(mid.ackLatencyMs)} | ${num(mid.brokerCpuPct)} | ${num(mid.brokerRssMiB)} | ${mid.generatorCpuPct} | ${refs.map(([ref]) => ratio(ref)).join(' | ')} |`)
+      lines.push(`| ${w} | ${sys} | ${s.median} ${mid.unit} (${s.min}–${s.max}) | ${mid.storedRate ?? '–'} | ${fmt(latencyOver(s.runs, (r) => r.latencyMs))} | ${fmt(latencyOver(s.runs, (r) => r.ackLatencyMs))} | ${num(mid.brokerCpuPct)} | ${num(mid.brokerRssMiB)} | ${mid.generatorCpuPct} | ${refs.map(([ref]) => ratio(ref)).join(' | ')} |`)
     }
   }
   const table = lines.join('\n')
