@@ -17,8 +17,8 @@
 // and unique among the nodes of a cluster (their journals number entries alike).
 import amqp, { type AmqpConnectionManager, type ChannelWrapper } from 'amqp-connection-manager'
 import type { Channel, ConsumeMessage } from 'amqplib'
-import CircuitBreaker from 'opossum'
-import { breakerStatus, countTransitions } from '../breaker.js'
+import type CircuitBreaker from 'opossum'
+import { breakerStatus, createBreaker } from '../breaker.js'
 import type { BreakerStatus, CheckpointStore, Dataset, Pipeline, Sink, SinkEntry } from '../../gateway/index.js'
 import { JournalFullError, MAX_ORIGIN, RecentOrigins, RejectReason } from '../../gateway/index.js'
 import type { Exchanges } from './auth.js'
@@ -321,12 +321,10 @@ export class AmqpSink implements Sink {
     /** This node's id (STREAMGATE_NODE_ID), the first part of every message_id. */
     private readonly nodeId: string
   ) {
-    this.breakerImpl = countTransitions(new CircuitBreaker((entries: readonly SinkEntry[]) => this.publish(entries), {
+    this.breakerImpl = createBreaker((entries: readonly SinkEntry[]) => this.publish(entries), {
       timeout: opts.publishTimeoutMs,
-      resetTimeout: 2000,
-      errorThresholdPercentage: 50,
-      volumeThreshold: 3
-    }))
+      resetTimeout: 2000
+    })
     // The breaker's error rate lags behind a busy sink's many good batches; a lost connection is
     // known at once: open on it, close when RabbitMQ is back.
     bridge.connection.on('disconnect', () => { if (!this.breakerImpl.opened) this.breakerImpl.open() })

@@ -1,8 +1,8 @@
 // Queries against QuestDB over PGWire (the `pg` client), behind an opossum breaker: while it is open,
 // queries fail fast with 503 and Retry-After instead of piling up on a database that is down.
 import pg from 'pg'
-import CircuitBreaker from 'opossum'
-import { breakerStatus, countTransitions } from '../breaker.js'
+import type CircuitBreaker from 'opossum'
+import { breakerStatus, createBreaker } from '../breaker.js'
 import type { BreakerStatus, Dataset, QueryPlan, QueryResult, RecordQuery, Row } from '../../gateway/index.js'
 import { StreamgateError, tableName } from '../../gateway/index.js'
 import { compileQuery, latestPlan, q, shapeRows, toStoredRows } from '../sql/compile.js'
@@ -40,14 +40,12 @@ export class QuestdbQuery implements RecordQuery {
   private lastError: string | null = null
 
   constructor (private readonly sql: SqlExecutor, private readonly opts: QuestdbQueryOptions) {
-    this.breakerImpl = countTransitions(new CircuitBreaker((text: string, params: unknown[]) => sql.query(text, params), {
+    this.breakerImpl = createBreaker((text: string, params: unknown[]) => sql.query(text, params), {
       timeout: opts.timeoutMs,
       resetTimeout: opts.resetMs,
-      errorThresholdPercentage: 50,
-      volumeThreshold: 3,
       // A query QuestDB rejects (SQL error with a code) says nothing about QuestDB's health.
       errorFilter: (err: unknown) => typeof (err as { code?: unknown })?.code === 'string' && /^[0-9A-Z]{5}$/.test((err as { code: string }).code)
-    }))
+    })
   }
 
   breaker (): BreakerStatus {

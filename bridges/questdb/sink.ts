@@ -15,8 +15,8 @@
 // the consumer re-reads the batch from the journal (the Sender's buffer is gone after a failed flush)
 // and retries with backoff while the breaker is open.
 import { Sender } from '@questdb/nodejs-client'
-import CircuitBreaker from 'opossum'
-import { breakerStatus, countTransitions } from '../breaker.js'
+import type CircuitBreaker from 'opossum'
+import { breakerStatus, createBreaker } from '../breaker.js'
 import type {
   BreakerStatus, CheckpointStore, Dataset, FieldType, RejectReason, Row, Sink, SinkEntry
 } from '../../gateway/index.js'
@@ -127,15 +127,13 @@ export class QuestdbSink implements Sink {
 
   constructor (private readonly opts: QuestdbSinkOptions) {
     this.conf = senderConfig(opts.ilp)
-    this.breakerImpl = countTransitions(new CircuitBreaker((sender: Sender) => sender.flush(), {
+    this.breakerImpl = createBreaker((sender: Sender) => sender.flush(), {
       timeout: opts.timeoutMs,
       resetTimeout: opts.resetMs,
-      errorThresholdPercentage: 50,
-      volumeThreshold: 3,
       rollingCountTimeout: 30_000,
       // Bad data is the data's fault, not QuestDB's: it does not open the breaker.
       errorFilter: (err: unknown) => isPermanent(err)
-    }))
+    })
     this.breakerImpl.on('open', () => opts.log?.warn({ sink: this.name }, 'questdb breaker open'))
     this.breakerImpl.on('close', () => opts.log?.info({ sink: this.name }, 'questdb breaker closed'))
   }
