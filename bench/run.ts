@@ -18,6 +18,7 @@ import amqplib from 'amqplib'
 import { ADMIN_KEY, buildIfStale, failures, forkLoad, freePort, http, next, now, pct, procStats, root, runMain, stopProc, track, waitForLine } from './common.js'
 import type { ClientSpec, LoadCommand, LoadReport } from './load.js'
 import { NODE_OPTIONS } from '../bin/node-options.js'
+import { checkMachine, describeMachine } from './machine.js'
 
 const argv = process.argv.slice(2)
 const quick = argv.includes('--quick')
@@ -625,6 +626,8 @@ const num = (n: number): string => Number.isFinite(n) ? String(n) : '–'
 
 async function main (): Promise<void> {
   buildIfStale()
+  const machine = await checkMachine()
+  process.stdout.write(describeMachine(machine) + '\n')
   const starters: [SystemName, () => Promise<Sut | null>][] = [['aedes', startAedes], ['streamgate', startStreamgate], ['mosquitto', startMosquitto], ['rabbitmq', startRabbitReference]]
   const results: Record<string, Record<string, Summary>> = {}
   // Every system runs for the whole benchmark and runs alternate between them (aedes, streamgate,
@@ -683,6 +686,7 @@ async function main (): Promise<void> {
     .map(([k, v]) => `${k}=${/KEY|PASSWORD|SECRET|TOKEN|QUESTDB|_URL$/.test(k) || !/^[\w.,:/-]*$/.test(v!) ? '<set>' : v} `).join('')
   const command = `${amqpVar}${settings}npm run bench${argv.length > 0 ? ' -- ' + argv.join(' ') : ''}`
   lines.push(`Command: \`${command}\` on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${date}.`)
+  lines.push(`${describeMachine(machine).replace(/^m/, 'M')}.`)
   lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per workload (connections: 1), alternating between systems after an unmeasured warm-up; ratios are medians of run-by-run ratios, of rates or, for the fixed-rate latency runs, of pub→sub p99s; latency columns are medians over the runs of each run's percentiles, with the range of the p99s; fixed-rate runs sample latency in steady state, from their ${LATENCY_WARM_MS / 1000} s on. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
   if (amqpUrl !== undefined) {
     lines.push(`amqp-ingest (RabbitMQ at ${new URL(amqpUrl).host}): 2 AMQP producers, persistent messages with a message_id, 500 unconfirmed each; rate = messages the consumer took and acked (streamgate: once journaled) per second from the first publish; the PUBACK column is publish→RabbitMQ's confirm; "rabbitmq" is RabbitMQ alone (a plain consumer acking each message, prefetch ${AMQP_PREFETCH}), its CPU and RSS RabbitMQ's. streamgate's bridge is on in every workload of this run (every record is also published to its records exchange).`)
@@ -711,7 +715,7 @@ async function main (): Promise<void> {
   const resultsDir = path.join(root, 'bench/results')
   fs.mkdirSync(resultsDir, { recursive: true })
   const file = path.join(resultsDir, `${date.slice(0, 19).replaceAll(':', '-')}${quick ? '-quick' : ''}.json`)
-  fs.writeFileSync(file, JSON.stringify({ date, command, quick, machine: { cores: os.cpus().length, model: os.cpus()[0]?.model, memGiB: os.totalmem() / 2 ** 30, node: process.version }, results, failures }, null, 2))
+  fs.writeFileSync(file, JSON.stringify({ date, command, quick, machine: { cores: os.cpus().length, model: os.cpus()[0]?.model, memGiB: os.totalmem() / 2 ** 30, node: process.version, check: machine }, results, failures }, null, 2))
   const md = path.join(root, 'BENCHMARKS.md')
   const current = fs.existsSync(md) ? fs.readFileSync(md, 'utf8') : '# Benchmarks\n\n<!-- bench:latest:start -->\n<!-- bench:latest:end -->\n'
   const section = `<!-- bench:latest:start -->\n## Latest run${quick ? ' (quick)' : ''}\n\n${table}\n<!-- bench:latest:end -->`
