@@ -43,4 +43,4 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
 # SIGTERM drains (see docs/operations.md); node is PID 1's only child of note, so run it directly.
 # Node's options: bin/node-options.ts says why.
 STOPSIGNAL SIGTERM
-CMD ["node", "--v8-pool-size=0", "dist/bin/streamgate.js"]
+CMD ["node", "--v8-pool-size=1", "dist/bin/streamgate.js"]

@@ -275,6 +275,8 @@ interface RunResult {
   brokerCpuPct: number
   brokerRssMiB: number
   generatorCpuPct: number
+  /** Which round of the workload (its runs alternate between systems round by round); set by main. */
+  round?: number
 }
 
 let datasetNo = 0
@@ -585,11 +587,18 @@ async function soakRun (sut: Sut, seconds: number): Promise<RunResult> {
 
 interface Summary { median: number, min: number, max: number, runs: RunResult[] }
 
-/** The median of run-by-run ratios (runs alternate between systems), or of medians when counts differ. */
+/** Two systems' runs of the same rounds (runs alternate between systems round by round). */
+function sameRounds (a: Summary, b: Summary): [RunResult, RunResult][] {
+  return a.runs.flatMap((x): [RunResult, RunResult][] => {
+    const y = b.runs.find((r) => r.round === x.round)
+    return y !== undefined ? [[x, y]] : []
+  })
+}
+
+/** The median of round-by-round ratios of the rates, or of the medians when no round has both. */
 function pairedRatio (a: Summary, b: Summary): number {
-  if (a.runs.length !== b.runs.length) return a.median / b.median
-  const r = a.runs.map((x, i) => x.rate / b.runs[i]!.rate).sort((x, y) => x - y)
-  return r[Math.floor(r.length / 2)]!
+  const r = sameRounds(a, b).map(([x, y]) => x.rate / y.rate).sort((x, y) => x - y)
+  return r.length > 0 ? r[Math.floor(r.length / 2)]! : a.median / b.median
 }
 
 function summarize (runs: RunResult[]): Summary {
@@ -609,12 +618,11 @@ function latencyOver (runs: RunResult[], of: (r: RunResult) => Latency | null): 
   return { p50: median('p50'), p99: median('p99'), p999: median('p999'), p99Min: Math.min(...p99s), p99Max: Math.max(...p99s) }
 }
 
-/** The median of run-by-run ratios of the pub→sub p99 (runs alternate between systems). */
+/** The median of round-by-round ratios of the pub→sub p99. */
 function pairedP99Ratio (a: Summary, b: Summary): number | null {
-  const r = a.runs.flatMap((x, i) => {
-    const y = b.runs[i]
-    return x.latencyMs !== null && y?.latencyMs != null && y.latencyMs.p99 > 0 ? [x.latencyMs.p99 / y.latencyMs.p99] : []
-  }).sort((x, y) => x - y)
+  const r = sameRounds(a, b).flatMap(([x, y]) =>
+    x.latencyMs !== null && y.latencyMs !== null && y.latencyMs.p99 > 0 ? [x.latencyMs.p99 / y.latencyMs.p99] : []
+  ).sort((x, y) => x - y)
   return r.length > 0 ? r[Math.floor(r.length / 2)]! : null
 }
 
@@ -653,7 +661,7 @@ async function main (): Promise<void> {
           if (r === null) continue
           let list = runs.get(name)
           if (list === undefined) runs.set(name, list = [])
-          list.push(r)
+          list.push({ ...r, round: i })
           process.stdout.write(`${name.padEnd(10)} ${w.name.padEnd(15)} run ${i + 1}: ${r.rate} ${r.unit}` +
             (r.received > 0 ? `, received ${r.received}` : '') + `, acked ${r.acked}/${r.sent}` +
             (r.stored !== null ? `, stored ${r.stored} (${r.storedRate}/s)` : '') +
@@ -687,7 +695,7 @@ async function main (): Promise<void> {
   const command = `${amqpVar}${settings}npm run bench${argv.length > 0 ? ' -- ' + argv.join(' ') : ''}`
   lines.push(`Command: \`${command}\` on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${date}.`)
   lines.push(`${describeMachine(machine).replace(/^m/, 'M')}.`)
-  lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per workload (connections: 1), alternating between systems after an unmeasured warm-up; ratios are medians of run-by-run ratios, of rates or, for the fixed-rate latency runs, of pub→sub p99s; latency columns are medians over the runs of each run's percentiles, with the range of the p99s; fixed-rate runs sample latency in steady state, from their ${LATENCY_WARM_MS / 1000} s on. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
+  lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per workload (connections: 1), alternating between systems after an unmeasured warm-up; ratios are medians of run-by-run ratios, of rates or, for the fixed-rate latency runs, of pub→sub p99s (above 1: slower than the reference); the CPU, RSS and stored/s columns are the median-rate run's (any run's, at a fixed rate); latency columns are medians over the runs of each run's percentiles, with the range of the p99s; fixed-rate runs sample latency in steady state, from their ${LATENCY_WARM_MS / 1000} s on. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
   if (amqpUrl !== undefined) {
     lines.push(`amqp-ingest (RabbitMQ at ${new URL(amqpUrl).host}): 2 AMQP producers, persistent messages with a message_id, 500 unconfirmed each; rate = messages the consumer took and acked (streamgate: once journaled) per second from the first publish; the PUBACK column is publish→RabbitMQ's confirm; "rabbitmq" is RabbitMQ alone (a plain consumer acking each message, prefetch ${AMQP_PREFETCH}), its CPU and RSS RabbitMQ's. streamgate's bridge is on in every workload of this run (every record is also published to its records exchange).`)
   }

@@ -8,7 +8,7 @@ const transitions = new WeakMap<CircuitBreaker, { open: number, 'half-open': num
 
 /**
  * An opossum breaker around `action` whose state changes are counted from its first moment (for
- * breakerStatus): every bridge's breaker is made here. Opens when half of at least 3 calls in the
+ * breakerStatus): every bridge's breaker is made here. Opens when more than half of at least 3 calls in the
  * rolling window failed, unless `options` say otherwise.
  */
 export function createBreaker<TI extends unknown[], TR> (action: (...args: TI) => Promise<TR>, options: CircuitBreaker.Options<TI>): CircuitBreaker<TI, TR> {
