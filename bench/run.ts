@@ -15,7 +15,7 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import amqplib from 'amqplib'
-import { ADMIN_KEY, buildIfStale, failures, forkLoad, freePort, http, next, now, pct, procStats, root, runMain, stopProc, track, waitForLine } from './common.js'
+import { ADMIN_KEY, buildIfStale, describeThreads, failures, forkLoad, freePort, http, next, now, pct, procStats, root, runMain, stopProc, threadTimes, track, waitForLine } from './common.js'
 import type { ClientSpec, LoadCommand, LoadReport } from './load.js'
 import { NODE_OPTIONS } from '../bin/node-options.js'
 import { checkMachine, describeMachine } from './machine.js'
@@ -283,7 +283,9 @@ let datasetNo = 0
 
 interface PubWorkload { qos: 0 | 1, perPublisher: number, subscriber: boolean, ratePerSecond?: number, payload: string, readingsPerMessage: number, sampleEvery: number,
   /** Fixed-rate runs: messages sent in the run's first ms are delivered and counted but not sampled for latency. */
-  sampleAfterMs?: number }
+  sampleAfterMs?: number
+  /** The unmeasured warm-up: nothing printed. */
+  warmUp?: boolean }
 
 /**
  * Reads `read()` every `everyMs` until `done` holds, or until it made no progress (`progress` gave
@@ -309,7 +311,7 @@ async function whileProgressing<T> (read: () => Promise<T>, progress: (v: T) => 
  * already, reports beside them. `before` and `wallStart`: the system's CPU and the clock at the start.
  */
 async function startGenerators (sut: Sut, commands: LoadCommand[], sub: ChildProcess | null): Promise<{
-  before: ReturnType<typeof procStats>, wallStart: number,
+  before: ReturnType<typeof procStats>, threadsBefore: ReturnType<typeof threadTimes>, wallStart: number,
   published: Promise<Extract<LoadReport, { kind: 'publisher-done' }>[]>, subscribed: Promise<Extract<LoadReport, { kind: 'subscriber-done' }>> | null
 }> {
   const gens = commands.map((cmd) => {
@@ -319,11 +321,12 @@ async function startGenerators (sut: Sut, commands: LoadCommand[], sub: ChildPro
   })
   await Promise.all(gens.map((p) => next(p, 'ready')))
   const before = procStats(sut.pid)
+  const threadsBefore = threadTimes(sut.pid)
   const wallStart = now()
   const published = Promise.all(gens.map((p) => next(p, 'publisher-done')))
   const subscribed = sub !== null ? next(sub, 'subscriber-done') : null
   for (const p of gens) p.send('go')
-  return { before, wallStart, published, subscribed }
+  return { before, threadsBefore, wallStart, published, subscribed }
 }
 
 async function pubRun (sut: Sut, w: PubWorkload): Promise<RunResult> {
@@ -339,7 +342,7 @@ async function pubRun (sut: Sut, w: PubWorkload): Promise<RunResult> {
     await next(sub, 'subscribed')
   }
   const per = PUBLISHERS / GENERATORS
-  const { before, wallStart, published, subscribed } = await startGenerators(sut, Array.from({ length: GENERATORS }, (_, g) => ({
+  const { before, threadsBefore, wallStart, published, subscribed } = await startGenerators(sut, Array.from({ length: GENERATORS }, (_, g) => ({
     kind: 'publish', port: sut.port, clients: plan.pubs.slice(g * per, (g + 1) * per), qos: w.qos, perClient: w.perPublisher, inflight: 100, payload: w.payload, sampleAfterMs: w.sampleAfterMs ?? 0,
     ...(w.ratePerSecond !== undefined ? { ratePerClient: w.ratePerSecond / PUBLISHERS } : {})
   })), sub)
@@ -347,6 +350,10 @@ async function pubRun (sut: Sut, w: PubWorkload): Promise<RunResult> {
   const s = subscribed !== null ? await subscribed : null
   const after = procStats(sut.pid)
   const wall = now() - wallStart
+  // BENCH_THREADS=1: where the system's CPU went, thread by thread, and how long each waited for a CPU.
+  if (process.env.BENCH_THREADS === '1' && sut.pid !== null && w.warmUp !== true) {
+    process.stdout.write(`${sut.name.padEnd(10)} threads, ms a second (CPU / waiting for a CPU): ${describeThreads(sut.pid, threadsBefore, threadTimes(sut.pid), wall)}\n`)
+  }
   const startedAt = Math.min(...pubs.map((p) => p.startedAt))
   const endedAt = Math.max(...pubs.map((p) => p.endedAt))
   const acked = pubs.reduce((a, p) => a + p.acked, 0)
@@ -651,7 +658,7 @@ async function main (): Promise<void> {
     if (failed !== undefined) throw failed.reason
     for (const sut of suts) {
       // Warm-up (not measured): the JIT compiles the hot paths before the first measured run.
-      if (sut.port !== 0) await pubRun(sut, { qos: 1, perPublisher: q(2000, 1000), subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 100 })
+      if (sut.port !== 0) await pubRun(sut, { qos: 1, perPublisher: q(2000, 1000), subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 100, warmUp: true })
     }
     for (const w of workloads) {
       const runs = new Map<SystemName, RunResult[]>()
