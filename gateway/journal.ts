@@ -812,9 +812,11 @@ export class JournalReader {
   private handleFile = ''
   private offset = 0
   private buf = Buffer.allocUnsafe(READ_CHUNK)
-  /** Where each entry of the last read starts (file and byte offset), so seek() back into it is cheap. */
+  /**
+   * Where each entry of the last read starts in the open segment (its byte offset), so seek() back into
+   * it is cheap. Only the open segment's: seek() reopens any other from its start anyway.
+   */
   private lastSeqs: number[] = []
-  private lastFiles: string[] = []
   private lastOffsets: number[] = []
   /** Damaged entries stepped over (bit rot in a segment written long ago). */
   corrupt = 0
@@ -831,7 +833,7 @@ export class JournalReader {
   seek (seq: number): void {
     if (seq < this.nextSeq) {
       const i = this.lastSeqs.indexOf(seq)
-      if (i >= 0 && this.lastFiles[i] === this.handleFile) {
+      if (i >= 0) {
         this.offset = this.lastOffsets[i]!
       } else {
         this.handleFile = ''
@@ -846,7 +848,6 @@ export class JournalReader {
     const committed = this.source.committedSeq
     const out: JournalEntry[] = []
     this.lastSeqs = []
-    this.lastFiles = []
     this.lastOffsets = []
     let bytes = 0
     let refreshed = false
@@ -864,6 +865,8 @@ export class JournalReader {
         await this.handle?.close()
         this.handle = null
         this.handleFile = ''
+        this.lastSeqs = []
+        this.lastOffsets = []
         try {
           this.handle = await fsp.open(seg.file, 'r')
         } catch (err) {
@@ -921,7 +924,6 @@ export class JournalReader {
         }
         if (d.entry.seq > committed) break
         this.lastSeqs.push(d.entry.seq)
-        this.lastFiles.push(seg.file)
         this.lastOffsets.push(this.offset + off)
         off = d.next
         out.push(d.entry)
