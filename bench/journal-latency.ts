@@ -41,6 +41,7 @@ async function main (): Promise<void> {
   const { Journal } = await import(path.join(root, 'gateway/journal.ts')) as { Journal: typeof JournalClass }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-journal-latency-'))
   const syncIntervalUs = Number(process.env.SYNC_INTERVAL_US ?? 0)
+  if (!Number.isFinite(syncIntervalUs) || syncIntervalUs < 0) throw new Error(`SYNC_INTERVAL_US=${process.env.SYNC_INTERVAL_US}: give microseconds (0 or more)`)
   const { journal } = await Journal.open({ dir, maxBytes: 8 * 1024 ** 3, segmentBytes: 64 * 1024 * 1024, syncIntervalUs })
   const payload = Buffer.from(JSON.stringify({ ts: Date.now(), temp: 21.5, hum: 40.25, pressure: 1013.25, site: 'site-1', pad: 'x'.repeat(20) }))
   // Each fdatasync's duration too (the journal's own, on its thread).

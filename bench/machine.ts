@@ -1,7 +1,8 @@
 // A short check of the machine itself, run before any system under test starts, and printed with every
 // result: these VMs drift (bare Aedes' p99 at 20k msg/s was 1.8 ms on one day and 30-140 ms on
 // another, its CPU for the same load 43% against 80%), and a table is only read right next to how
-// fast the machine was while it ran. Each figure is the median of several tries.
+// fast the machine was while it ran. The JSON work is a median of five tries (the slowest thread's,
+// on every CPU at once); the timer and the fdatasync give p50 and p99.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -35,8 +36,10 @@ result = sink > 0 ? timed[Math.floor(timed.length / 2)] : NaN
 const jsHere = (): number => (new Function(`let result; ${JS_WORK}; return result`) as () => number)()
 const jsInThread = (): Promise<number> => new Promise((resolve, reject) => {
   const w = new Worker(`const { parentPort } = require('node:worker_threads'); let result; ${JS_WORK}; parentPort.postMessage(result)`, { eval: true })
-  w.once('message', (ms: number) => { resolve(ms); void w.terminate() })
+  w.once('message', (ms: number) => resolve(ms))
   w.once('error', reject)
+  // After the message the thread ends by itself; before it, an exit is a failure (resolve() then does nothing).
+  w.once('exit', (code) => reject(new Error(`machine check: a worker thread exited with code ${code} before reporting`)))
 })
 
 export async function checkMachine (): Promise<MachineCheck> {
@@ -54,14 +57,17 @@ export async function checkMachine (): Promise<MachineCheck> {
   const syncs: number[] = []
   try {
     const fd = fs.openSync(path.join(dir, 'f'), 'w')
-    const buf = Buffer.alloc(2048, 1)
-    for (let i = 0; i < 200; i++) {
-      fs.writeSync(fd, buf, 0, buf.length, i * buf.length)
-      const t0 = performance.now()
-      fs.fdatasyncSync(fd)
-      syncs.push(performance.now() - t0)
+    try {
+      const buf = Buffer.alloc(2048, 1)
+      for (let i = 0; i < 200; i++) {
+        fs.writeSync(fd, buf, 0, buf.length, i * buf.length)
+        const t0 = performance.now()
+        fs.fdatasyncSync(fd)
+        syncs.push(performance.now() - t0)
+      }
+    } finally {
+      fs.closeSync(fd)
     }
-    fs.closeSync(fd)
   } finally {
     fs.rmSync(dir, { recursive: true, force: true })
   }

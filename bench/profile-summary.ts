@@ -9,7 +9,7 @@ import fs from 'node:fs'
 interface Node { id: number, callFrame: { functionName: string, url: string, lineNumber: number }, children?: number[] }
 const args = process.argv.slice(2)
 const file = args.find((a) => !a.startsWith('--') && !/^\d+$/.test(a))
-if (file === undefined) throw new Error('usage: profile-summary <file.cpuprofile> [N] [--all]')
+if (file === undefined) throw new Error('usage: profile-summary <file.cpuprofile> [N] [--all] [--window=FROM-TO] [--callers=NAME]')
 const topN = Number(args.find((a) => /^\d+$/.test(a)) ?? 40)
 const prof = JSON.parse(fs.readFileSync(file, 'utf8')) as { nodes: Node[], samples: number[], timeDeltas: number[] }
 const byId = new Map(prof.nodes.map((n) => [n.id, n]))
@@ -34,6 +34,7 @@ prof.samples.forEach((id, i) => {
   idleIn.set(w, c)
 })
 const windowArg = args.find((a) => a.startsWith('--window='))?.slice('--window='.length).split('-').map(Number)
+if (windowArg !== undefined && (windowArg.length !== 2 || !windowArg.every(Number.isFinite))) throw new Error('--window=FROM-TO: seconds, e.g. --window=12-20')
 const busy = (i: number): boolean => {
   if (windowArg !== undefined) return times[i]! >= windowArg[0]! * 1e6 && times[i]! < windowArg[1]! * 1e6
   if (args.includes('--all')) return true
@@ -70,7 +71,7 @@ prof.samples.forEach((id, i) => {
   }
 })
 const busyMs = counted * (times.at(-1)! / prof.samples.length) / 1000
-process.stdout.write(`${counted} samples in busy windows (~${busyMs.toFixed(0)} ms of ${(times.at(-1)! / 1000).toFixed(0)} ms)\n\nself time\n`)
+process.stdout.write(`${counted} samples ${windowArg !== undefined ? `from ${windowArg[0]} s to ${windowArg[1]} s` : 'in busy windows'} (~${busyMs.toFixed(0)} ms of ${(times.at(-1)! / 1000).toFixed(0)} ms)\n\nself time\n`)
 const show = (m: Map<string, number>): void => {
   for (const [k, v] of [...m].sort((a, b) => b[1] - a[1]).slice(0, topN)) process.stdout.write(`${(v / counted * 100).toFixed(1).padStart(5)}%  ${k}\n`)
 }

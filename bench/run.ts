@@ -514,12 +514,12 @@ async function amqpRun (sut: Sut, total: number): Promise<RunResult | null> {
   }
 }
 
-/** `full`: left out of --quick, which must stay under a minute. `systems`: the MQTT brokers unless given. */
 /** Percentiles of one run, in ms. */
 interface Latency { p50: number, p99: number, p999: number }
 /**
- * `fixedRate`: every system delivers the same rate, so the "vs" columns compare the pub→sub p99
- * (run by run) instead of the rates.
+ * `full`: left out of --quick, which must stay under a minute. `systems`: the MQTT brokers unless
+ * given. `fixedRate`: every system delivers the same rate, so the "vs" columns compare the pub→sub p99
+ * (round by round) instead of the rates.
  */
 interface Workload { name: string, run: (sut: Sut) => Promise<RunResult | null>, runs: number, systems?: SystemName[], full?: boolean, fixedRate?: boolean }
 
@@ -650,12 +650,22 @@ async function main (): Promise<void> {
   // ratios can pair each run with its neighbours.
   const suts: Sut[] = []
   try {
-    // Started together (their start-up is not measured; one after another it was a third of --quick),
-    // in the order runs alternate in.
-    const started = await Promise.allSettled(starters.filter(([name]) => only.size === 0 || only.has(name)).map(([, start]) => start()))
-    for (const r of started) if (r.status === 'fulfilled' && r.value !== null) suts.push(r.value)
-    const failed = started.find((r) => r.status === 'rejected')
-    if (failed !== undefined) throw failed.reason
+    // The Node.js systems start together (their start-up is not measured; one after another it was a
+    // third of --quick). Mosquitto after them: it binds a port found free beforehand, which their
+    // listen(0) could take meanwhile; RabbitMQ's reference last: it asks rabbitmqctl, synchronously.
+    // Runs alternate in the starters' order.
+    const wanted = starters.filter(([name]) => only.size === 0 || only.has(name))
+    const together = (name: SystemName): boolean => name === 'aedes' || name === 'streamgate'
+    const settled = new Map<SystemName, PromiseSettledResult<Sut | null>>()
+    const first = wanted.filter(([name]) => together(name))
+    ;(await Promise.allSettled(first.map(([, start]) => start()))).forEach((r, i) => settled.set(first[i]![0], r))
+    for (const [name, start] of wanted) if (!together(name)) settled.set(name, (await Promise.allSettled([start()]))[0]!)
+    for (const [name] of wanted) {
+      const r = settled.get(name)
+      if (r?.status === 'fulfilled' && r.value !== null) suts.push(r.value)
+    }
+    const failed = [...settled].flatMap(([name, r]) => r.status === 'rejected' ? [`${name}: ${(r.reason as Error).message}`] : [])
+    if (failed.length > 0) throw new Error(`could not start ${failed.join('; ')}`)
     for (const sut of suts) {
       // Warm-up (not measured): the JIT compiles the hot paths before the first measured run.
       if (sut.port !== 0) await pubRun(sut, { qos: 1, perPublisher: q(2000, 1000), subscriber: true, payload: READING, readingsPerMessage: 1, sampleEvery: 100, warmUp: true })
@@ -704,7 +714,7 @@ async function main (): Promise<void> {
   const command = `${amqpVar}${settings}npm run bench${argv.length > 0 ? ' -- ' + argv.join(' ') : ''}`
   lines.push(`Command: \`${command}\` on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${date}.`)
   lines.push(`${describeMachine(machine).replace(/^m/, 'M')}.`)
-  lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; ${RUNS} run(s) per workload (connections: 1), alternating between systems after an unmeasured warm-up; ratios are medians of run-by-run ratios, of rates or, for the fixed-rate latency runs, of pub→sub p99s (above 1: slower than the reference); the CPU, RSS and stored/s columns are the median-rate run's (any run's, at a fixed rate); latency columns are medians over the runs of each run's percentiles, with the range of the p99s; fixed-rate runs sample latency in steady state, from their ${LATENCY_WARM_MS / 1000} s on. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
+  lines.push(`${PUBLISHERS} publishers in ${GENERATORS} generator processes (lean MQTT clients, bench/lean-client.ts), 1 subscriber on the dataset wildcard where the workload has one; ~100 B JSON readings; streamgate runs with its own Node.js options (bin/node-options.ts), the references with Node's defaults; ${RUNS} run(s) per workload (connections and the soak: 1), alternating between systems after an unmeasured warm-up; ratios are medians of run-by-run ratios, of rates or, for the fixed-rate latency runs, of pub→sub p99s (above 1: slower than the reference); the CPU, RSS and stored/s columns are the median-rate run's (any run's, at a fixed rate); latency columns are medians over the runs of each run's percentiles, with the range of the p99s; fixed-rate runs sample latency in steady state, from their ${LATENCY_WARM_MS / 1000} s on. Rates: floods and latency runs = messages received by the subscriber / time from the first publish to the last delivery; ingest = acknowledged / publishing time; batch = readings.`)
   if (amqpUrl !== undefined) {
     lines.push(`amqp-ingest (RabbitMQ at ${new URL(amqpUrl).host}): 2 AMQP producers, persistent messages with a message_id, 500 unconfirmed each; rate = messages the consumer took and acked (streamgate: once journaled) per second from the first publish; the PUBACK column is publish→RabbitMQ's confirm; "rabbitmq" is RabbitMQ alone (a plain consumer acking each message, prefetch ${AMQP_PREFETCH}), its CPU and RSS RabbitMQ's. streamgate's bridge is on in every workload of this run (every record is also published to its records exchange).`)
   }

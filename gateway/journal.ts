@@ -343,6 +343,9 @@ export class Journal extends EventEmitter {
 
   /** Opens (creating if needed) and recovers the journal in `opts.dir`. */
   static async open (opts: JournalOptions): Promise<{ journal: Journal, recovery: RecoveryReport }> {
+    // A NaN or infinite window would arm a timer every millisecond and never sync.
+    const iv = opts.syncIntervalUs ?? 0
+    if (!Number.isFinite(iv) || iv < 0) throw new RangeError(`journal: syncIntervalUs must be a finite number of µs, 0 or more (got ${iv})`)
     await fsp.mkdir(opts.dir, { recursive: true })
     const segments = await listSegments(opts.dir)
     let nextSeq = Math.max(1, (opts.floorSeq ?? 0) + 1)

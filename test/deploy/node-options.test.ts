@@ -18,7 +18,7 @@ describe('Node.js options (bin/node-options.ts)', () => {
   // Threads counted from /proc: Linux only.
   it.runIf(fs.existsSync('/proc/self/task'))('--v8-pool-size=1 gives V8 one worker thread, three fewer than Node\'s default', () => {
     const threads = (args: string[]): number => Number(execFileSync(process.execPath, [...args, '-e',
-      "setTimeout(() => console.log(require('fs').readdirSync('/proc/self/task').length), 200)"], { encoding: 'utf8' }))
+      "setTimeout(() => console.log(require('fs').readdirSync('/proc/self/task').length), 200)"], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } }))
     expect(threads(['--v8-pool-size=1'])).toBe(threads([]) - 3)
     expect(threads(['--v8-pool-size=1'])).toBe(threads(['--v8-pool-size=4']) - 3)
   })
