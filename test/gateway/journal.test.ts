@@ -283,6 +283,12 @@ describe('journal', () => {
     await reopened.journal.close()
   })
 
+  it('refuses a sync window that is not a finite number of µs, 0 or more', async () => {
+    for (const bad of [Number.NaN, Infinity, -1]) {
+      await expect(Journal.open(opts(tmpDir(), { syncIntervalUs: bad }))).rejects.toThrow(/syncIntervalUs/)
+    }
+  })
+
   it('with a sync window, commits across segment boundaries are all durable, in order, and read back after a restart', async () => {
     const dir = tmpDir()
     const { journal } = await Journal.open(opts(dir, { segmentBytes: 4 * 1024, syncIntervalUs: 2000 }))
