@@ -178,6 +178,11 @@ export function pct (sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!
 }
 
+/** The median of unsorted values (the upper one of an even count; NaN for none). */
+export function median (values: readonly number[]): number {
+  return pct([...values].sort((a, b) => a - b), 0.5)
+}
+
 
 /** Runs a runner's main: its failure sets exit code 1; every child it started is killed at the end or on Ctrl-C. */
 export function runMain (main: () => Promise<void>): void {

@@ -15,7 +15,7 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import amqplib from 'amqplib'
-import { ADMIN_KEY, buildIfStale, describeThreads, failures, forkLoad, freePort, http, next, now, pct, procStats, root, runMain, stopProc, threadTimes, track, waitForLine } from './common.js'
+import { ADMIN_KEY, buildIfStale, describeThreads, failures, forkLoad, freePort, http, median, next, now, pct, procStats, root, runMain, stopProc, threadTimes, track, waitForLine } from './common.js'
 import type { ClientSpec, LoadCommand, LoadReport } from './load.js'
 import { NODE_OPTIONS } from '../bin/node-options.js'
 import { checkMachine, describeMachine } from './machine.js'
@@ -382,8 +382,8 @@ async function pubRun (sut: Sut, w: PubWorkload): Promise<RunResult> {
     received: s?.received ?? 0,
     stored,
     storedRate,
-    latencyMs: lat.length > 0 ? { p50: pct(lat, 0.5), p99: pct(lat, 0.99), p999: pct(lat, 0.999) } : null,
-    ackLatencyMs: w.qos === 1 && ackLat.length > 0 ? { p50: pct(ackLat, 0.5), p99: pct(ackLat, 0.99), p999: pct(ackLat, 0.999) } : null,
+    latencyMs: percentiles(lat),
+    ackLatencyMs: w.qos === 1 ? percentiles(ackLat) : null,
     brokerCpuPct: Math.round((after.cpuMs - before.cpuMs) / wall * 100),
     brokerRssMiB: Math.round(after.rssMiB),
     generatorCpuPct: Math.round((pubs.reduce((a, p) => a + p.cpuMs, 0) + (s?.cpuMs ?? 0)) / wall * 100)
@@ -507,7 +507,7 @@ async function amqpRun (sut: Sut, total: number): Promise<RunResult | null> {
     stored,
     storedRate,
     latencyMs: null,
-    ackLatencyMs: ackLat.length > 0 ? { p50: pct(ackLat, 0.5), p99: pct(ackLat, 0.99), p999: pct(ackLat, 0.999) } : null,
+    ackLatencyMs: percentiles(ackLat),
     brokerCpuPct: Math.round((after.cpuMs - before.cpuMs) / wall * 100),
     brokerRssMiB: Math.round(after.rssMiB),
     generatorCpuPct: Math.round((pubs.reduce((a, p) => a + p.cpuMs, 0) + consumerCpuMs) / wall * 100)
@@ -516,6 +516,8 @@ async function amqpRun (sut: Sut, total: number): Promise<RunResult | null> {
 
 /** Percentiles of one run, in ms. */
 interface Latency { p50: number, p99: number, p999: number }
+const percentiles = (sorted: number[]): Latency | null =>
+  sorted.length > 0 ? { p50: pct(sorted, 0.5), p99: pct(sorted, 0.99), p999: pct(sorted, 0.999) } : null
 /**
  * `full`: left out of --quick, which must stay under a minute. `systems`: the MQTT brokers unless
  * given. `fixedRate`: every system delivers the same rate, so the "vs" columns compare the pub→sub p99
@@ -604,33 +606,28 @@ function sameRounds (a: Summary, b: Summary): [RunResult, RunResult][] {
 
 /** The median of round-by-round ratios of the rates, or of the medians when no round has both. */
 function pairedRatio (a: Summary, b: Summary): number {
-  const r = sameRounds(a, b).map(([x, y]) => x.rate / y.rate).sort((x, y) => x - y)
-  return r.length > 0 ? r[Math.floor(r.length / 2)]! : a.median / b.median
+  const r = sameRounds(a, b).map(([x, y]) => x.rate / y.rate)
+  return r.length > 0 ? median(r) : a.median / b.median
 }
 
 function summarize (runs: RunResult[]): Summary {
   const rates = runs.map((r) => r.rate).sort((a, b) => a - b)
-  return { median: rates[Math.floor(rates.length / 2)]!, min: rates[0]!, max: rates.at(-1)!, runs }
+  return { median: pct(rates, 0.5), min: rates[0]!, max: rates.at(-1)!, runs }
 }
 
 /** The median of each percentile over the runs that have one (each run's own), and the p99's range. */
 function latencyOver (runs: RunResult[], of: (r: RunResult) => Latency | null): (Latency & { p99Min: number, p99Max: number }) | null {
   const all = runs.map(of).filter((l) => l !== null)
   if (all.length === 0) return null
-  const median = (k: keyof Latency): number => {
-    const v = all.map((l) => l[k]).sort((a, b) => a - b)
-    return v[Math.floor(v.length / 2)]!
-  }
   const p99s = all.map((l) => l.p99)
-  return { p50: median('p50'), p99: median('p99'), p999: median('p999'), p99Min: Math.min(...p99s), p99Max: Math.max(...p99s) }
+  return { p50: median(all.map((l) => l.p50)), p99: median(p99s), p999: median(all.map((l) => l.p999)), p99Min: Math.min(...p99s), p99Max: Math.max(...p99s) }
 }
 
 /** The median of round-by-round ratios of the pub→sub p99. */
 function pairedP99Ratio (a: Summary, b: Summary): number | null {
   const r = sameRounds(a, b).flatMap(([x, y]) =>
-    x.latencyMs !== null && y.latencyMs !== null && y.latencyMs.p99 > 0 ? [x.latencyMs.p99 / y.latencyMs.p99] : []
-  ).sort((x, y) => x - y)
-  return r.length > 0 ? r[Math.floor(r.length / 2)]! : null
+    x.latencyMs !== null && y.latencyMs !== null && y.latencyMs.p99 > 0 ? [x.latencyMs.p99 / y.latencyMs.p99] : [])
+  return r.length > 0 ? median(r) : null
 }
 
 const fmt = (l: ReturnType<typeof latencyOver>): string => l === null

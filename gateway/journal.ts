@@ -318,6 +318,8 @@ export class Journal extends EventEmitter {
   /** When the last fdatasync started (performance.now()), and the timer of one waiting for syncIntervalUs. */
   private lastSyncStart = -Infinity
   private syncTimer: NodeJS.Timeout | null = null
+  /** opts.syncIntervalUs in the unit of performance.now(). */
+  private readonly syncIntervalMs: number
   private readonly syncDue = (): void => {
     this.syncTimer = null
     // Timers count whole milliseconds and may fire a little early: syncSoon arms again if so.
@@ -335,6 +337,7 @@ export class Journal extends EventEmitter {
 
   private constructor (private readonly opts: JournalOptions, recovered: { segments: Segment[], nextSeq: number }) {
     super()
+    this.syncIntervalMs = (opts.syncIntervalUs ?? 0) / 1000
     this.segments = recovered.segments
     this.nextSeq = recovered.nextSeq
     this.lastCommitted = recovered.nextSeq - 1
@@ -526,7 +529,7 @@ export class Journal extends EventEmitter {
    * timer covers the last commit of a burst.
    */
   private syncSoon (): void {
-    const wait = this.lastSyncStart + (this.opts.syncIntervalUs ?? 0) / 1000 - performance.now()
+    const wait = this.lastSyncStart + this.syncIntervalMs - performance.now()
     if (wait <= 0) {
       this.sync()
     } else if (this.syncTimer === null) {

@@ -22,6 +22,15 @@ function appendAll (j: Journal, records: JournalRecord[]): Promise<(Error | null
   return Promise.all(records.map((r) => new Promise<Error | null>((resolve) => j.append(r, resolve))))
 }
 
+/** The `i` of every record in the journal, read from its first entry on. */
+async function readIs (journal: Journal): Promise<number[]> {
+  const reader = journal.reader(1)
+  const seen: number[] = []
+  for (let got = await reader.read(1000); got.length > 0; got = await reader.read(1000)) for (const e of got) seen.push(JSON.parse(e.payload.toString()).i)
+  await reader.close()
+  return seen
+}
+
 const opts = (dir: string, extra: Partial<Parameters<typeof Journal.open>[0]> = {}) => ({ dir, maxBytes: 1 << 30, segmentBytes: 1 << 20, ...extra })
 
 describe('journal', () => {
@@ -225,11 +234,7 @@ describe('journal', () => {
     await journal.close()
     const reopened = await Journal.open(opts(dir, { segmentBytes: 4 * 1024 }))
     expect(reopened.recovery.segments).toBeGreaterThan(3)
-    const reader = reopened.journal.reader(1)
-    const seen: number[] = []
-    for (let got = await reader.read(1000); got.length > 0; got = await reader.read(1000)) for (const e of got) seen.push(JSON.parse(e.payload.toString()).i)
-    await reader.close()
-    expect(seen).toEqual(Array.from({ length: n + 4 }, (_, k) => k + 1))
+    expect(await readIs(reopened.journal)).toEqual(Array.from({ length: n + 4 }, (_, k) => k + 1))
     await reopened.journal.close()
   })
 
@@ -313,11 +318,7 @@ describe('journal', () => {
     await journal.close()
     const reopened = await Journal.open(opts(dir, { segmentBytes: 4 * 1024 }))
     expect(reopened.recovery.segments).toBeGreaterThan(5)
-    const reader = reopened.journal.reader(1)
-    const seen: number[] = []
-    for (let got = await reader.read(1000); got.length > 0; got = await reader.read(1000)) for (const e of got) seen.push(JSON.parse(e.payload.toString()).i)
-    await reader.close()
-    expect(seen).toEqual(Array.from({ length: 300 }, (_, k) => k + 1))
+    expect(await readIs(reopened.journal)).toEqual(Array.from({ length: 300 }, (_, k) => k + 1))
     await reopened.journal.close()
   })
 })
