@@ -113,7 +113,8 @@ export const configSchema = z.object({
   STREAMGATE_MQTT_ACCEPT_RATE_PER_ADDRESS: nonNegativeInt.default(0),
   STREAMGATE_MQTT_PUBLISH_RATE_DEVICE: nonNegativeInt.default(10_000),
   STREAMGATE_MQTT_PUBLISH_RATE_SERVICE: nonNegativeInt.default(0),
-  STREAMGATE_MQTT_PUBLISH_RATE_ADMIN: nonNegativeInt.default(0)
+  STREAMGATE_MQTT_PUBLISH_RATE_ADMIN: nonNegativeInt.default(0),
+  STREAMGATE_MQTT_MAX_UNACKED: nonNegativeInt.default(100)
 })
 
 type Raw = z.infer<typeof configSchema>
@@ -201,6 +202,8 @@ export interface Config {
     readonly acceptRatePerAddress: number
     /** PUBLISHes a second per principal, by kind (0: unlimited). */
     readonly publishRate: { readonly device: number, readonly service: number, readonly admin: number }
+    /** QoS 1 PUBLISHes of one client waiting for the disk beyond which its next packets are read only as they become durable. */
+    readonly maxUnacked: number
   }
   /** DuckDB's memory limit for the embedded store, while queries run. */
   readonly storeMemory: string
@@ -375,7 +378,8 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       authFailuresPerMinute: r.STREAMGATE_AUTH_FAILURES_PER_MINUTE,
       maxConnectionsPerAddress: r.STREAMGATE_MQTT_MAX_CONNECTIONS_PER_ADDRESS,
       acceptRatePerAddress: r.STREAMGATE_MQTT_ACCEPT_RATE_PER_ADDRESS,
-      publishRate: { device: r.STREAMGATE_MQTT_PUBLISH_RATE_DEVICE, service: r.STREAMGATE_MQTT_PUBLISH_RATE_SERVICE, admin: r.STREAMGATE_MQTT_PUBLISH_RATE_ADMIN }
+      publishRate: { device: r.STREAMGATE_MQTT_PUBLISH_RATE_DEVICE, service: r.STREAMGATE_MQTT_PUBLISH_RATE_SERVICE, admin: r.STREAMGATE_MQTT_PUBLISH_RATE_ADMIN },
+      maxUnacked: r.STREAMGATE_MQTT_MAX_UNACKED
     },
     storeMemory: r.STREAMGATE_STORE_MEMORY,
     storeCache: r.STREAMGATE_STORE_CACHE ?? (sizeBytes(r.STREAMGATE_STORE_MEMORY) < sizeBytes(STORE_CACHE) ? r.STREAMGATE_STORE_MEMORY : STORE_CACHE),

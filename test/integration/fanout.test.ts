@@ -9,18 +9,21 @@ import { ADMIN_KEY, api, connect, createDataset, sleep, startTestGateway, type T
 const SLOW_MS = 400
 const gateways: TestGateway[] = []
 const clients: MqttClient[] = []
+const sockets: net.Socket[] = []
 
 afterAll(async () => {
   for (const c of clients) await c.endAsync(true).catch(() => undefined)
+  for (const s of sockets) s.destroy()
   for (const g of gateways) await g.stop()
 })
 
-async function slowDiskGateway (fanout: 'written' | 'durable'): Promise<TestGateway> {
-  const gw = await startTestGateway({ STREAMGATE_FANOUT: fanout })
+/** A gateway whose every fdatasync takes SLOW_MS longer (or fails then, with `failing`). */
+async function slowDiskGateway (fanout: 'written' | 'durable', env: Record<string, string> = {}, failing = false): Promise<TestGateway> {
+  const gw = await startTestGateway({ STREAMGATE_FANOUT: fanout, ...env })
   gateways.push(gw)
   const syncer = (gw.sg.journal as unknown as { syncer: { fdatasync: (fd: number, cb: (err: Error | null) => void) => void } }).syncer
   const sync = syncer.fdatasync.bind(syncer)
-  syncer.fdatasync = (fd, cb) => { setTimeout(() => sync(fd, cb), SLOW_MS) }
+  syncer.fdatasync = (fd, cb) => { setTimeout(() => failing ? cb(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' })) : sync(fd, cb), SLOW_MS) }
   return gw
 }
 
@@ -58,6 +61,47 @@ async function timings (gw: TestGateway): Promise<{ delivered: number, acked: nu
   await waitUntil(() => delivered >= 0, 5000, 'the delivery')
   await sleep(200) // a second copy (Aedes' own publish of the packet) would show now
   return { delivered: delivered - (t0 - start), acked, copies }
+}
+
+/**
+ * Three QoS 1 PUBLISHes of one raw client: two in one write (one socket read, which Aedes handles as a
+ * batch: it reads the client's next packets once the batch is handled), the third 50 ms later. When
+ * the subscriber got the third, in ms from its write, when the first was acknowledged, and the
+ * PUBACKs' packet identifiers in the order they came.
+ */
+async function publishesAfterABatch (gw: TestGateway): Promise<{ deliveredThird: number, ackedFirst: number, acks: number[] }> {
+  const ds = uniqueId('next')
+  await createDataset(gw, ds, { fields: { n: 'long' } })
+  const sub = await client(gw)
+  let third = -1
+  sub.on('message', (_t, payload) => { if (JSON.parse(payload.toString()).n === 3) third = performance.now() })
+  await sub.subscribeAsync(`datasets/${ds}/#`, { qos: 1 })
+  const socket = net.connect(Number(new URL(gw.mqttUrl).port), '127.0.0.1')
+  sockets.push(socket)
+  const parser = mqttPacket.parser({ protocolVersion: 4 })
+  const acks: number[] = []
+  let connacked = false
+  let ackedFirst = -1
+  const t0 = performance.now()
+  socket.on('data', (b) => parser.parse(b))
+  parser.on('packet', (p) => {
+    if (p.cmd === 'connack') connacked = true
+    if (p.cmd === 'puback') {
+      acks.push(p.messageId!)
+      if (p.messageId === 1) ackedFirst = performance.now() - t0
+    }
+  })
+  socket.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: uniqueId('raw'), keepalive: 30, username: 'admin', password: Buffer.from(ADMIN_KEY) }))
+  await waitUntil(() => connacked, 5000, 'CONNACK')
+  const publish = (n: number): Buffer => mqttPacket.generate({ cmd: 'publish', topic: `datasets/${ds}/d1`, payload: Buffer.from(JSON.stringify({ n })), qos: 1, messageId: n, retain: false, dup: false })
+  const written = performance.now()
+  socket.write(Buffer.concat([publish(1), publish(2)]))
+  await sleep(50)
+  const t3 = performance.now()
+  socket.write(publish(3))
+  await waitUntil(() => third >= 0, 5000, 'the third delivery')
+  await waitUntil(() => acks.length === 3, 5000, 'three PUBACKs')
+  return { deliveredThird: third - t3, ackedFirst: ackedFirst - (written - t0), acks }
 }
 
 describe('STREAMGATE_FANOUT', () => {
@@ -134,6 +178,40 @@ describe('STREAMGATE_FANOUT', () => {
     // The plain topic's message still reaches its subscriber, at QoS 1.
     await waitUntil(() => plain.length === 1, 5000, 'the plain topic\'s delivery')
     expect(plain).toEqual([{ qos: 1, payload: 'not stored' }])
+  })
+
+  it('reads a publisher\'s next packets while its earlier PUBLISHes wait for the disk, and acknowledges them in order', async () => {
+    const t = await publishesAfterABatch(await writtenGateway())
+    expect(t.deliveredThird).toBeLessThan(SLOW_MS / 2)
+    expect(t.ackedFirst).toBeGreaterThanOrEqual(SLOW_MS - 20)
+    expect(t.acks).toEqual([1, 2, 3])
+  })
+
+  it('STREAMGATE_MQTT_MAX_UNACKED=0: reads a publisher\'s next packets only once its earlier PUBLISHes are durable', async () => {
+    const t = await publishesAfterABatch(await slowDiskGateway('written', { STREAMGATE_MQTT_MAX_UNACKED: '0' }))
+    expect(t.deliveredThird).toBeGreaterThanOrEqual(SLOW_MS - 50 - 20)
+    expect(t.acks).toEqual([1, 2, 3])
+  })
+
+  it('disconnects a publisher whose earlier PUBLISH fails at the disk after its next one was read, acknowledging neither', async () => {
+    const gw = await slowDiskGateway('written', {}, true)
+    const ds = uniqueId('fail')
+    await createDataset(gw, ds, { fields: { n: 'long' } })
+    const sub = await client(gw)
+    const got: string[] = []
+    sub.on('message', (_t, payload) => { got.push(payload.toString()) })
+    await sub.subscribeAsync(`datasets/${ds}/#`, { qos: 1 })
+    const pub = await client(gw)
+    const acks: number[] = []
+    pub.on('packetreceive', (p) => { if (p.cmd === 'puback') acks.push(p.messageId!) })
+    const closed = new Promise<number>((resolve) => { const t0 = performance.now(); pub.stream.once('close', () => resolve(performance.now() - t0)) })
+    void pub.publishAsync(`datasets/${ds}/d1`, JSON.stringify({ n: 1 }), { qos: 1 }).catch(() => undefined)
+    await waitUntil(() => got.length === 1, 5000, 'the first delivery')
+    void pub.publishAsync(`datasets/${ds}/d1`, JSON.stringify({ n: 2 }), { qos: 1 }).catch(() => undefined)
+    await waitUntil(() => got.length === 2, 5000, 'the second delivery, read before the first fdatasync returned')
+    expect(await closed).toBeGreaterThanOrEqual(SLOW_MS / 2)
+    await sleep(100)
+    expect(acks).toEqual([])
   })
 
   it('journals and delivers a QoS 2 message sent again (its PUBREC lost) once', async () => {
