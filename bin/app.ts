@@ -97,6 +97,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
         : { kind: 'embedded', dataDir, memoryLimit: config.storeMemory, cacheLimit: config.storeCache, queryConcurrency: config.limits.queryConcurrency, queryTimeoutMs: config.limits.queryTimeoutMs },
       consumer: { maxEntries: 20_000, maxRows: config.sink.batch, lingerMs: config.sink.lingerMs },
       limits: { maxBatch: config.limits.maxBatch, maxString: config.limits.maxString },
+      priority: config.sink.priority,
       ...(config.redis !== null ? { claims: { redisUrl: config.redis.url, ttlS: config.dedupTtlS, nodeId } } : {}),
       log,
       checkpoints: store,

@@ -21,6 +21,8 @@ export interface SinkWorkerInit {
   readonly sink: SinkSpec
   readonly consumer: { readonly maxEntries: number, readonly maxRows: number, readonly lingerMs: number }
   readonly limits: { readonly maxBatch: number, readonly maxString: number }
+  /** `idle`: the thread moves itself to SCHED_IDLE (bin/thread-priority.ts) before it opens its store. */
+  readonly priority: 'idle' | 'normal'
   /** Claims on message ids shared by the nodes (STREAMGATE_REDIS_URL): see OriginClaims. */
   readonly claims?: { readonly redisUrl: string, readonly ttlS: number, readonly nodeId: string }
 }

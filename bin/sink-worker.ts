@@ -9,6 +9,7 @@ import {
   Catalog, type ConsumerJournal, type Dataset, JournalFollower, JournalReader, type QueryPlan, type RecordQuery, type Sink, SinkConsumer
 } from '../gateway/index.js'
 import type { SinkWorkerInit } from './sink-thread.js'
+import { lowerThisThread } from './thread-priority.js'
 import { Rpc } from './sink-rpc.js'
 
 /**
@@ -74,6 +75,10 @@ async function main (): Promise<void> {
   const log = {
     info: (obj: object, msg: string) => rpc.emit('log', { level: 'info', obj, msg }),
     warn: (obj: object, msg: string) => rpc.emit('log', { level: 'warn', obj, msg })
+  }
+  if (init.priority === 'idle') {
+    const lowered = lowerThisThread()
+    if (lowered !== 'idle') log.warn({ priority: lowered }, 'the sink thread could not move to SCHED_IDLE (util-linux chrt missing?); it runs at a lower priority only if nice 19 was possible')
   }
   const catalog = new Catalog(init.limits)
   const journal = new FollowedJournal(init.journalDir, init.shared)

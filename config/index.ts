@@ -80,6 +80,7 @@ export const configSchema = z.object({
   STREAMGATE_FANOUT: z.enum(['written', 'durable']).optional(),
   STREAMGATE_SINK_BATCH: positiveInt.default(100_000),
   STREAMGATE_SINK_LINGER_MS: nonNegativeInt.max(10_000).default(200),
+  STREAMGATE_SINK_PRIORITY: z.enum(['idle', 'normal']).default('idle'),
   STREAMGATE_STORE_MEMORY: size.default('512MB'),
   STREAMGATE_STORE_CACHE: size.optional(),
   STREAMGATE_REJECTS_KEEP: positiveInt.default(10_000),
@@ -176,7 +177,8 @@ export interface Config {
   readonly journal: { readonly maxBytes: number, readonly segmentBytes: number, readonly syncIntervalUs: number }
   /** When live subscribers get a QoS 1/2 message: once journaled (written), or once fdatasync'd (durable, with its ack). */
   readonly fanout: 'written' | 'durable'
-  readonly sink: { readonly batch: number, readonly lingerMs: number }
+  /** `priority`: the sink thread's CPU scheduling (`idle`: Linux SCHED_IDLE, bin/thread-priority.ts). */
+  readonly sink: { readonly batch: number, readonly lingerMs: number, readonly priority: 'idle' | 'normal' }
   readonly api: {
     /** An external JWT issuer, verified by JWKS or a shared secret. */
     readonly jwt: { readonly issuer: string, readonly jwks: string | null, readonly secret: string | null, readonly audience: string | null, readonly principalClaim: string } | null
@@ -361,7 +363,7 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
     // Replicated, a written commit may still be undone (the replica refused it): subscribers would see
     // messages that are then refused to their publishers, and sent again.
     fanout: r.STREAMGATE_FANOUT ?? (r.STREAMGATE_REPLICATION === 'none' ? 'written' : 'durable'),
-    sink: { batch: r.STREAMGATE_SINK_BATCH, lingerMs: r.STREAMGATE_SINK_LINGER_MS },
+    sink: { batch: r.STREAMGATE_SINK_BATCH, lingerMs: r.STREAMGATE_SINK_LINGER_MS, priority: r.STREAMGATE_SINK_PRIORITY },
     api: {
       jwt: r.STREAMGATE_JWT_ISSUER === undefined
         ? null
