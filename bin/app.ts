@@ -166,6 +166,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       maxBytes: config.journal.maxBytes,
       segmentBytes: config.journal.segmentBytes,
       syncIntervalUs: config.journal.syncIntervalUs,
+      syncNice: config.journal.syncNice,
       floorSeq: await sinkThread.checkpoint(),
       log,
       ...(replica !== null ? { replicate: replica.replicate, onUndo: replica.undone } : {})

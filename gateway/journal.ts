@@ -49,6 +49,8 @@ export interface JournalOptions {
    * quiet spell is synced at once.
    */
   readonly syncIntervalUs?: number
+  /** The sync thread's nice value (gateway/syncer.ts, SyncerOptions); 0 when absent. */
+  readonly syncNice?: number
   /** Sequence numbers at or below this were already consumed (e.g. the journal directory was lost). */
   readonly floorSeq?: number
   /**
@@ -303,7 +305,7 @@ export class Journal extends EventEmitter {
   private syncing: Written[] = []
   private unsynced: Written[] = []
   /** fdatasync off libuv's threadpool, which DuckDB's queries can fill (gateway/syncer.ts). */
-  private readonly syncer = new Syncer()
+  private readonly syncer: Syncer
   /** Commits written and fdatasync'd, waiting for the replica (STREAMGATE_REPLICATION), oldest first. */
   private readonly replicating: Replicating[] = []
   private undoing = false
@@ -338,6 +340,7 @@ export class Journal extends EventEmitter {
   private constructor (private readonly opts: JournalOptions, recovered: { segments: Segment[], nextSeq: number }) {
     super()
     this.syncIntervalMs = (opts.syncIntervalUs ?? 0) / 1000
+    this.syncer = new Syncer({ nice: opts.syncNice ?? 0 })
     this.segments = recovered.segments
     this.nextSeq = recovered.nextSeq
     this.lastCommitted = recovered.nextSeq - 1

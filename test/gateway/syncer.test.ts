@@ -4,7 +4,8 @@ import { DuckDBInstance } from '@duckdb/node-api'
 import { afterAll, describe, expect, it } from 'vitest'
 import { Journal, type JournalRecord } from '../../gateway/journal.js'
 import { Syncer } from '../../gateway/syncer.js'
-import { sleep, tmpDataDir } from '../helpers.js'
+import { threadScheduling } from '../../bin/thread-priority.js'
+import { sleep, tmpDataDir, waitUntil } from '../helpers.js'
 
 const dir = tmpDataDir()
 afterAll(() => { fs.rmSync(dir, { recursive: true, force: true }) })
@@ -51,6 +52,21 @@ describe('journal sync thread', () => {
       await s.close()
       await s.close() // idempotent
     })
+  })
+
+  it.runIf(process.platform === 'linux')('runs at the nice value it is given, its own thread only; refuses one outside 0-19', async () => {
+    const niceThreads = (n: number): number => [...threadScheduling().values()].filter((t) => t.nice === n).length
+    const before = niceThreads(7)
+    const s = new Syncer({ nice: 7 })
+    try {
+      await waitUntil(() => niceThreads(7) === before + 1, 5000, 'the sync thread at nice 7')
+      await withFile('nice', 1, async (fd) => { expect(await sync(s, fd)).toBeNull() })
+      expect(threadScheduling().get(process.pid)?.nice).toBe(0)
+    } finally {
+      await s.close()
+    }
+    expect(() => new Syncer({ nice: 20 })).toThrow(RangeError)
+    expect(() => new Syncer({ nice: -1 })).toThrow(RangeError)
   })
 
   it('closes after the sync in flight has called back', async () => {
