@@ -167,6 +167,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       segmentBytes: config.journal.segmentBytes,
       syncIntervalUs: config.journal.syncIntervalUs,
       syncNice: config.journal.syncNice,
+      preallocate: config.journal.preallocate,
       floorSeq: await sinkThread.checkpoint(),
       log,
       ...(replica !== null ? { replicate: replica.replicate, onUndo: replica.undone } : {})

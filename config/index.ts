@@ -78,6 +78,7 @@ export const configSchema = z.object({
   STREAMGATE_JOURNAL_SEGMENT_BYTES: positiveInt.min(64 * KiB).default(64 * MiB),
   STREAMGATE_JOURNAL_SYNC_INTERVAL_US: nonNegativeInt.max(1_000_000).default(1000),
   STREAMGATE_JOURNAL_SYNC_NICE: nonNegativeInt.max(19).default(10),
+  STREAMGATE_JOURNAL_PREALLOCATE: z.enum(['true', 'false']).default('true'),
   STREAMGATE_FANOUT: z.enum(['written', 'durable']).optional(),
   STREAMGATE_SINK_BATCH: positiveInt.default(100_000),
   STREAMGATE_SINK_LINGER_MS: nonNegativeInt.max(10_000).default(200),
@@ -175,7 +176,7 @@ export interface Config {
     /** Queries the embedded store runs at once; more wait, within queryTimeoutMs. */
     readonly queryConcurrency: number
   }
-  readonly journal: { readonly maxBytes: number, readonly segmentBytes: number, readonly syncIntervalUs: number, readonly syncNice: number }
+  readonly journal: { readonly maxBytes: number, readonly segmentBytes: number, readonly syncIntervalUs: number, readonly syncNice: number, readonly preallocate: boolean }
   /** When live subscribers get a QoS 1/2 message: once journaled (written), or once fdatasync'd (durable, with its ack). */
   readonly fanout: 'written' | 'durable'
   /** `priority`: the sink thread's CPU scheduling (`idle`: Linux SCHED_IDLE, bin/thread-priority.ts). */
@@ -360,7 +361,8 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
       maxBytes: r.STREAMGATE_JOURNAL_MAX_BYTES,
       segmentBytes: r.STREAMGATE_JOURNAL_SEGMENT_BYTES,
       syncIntervalUs: r.STREAMGATE_JOURNAL_SYNC_INTERVAL_US,
-      syncNice: r.STREAMGATE_JOURNAL_SYNC_NICE
+      syncNice: r.STREAMGATE_JOURNAL_SYNC_NICE,
+      preallocate: r.STREAMGATE_JOURNAL_PREALLOCATE === 'true'
     },
     // Replicated, a written commit may still be undone (the replica refused it): subscribers would see
     // messages that are then refused to their publishers, and sent again.

@@ -51,6 +51,13 @@ export interface JournalOptions {
   readonly syncIntervalUs?: number
   /** The sync thread's nice value (gateway/syncer.ts, SyncerOptions); 0 when absent. */
   readonly syncNice?: number
+  /**
+   * Segments are made ahead, zero-filled to `segmentBytes` and fdatasync'd, and the commits overwrite
+   * the zeros: an fdatasync then writes the data and flushes, without committing the file's new size
+   * and blocks to ext4's journal each time. A segment's zeros past its entries are cut when it is
+   * rolled or closed. Costs up to one segment more of disk.
+   */
+  readonly preallocate?: boolean
   /** Sequence numbers at or below this were already consumed (e.g. the journal directory was lost). */
   readonly floorSeq?: number
   /**
@@ -98,11 +105,36 @@ const FORMAT_ORIGIN = 2
 /** Longest origin kept (bytes); a longer message id is not used for deduplication. */
 export const MAX_ORIGIN = 255
 const READ_CHUNK = 1 << 20
+/** The next segment while it is made ahead (JournalOptions.preallocate); not a segment name. */
+const PREPARED_NAME = 'next-segment.zeros'
+const ZEROS = Buffer.alloc(1 << 20)
+/** Bytes from `off` looked at to tell space never written (zeros) from a damaged entry. */
+const UNWRITTEN_CHECK = 4096
+
+/** `buf` holds only zero bytes from `from` to `to`. */
+function zerosIn (buf: Buffer, from: number, to: number): boolean {
+  for (let at = from; at < to; at += ZEROS.length) {
+    const end = Math.min(to, at + ZEROS.length)
+    if (buf.compare(ZEROS, 0, end - at, at, end) !== 0) return false
+  }
+  return true
+}
 const SEG_SUFFIX = '.seg'
 const SEG_NAME = /^\d{16}\.seg$/
 
 function segmentName (firstSeq: number): string {
   return String(firstSeq).padStart(16, '0') + SEG_SUFFIX
+}
+
+/** Writes `bytes` zero bytes to a new `file` and fdatasyncs it. */
+async function writeZeros (file: string, bytes: number): Promise<void> {
+  const fh = await fsp.open(file, 'w')
+  try {
+    for (let at = 0; at < bytes; at += ZEROS.length) await fh.write(ZEROS, 0, Math.min(ZEROS.length, bytes - at), at)
+    await fh.datasync()
+  } finally {
+    await fh.close()
+  }
 }
 
 /** The segment files in `dir`, oldest first. */
@@ -197,7 +229,8 @@ function resync (buf: Buffer, off: number): number {
 function decodeAt (buf: Buffer, off: number): Decoded {
   if (off + HEAD > buf.length) return { entry: null, next: off, reason: 'incomplete' }
   const bodyLen = buf.readUInt32LE(off)
-  if (bodyLen < FIXED) return { entry: null, next: off, reason: 'corrupt' }
+  // Zeros: space never written (the rest of a segment made ahead), where the entries end for now.
+  if (bodyLen < FIXED) return { entry: null, next: off, reason: bodyLen === 0 && zerosIn(buf, off, Math.min(buf.length, off + UNWRITTEN_CHECK)) ? 'incomplete' : 'corrupt' }
   const bodyStart = off + HEAD
   const end = bodyStart + bodyLen
   if (end > buf.length) return { entry: null, next: off, reason: 'incomplete' }
@@ -293,6 +326,11 @@ function call (cb: (err: Error | null) => void, err: Error | null, log: JournalO
 export class Journal extends EventEmitter {
   private readonly segments: Segment[] = []
   private fd = -1
+  /** The active segment was made ahead: zeros follow its entries until it is rolled or closed. */
+  private activeMadeAhead = false
+  /** The next segment, made ahead and ready (JournalOptions.preallocate), or being made. */
+  private prepared: string | null = null
+  private preparing: Promise<unknown> | null = null
   private nextSeq: number
   private lastCommitted: number
   private totalBytes = 0
@@ -385,7 +423,9 @@ export class Journal extends EventEmitter {
         for (let s = seq + 1; s < nextGood; s++) droppedSeqs.push(s)
         off = after
       }
-      truncatedBytes = buf.length - off
+      // Zeros after the entries are the rest of a segment made ahead, not a torn write: cut them too
+      // (a segment other than the one being written never holds zeros), but they were never data.
+      truncatedBytes = zerosIn(buf, off, buf.length) ? 0 : buf.length - off
       if (droppedSeqs.length > 0) {
         // Rewrite the segment with the complete entries only, then put it in place (fsync'd).
         const tmp = last.file + '.recover'
@@ -410,8 +450,17 @@ export class Journal extends EventEmitter {
     journal.recovery = { segments: segments.length, entries, truncatedBytes, droppedSeqs, nextSeq }
     // Appends continue the last segment only when the sequence does; after a gap (consumers are ahead
     // of what is on disk) a new segment starts, so every segment stays a contiguous run.
-    if (last === undefined || lastSeq + 1 !== nextSeq) journal.createSegment(nextSeq)
-    else journal.fd = fs.openSync(last.file, 'r+')
+    // A next segment left half made by the last run is made again.
+    await fsp.rm(path.join(opts.dir, PREPARED_NAME), { force: true })
+    if (last === undefined || lastSeq + 1 !== nextSeq) {
+      // A new segment starts made ahead too (a new journal's first one included).
+      journal.prepareSegment()
+      await journal.preparing
+      journal.createSegment(nextSeq)
+    } else {
+      journal.fd = fs.openSync(last.file, 'r+')
+      journal.prepareSegment()
+    }
     const recovery = { segments: journal.segments.length, entries, truncatedBytes, droppedSeqs, nextSeq }
     opts.log?.info(recovery, 'journal opened')
     return { journal, recovery }
@@ -676,13 +725,48 @@ export class Journal extends EventEmitter {
 
   private createSegment (firstSeq: number): void {
     const file = path.join(this.opts.dir, segmentName(firstSeq))
-    const fd = fs.openSync(file, 'w+')
+    // The zeros past the entries of a segment made ahead go, durably, before the next segment exists:
+    // readers take a segment followed by another as complete, and stop at zeros.
+    const active = this.segments.at(-1)
+    if (this.activeMadeAhead && this.fd >= 0 && active !== undefined) {
+      fs.ftruncateSync(this.fd, active.size)
+      fs.fdatasyncSync(this.fd)
+    }
+    const prepared = this.prepared
+    this.prepared = null
+    let fd: number
+    if (prepared !== null) {
+      fs.renameSync(prepared, file)
+      fd = fs.openSync(file, 'r+')
+    } else {
+      fd = fs.openSync(file, 'w+')
+    }
     // Make the new file's directory entry durable before anything in it is acknowledged.
     const dirFd = fs.openSync(this.opts.dir, 'r')
     try { fs.fsyncSync(dirFd) } finally { fs.closeSync(dirFd) }
     if (this.fd >= 0) fs.closeSync(this.fd)
     this.fd = fd
+    this.activeMadeAhead = prepared !== null
     this.segments.push({ firstSeq, file, size: 0 })
+    this.prepareSegment()
+  }
+
+  /**
+   * Makes the next segment ahead, in the background (libuv's pool): a file of `segmentBytes` zeros,
+   * fdatasync'd, renamed into place at the next roll (JournalOptions.preallocate). Until it is ready a
+   * roll creates an empty file, as without the option.
+   */
+  private prepareSegment (): void {
+    if (this.opts.preallocate !== true || this.prepared !== null || this.preparing !== null || this.closed) return
+    const file = path.join(this.opts.dir, PREPARED_NAME)
+    this.preparing = writeZeros(file, this.opts.segmentBytes).then(() => {
+      this.preparing = null
+      if (this.closed) return fsp.rm(file, { force: true })
+      this.prepared = file
+    }, (err: Error) => {
+      this.preparing = null
+      this.opts.log?.warn({ err: err.message }, 'journal: could not make the next segment ahead; it grows as it is written')
+    })
   }
 
   /**
@@ -787,6 +871,14 @@ export class Journal extends EventEmitter {
     }
     this.closed = true
     await this.syncer.close()
+    await this.preparing
+    if (this.prepared !== null) await fsp.rm(this.prepared, { force: true })
+    this.prepared = null
+    const active = this.segments.at(-1)
+    if (this.fd >= 0 && this.activeMadeAhead && active !== undefined) {
+      // What recovery would cut anyway; a clean close leaves the segment as its entries.
+      try { fs.ftruncateSync(this.fd, active.size) } catch (err) { this.opts.log?.warn({ err: (err as Error).message }, 'journal: could not cut the zeros after the last segment\'s entries') }
+    }
     if (this.fd >= 0) fs.closeSync(this.fd)
     this.fd = -1
     this.emit('close')

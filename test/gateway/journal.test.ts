@@ -357,6 +357,71 @@ describe('journal followed from another reader (the sink thread)', () => {
   })
 })
 
+describe('journal with segments made ahead (preallocate)', () => {
+  const segFiles = (dir: string): string[] => fs.readdirSync(dir).filter((n) => n.endsWith('.seg')).sort().map((n) => path.join(dir, n))
+  /** The file ends with an entry (a reading's payload ends in "}"), not with zeros. */
+  const endsWithEntry = (file: string): boolean => { const b = fs.readFileSync(file); return b.length > 0 && b[b.length - 1] === 0x7d }
+
+  it('writes over a zero-filled segment made ahead, cuts the zeros when it rolls and closes, while a follower reads every entry once', async () => {
+    const dir = tmpDir()
+    const SEG = 16 * 1024
+    const { journal } = await Journal.open(opts(dir, { segmentBytes: SEG, preallocate: true }))
+    // The first segment was made ahead: its file is a segment of zeros before anything is written.
+    expect(segFiles(dir).map((f) => fs.statSync(f).size)).toEqual([SEG])
+    journal.register('follower', 0)
+    const follower = new JournalFollower(dir)
+    const source = { get committedSeq () { return journal.committedSeq }, segmentsFrom: (s: number) => follower.segmentsFrom(s), refresh: () => follower.refresh() }
+    await follower.refresh()
+    const reader = new JournalReader(source, 1)
+    const seen: number[] = []
+    let madeAhead = 0
+    for (let burst = 0; burst < 40; burst++) {
+      await appendAll(journal, Array.from({ length: 10 }, (_, i) => rec(burst * 10 + i, 300)))
+      const files = segFiles(dir)
+      // Every segment but the one written holds its entries only; the one written is a made-ahead one
+      // (a segment of zeros, overwritten) unless the roll came before the next was ready.
+      for (const f of files.slice(0, -1)) expect(endsWithEntry(f)).toBe(true)
+      if (fs.statSync(files.at(-1)!).size === SEG) madeAhead++
+      // Reading stops at the zeros after the last entry, and goes on from there.
+      for (let got = await reader.read(7); got.length > 0; got = await reader.read(7)) {
+        for (const e of got) seen.push(e.seq)
+        journal.ack('follower', seen.at(-1)!)
+      }
+      // Let the next segment be made ahead now and then.
+      if (burst % 4 === 0) await waitUntil(() => fs.existsSync(path.join(dir, 'next-segment.zeros')), 5000, 'the next segment made ahead')
+    }
+    await reader.close()
+    expect(seen).toEqual(Array.from({ length: 400 }, (_, i) => i + 1))
+    expect(madeAhead).toBeGreaterThan(10)
+    // Segments rolled (those consumed were deleted): the last one starts far into the sequence.
+    expect(Number(path.basename(segFiles(dir).at(-1)!).slice(0, 16))).toBeGreaterThan(100)
+    await journal.close()
+    // Closed: the last segment holds its entries only, and the one being made ahead is gone.
+    expect(endsWithEntry(segFiles(dir).at(-1)!)).toBe(true)
+    expect(fs.readdirSync(dir).filter((n) => !n.endsWith('.seg'))).toEqual([])
+    const reopened = await Journal.open(opts(dir, { segmentBytes: SEG, preallocate: true }))
+    expect(reopened.recovery.truncatedBytes).toBe(0)
+    expect(reopened.recovery.nextSeq).toBe(401)
+    await reopened.journal.close()
+  })
+
+  it('recovers a segment made ahead whose entries stop short of its end (a crash): the zeros are no torn tail, and appends go on', async () => {
+    const dir = tmpDir()
+    const { journal } = await Journal.open(opts(dir, { segmentBytes: 64 * 1024, preallocate: true }))
+    await appendAll(journal, Array.from({ length: 10 }, (_, i) => rec(i)))
+    // The files as a crash would leave them: entries, then the made-ahead segment's zeros.
+    const crashed = tmpDir()
+    for (const n of fs.readdirSync(dir)) fs.copyFileSync(path.join(dir, n), path.join(crashed, n))
+    await journal.close()
+    expect(fs.statSync(segFiles(crashed)[0]!).size).toBe(64 * 1024)
+    const { journal: again, recovery } = await Journal.open(opts(crashed, { segmentBytes: 64 * 1024, preallocate: true }))
+    expect(recovery).toMatchObject({ entries: 10, truncatedBytes: 0, droppedSeqs: [], nextSeq: 11 })
+    expect(await appendAll(again, [rec(10), rec(11)])).toEqual([null, null])
+    expect(await readIs(again)).toEqual(Array.from({ length: 12 }, (_, i) => i))
+    await again.close()
+  })
+})
+
 describe('journal reader', () => {
   it('resumes inside its last read after a seek back, and bounds a read by payload bytes', async () => {
     const dir = tmpDir()
