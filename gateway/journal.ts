@@ -55,7 +55,8 @@ export interface JournalOptions {
    * Segments are made ahead, zero-filled to `segmentBytes` and fdatasync'd, and the commits overwrite
    * the zeros: an fdatasync then writes the data and flushes, without committing the file's new size
    * and blocks to ext4's journal each time. A segment's zeros past its entries are cut when it is
-   * rolled or closed. Costs up to one segment more of disk.
+   * rolled or closed. Costs up to two segments more of disk (the active one's zeros and the next one),
+   * not counted in `maxBytes`.
    */
   readonly preallocate?: boolean
   /** Sequence numbers at or below this were already consumed (e.g. the journal directory was lost). */
@@ -105,11 +106,25 @@ const FORMAT_ORIGIN = 2
 /** Longest origin kept (bytes); a longer message id is not used for deduplication. */
 export const MAX_ORIGIN = 255
 const READ_CHUNK = 1 << 20
+/** Marks an error that stops the journal (a failed fdatasync). */
+const FATAL = Symbol('streamgate.journal.fatal')
 /** The next segment while it is made ahead (JournalOptions.preallocate); not a segment name. */
 const PREPARED_NAME = 'next-segment.zeros'
 const ZEROS = Buffer.alloc(1 << 20)
 /** Bytes from `off` looked at to tell space never written (zeros) from a damaged entry. */
 const UNWRITTEN_CHECK = 4096
+
+/** Where the bytes of `buf` after `from` that are not zeros end (`from` when there are none). */
+function endOfData (buf: Buffer, from: number): number {
+  let end = buf.length
+  while (end > from) {
+    const at = Math.max(from, end - ZEROS.length)
+    if (!zerosIn(buf, at, end)) break
+    end = at
+  }
+  while (end > from && buf[end - 1] === 0) end--
+  return end
+}
 
 /** `buf` holds only zero bytes from `from` to `to`. */
 function zerosIn (buf: Buffer, from: number, to: number): boolean {
@@ -425,7 +440,7 @@ export class Journal extends EventEmitter {
       }
       // Zeros after the entries are the rest of a segment made ahead, not a torn write: cut them too
       // (a segment other than the one being written never holds zeros), but they were never data.
-      truncatedBytes = zerosIn(buf, off, buf.length) ? 0 : buf.length - off
+      truncatedBytes = endOfData(buf, off) - off
       if (droppedSeqs.length > 0) {
         // Rewrite the segment with the complete entries only, then put it in place (fsync'd).
         const tmp = last.file + '.recover'
@@ -438,7 +453,14 @@ export class Journal extends EventEmitter {
         last.size = out.length
         opts.log?.warn({ file: last.file, droppedSeqs, truncatedBytes }, 'journal: entries failed their checksum and were removed; the complete ones after them are kept')
       } else if (off < buf.length) {
-        await fsp.truncate(last.file, off)
+        // Durably: a segment followed by another must not come back with its zeros after a crash.
+        const fh = await fsp.open(last.file, 'r+')
+        try {
+          await fh.truncate(off)
+          await fh.datasync()
+        } finally {
+          await fh.close()
+        }
         last.size = off
       }
       if (truncatedBytes > 0) opts.log?.warn({ file: last.file, droppedBytes: truncatedBytes, lastSeq: seq }, 'journal: dropped a torn tail (a write that never completed)')
@@ -543,7 +565,7 @@ export class Journal extends EventEmitter {
       try {
         this.createSegment(this.nextSeq)
       } catch (err) {
-        this.failAll(cbs, err as Error, false)
+        this.failAll(cbs, err as Error, (err as Record<symbol, unknown>)[FATAL] === true)
         return
       }
     }
@@ -730,7 +752,8 @@ export class Journal extends EventEmitter {
     const active = this.segments.at(-1)
     if (this.activeMadeAhead && this.fd >= 0 && active !== undefined) {
       fs.ftruncateSync(this.fd, active.size)
-      fs.fdatasyncSync(this.fd)
+      // A failed fdatasync leaves the page cache's state unknown (see sync()): the journal stops.
+      try { fs.fdatasyncSync(this.fd) } catch (err) { throw Object.assign(err as Error, { [FATAL]: true }) }
     }
     const prepared = this.prepared
     this.prepared = null
@@ -765,6 +788,8 @@ export class Journal extends EventEmitter {
       this.prepared = file
     }, (err: Error) => {
       this.preparing = null
+      // A half-made file would hold disk space the journal may need (a full disk is the likely cause).
+      fs.rm(file, { force: true }, () => {})
       this.opts.log?.warn({ err: err.message }, 'journal: could not make the next segment ahead; it grows as it is written')
     })
   }
@@ -998,7 +1023,9 @@ export class JournalReader {
       const view = this.buf.subarray(0, bytesRead)
       let off = 0
       let grow = false
-      while (out.length < max && bytes < READ_MAX_BYTES) {
+      // Past the committed point an entry may be half written (in a segment made ahead, zeros
+      // then the writer's bytes, with no file size to hide them): never look there.
+      while (out.length < max && bytes < READ_MAX_BYTES && this.nextSeq <= committed) {
         // Entries before nextSeq (the start of a segment, after a seek) are stepped over unread.
         if (off + HEAD + FIXED <= view.length) {
           const len = view.readUInt32LE(off)

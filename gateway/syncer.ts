@@ -21,7 +21,12 @@ const fs = require('node:fs')
 const s = new Int32Array(workerData.shared)
 // Its own nice value (setpriority on a thread id is that thread's alone on Linux): see SyncerOptions.
 if (workerData.nice !== 0 && process.platform === 'linux') {
-  try { require('node:os').setPriority(Number(fs.readlinkSync('/proc/thread-self').split('/').pop()), workerData.nice) } catch {}
+  // Only ever lower: a gateway started at a higher nice value keeps it.
+  try {
+    const os = require('node:os')
+    const tid = Number(fs.readlinkSync('/proc/thread-self').split('/').pop())
+    if (workerData.nice > os.getPriority(tid)) os.setPriority(tid, workerData.nice)
+  } catch {}
 }
 let seen = 0
 for (;;) {

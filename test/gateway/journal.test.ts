@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 import { Journal, JournalFollower, JournalFullError, JournalReader, type JournalRecord } from '../../gateway/journal.js'
 import { waitUntil } from '../helpers.js'
 
@@ -403,6 +403,51 @@ describe('journal with segments made ahead (preallocate)', () => {
     expect(reopened.recovery.truncatedBytes).toBe(0)
     expect(reopened.recovery.nextSeq).toBe(401)
     await reopened.journal.close()
+  })
+
+  it('a follower never looks past the committed entries, where the writer\'s next entry may be half copied over the zeros', async () => {
+    const dir = tmpDir()
+    const { journal } = await Journal.open(opts(dir, { segmentBytes: 64 * 1024, preallocate: true }))
+    await appendAll(journal, Array.from({ length: 5 }, (_, i) => rec(i)))
+    const follower = new JournalFollower(dir)
+    await follower.refresh()
+    const reader = new JournalReader({ get committedSeq () { return journal.committedSeq }, segmentsFrom: (s: number) => follower.segmentsFrom(s), refresh: () => follower.refresh() }, 1)
+    // What a read racing the next commit's write can see: a header whose length leads into zeros (its
+    // sequence number not copied yet), where the entry after the committed ones will be.
+    const file = segFiles(dir)[0]!
+    const end = (journal as unknown as { segments: { size: number }[] }).segments.at(-1)!.size
+    const half = Buffer.alloc(40)
+    half.writeUInt32LE(200, 0)
+    half.writeUInt32LE(0x12345678, 4)
+    half[8] = 1
+    const fd = fs.openSync(file, 'r+')
+    fs.writeSync(fd, half, 0, half.length, end)
+    fs.closeSync(fd)
+    expect((await reader.read(100)).map((e) => e.seq)).toEqual([1, 2, 3, 4, 5])
+    expect(await reader.read(100)).toEqual([])
+    // The commit overwrites it; the follower reads on from where it stopped.
+    await appendAll(journal, Array.from({ length: 3 }, (_, i) => rec(5 + i)))
+    expect((await reader.read(100)).map((e) => e.seq)).toEqual([6, 7, 8])
+    await reader.close()
+    await journal.close()
+  })
+
+  it('stops when the fdatasync that makes a rolled segment\'s cut durable fails, as after any failed fdatasync', async () => {
+    const dir = tmpDir()
+    const { journal } = await Journal.open(opts(dir, { segmentBytes: 4 * 1024, preallocate: true }))
+    await appendAll(journal, Array.from({ length: 5 }, (_, i) => rec(i, 300)))
+    const failing = vi.spyOn(fs, 'fdatasyncSync').mockImplementation(() => { throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }) })
+    try {
+      // More than the segment holds: the commit needs a roll, whose fdatasync fails.
+      const errs = await appendAll(journal, Array.from({ length: 20 }, (_, i) => rec(5 + i, 300)))
+      expect(failing).toHaveBeenCalled()
+      expect(errs.some((e) => e !== null && /EIO/.test(e.message))).toBe(true)
+      expect(journal.healthy).toBe(false)
+      expect(await appendAll(journal, [rec(99)])).toEqual([expect.objectContaining({ message: expect.stringContaining('journal has failed') })])
+    } finally {
+      failing.mockRestore()
+    }
+    await journal.close()
   })
 
   it('recovers a segment made ahead whose entries stop short of its end (a crash): the zeros are no torn tail, and appends go on', async () => {
