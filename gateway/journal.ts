@@ -440,7 +440,9 @@ export class Journal extends EventEmitter {
       }
       // Zeros after the entries are the rest of a segment made ahead, not a torn write: cut them too
       // (a segment other than the one being written never holds zeros), but they were never data.
-      truncatedBytes = endOfData(buf, off) - off
+      // (A short run of zeros at the very end is part of the torn write; a long one is made-ahead space.)
+      const dataEnd = endOfData(buf, off)
+      truncatedBytes = (buf.length - dataEnd >= UNWRITTEN_CHECK ? dataEnd : buf.length) - off
       if (droppedSeqs.length > 0) {
         // Rewrite the segment with the complete entries only, then put it in place (fsync'd).
         const tmp = last.file + '.recover'
