@@ -77,7 +77,7 @@ export const configSchema = z.object({
   STREAMGATE_JOURNAL_MAX_BYTES: positiveInt.default(2 * GiB),
   STREAMGATE_JOURNAL_SEGMENT_BYTES: positiveInt.min(64 * KiB).default(64 * MiB),
   STREAMGATE_JOURNAL_SYNC_INTERVAL_US: nonNegativeInt.max(1_000_000).default(1000),
-  STREAMGATE_JOURNAL_SYNC_NICE: nonNegativeInt.max(19).default(10),
+  STREAMGATE_JOURNAL_SYNC_NICE: nonNegativeInt.max(19).default(0),
   STREAMGATE_JOURNAL_PREALLOCATE: z.enum(['true', 'false']).default('true'),
   STREAMGATE_FANOUT: z.enum(['written', 'durable']).optional(),
   STREAMGATE_SINK_BATCH: positiveInt.default(100_000),

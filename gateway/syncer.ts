@@ -46,10 +46,9 @@ export type SyncCallback = (err: NodeJS.ErrnoException | null) => void
 export interface SyncerOptions {
   /**
    * The sync thread's nice value on Linux (0–19; 0: the process's). Each fdatasync wakes it ~3 times
-   * (the data's write, ext4's journal commit, the flush), ~1,000 fdatasyncs a second at 20k msg/s: at
-   * nice 10 those wake-ups stop taking a CPU at once from the subscribers and publishers the gateway
-   * shares the machine with. Five alternating pairs at 20k msg/s (2026-11-30 11:30 UTC): pub→sub p99
-   * 2.66–3.13 ms against 3.18–4.07 at 0, PUBACK p99 6.3–7.1 against 5.5–6.3.
+   * (the data's write, ext4's journal commit, the flush), ~1,000 fdatasyncs a second at 20k msg/s; a
+   * higher nice value keeps those wake-ups from taking a CPU at once from the clients the gateway
+   * shares the machine with, at a cost in acknowledgement latency (docs/architecture.md, Runtime).
    */
   readonly nice?: number
 }
