@@ -31,6 +31,13 @@ async function readIs (journal: Journal): Promise<number[]> {
   return seen
 }
 
+/** A reader of `journal` as the sink thread reads it: segments listed from `dir`, the committed point from the writer. */
+async function followerReader (journal: Journal, dir: string): Promise<JournalReader> {
+  const follower = new JournalFollower(dir)
+  await follower.refresh()
+  return new JournalReader({ get committedSeq () { return journal.committedSeq }, segmentsFrom: (s: number) => follower.segmentsFrom(s), refresh: () => follower.refresh() }, 1)
+}
+
 const opts = (dir: string, extra: Partial<Parameters<typeof Journal.open>[0]> = {}) => ({ dir, maxBytes: 1 << 30, segmentBytes: 1 << 20, ...extra })
 
 describe('journal', () => {
@@ -328,10 +335,7 @@ describe('journal followed from another reader (the sink thread)', () => {
     const dir = tmpDir()
     const { journal } = await Journal.open(opts(dir, { segmentBytes: 16 * 1024 }))
     journal.register('follower', 0)
-    const follower = new JournalFollower(dir)
-    const source = { get committedSeq () { return journal.committedSeq }, segmentsFrom: (s: number) => follower.segmentsFrom(s), refresh: () => follower.refresh() }
-    await follower.refresh()
-    const reader = new JournalReader(source, 1)
+    const reader = await followerReader(journal, dir)
     const seen: number[] = []
     // Write in bursts while reading slowly, acknowledging as we go, so the follower's listing is
     // repeatedly stale: segments it listed are deleted and new ones appear between its reads.
@@ -369,10 +373,7 @@ describe('journal with segments made ahead (preallocate)', () => {
     // The first segment was made ahead: its file is a segment of zeros before anything is written.
     expect(segFiles(dir).map((f) => fs.statSync(f).size)).toEqual([SEG])
     journal.register('follower', 0)
-    const follower = new JournalFollower(dir)
-    const source = { get committedSeq () { return journal.committedSeq }, segmentsFrom: (s: number) => follower.segmentsFrom(s), refresh: () => follower.refresh() }
-    await follower.refresh()
-    const reader = new JournalReader(source, 1)
+    const reader = await followerReader(journal, dir)
     const seen: number[] = []
     let madeAhead = 0
     for (let burst = 0; burst < 40; burst++) {
@@ -409,9 +410,7 @@ describe('journal with segments made ahead (preallocate)', () => {
     const dir = tmpDir()
     const { journal } = await Journal.open(opts(dir, { segmentBytes: 64 * 1024, preallocate: true }))
     await appendAll(journal, Array.from({ length: 5 }, (_, i) => rec(i)))
-    const follower = new JournalFollower(dir)
-    await follower.refresh()
-    const reader = new JournalReader({ get committedSeq () { return journal.committedSeq }, segmentsFrom: (s: number) => follower.segmentsFrom(s), refresh: () => follower.refresh() }, 1)
+    const reader = await followerReader(journal, dir)
     // What a read racing the next commit's write can see: a header whose length leads into zeros (its
     // sequence number not copied yet), where the entry after the committed ones will be.
     const file = segFiles(dir)[0]!
