@@ -82,7 +82,7 @@ export const configSchema = z.object({
   STREAMGATE_FANOUT: z.enum(['written', 'durable']).optional(),
   STREAMGATE_SINK_BATCH: positiveInt.default(100_000),
   STREAMGATE_SINK_LINGER_MS: nonNegativeInt.max(10_000).default(200),
-  STREAMGATE_SINK_PRIORITY: z.enum(['idle', 'normal']).default('idle'),
+  STREAMGATE_SINK_PRIORITY: z.enum(['idle', 'normal']).default('normal'),
   STREAMGATE_STORE_MEMORY: size.default('512MB'),
   STREAMGATE_STORE_CACHE: size.optional(),
   STREAMGATE_REJECTS_KEEP: positiveInt.default(10_000),

@@ -13,16 +13,16 @@ function lowered (): number[] {
 }
 
 describe.runIf(process.platform === 'linux')('STREAMGATE_SINK_PRIORITY', () => {
-  it('idle (the default): the sink thread, and only it, runs in the idle class; normal: none does', async () => {
+  it('idle: the sink thread, and only it, runs in the idle class; normal (the default): none does', async () => {
     expect(lowered()).toEqual([])
-    const gw = await startTestGateway()
+    const gw = await startTestGateway({ STREAMGATE_SINK_PRIORITY: 'idle' })
     const [sink] = lowered()
     expect(lowered()).toHaveLength(1)
     // It is a thread of the gateway, not the test's own.
     expect(sink).not.toBe(process.pid)
     await gw.stop()
     await waitUntil(() => lowered().length === 0, 10_000, 'the sink thread to end')
-    const normal = await startTestGateway({ STREAMGATE_SINK_PRIORITY: 'normal' })
+    const normal = await startTestGateway()
     try {
       expect(lowered()).toEqual([])
     } finally {
