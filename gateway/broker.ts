@@ -383,29 +383,29 @@ export class Broker {
     // ready, so no later one of the client's is written either ([MQTT-4.6.0-2]).
     const ack = qos === 1 ? this.pendingAck(client, packet.messageId ?? 0) : null
     const untilDurable = ack === null || (client as AckingClient)[ACKS]!.length > this.deps.config.mqttLimits.maxUnacked
-    let durable = false
-    let fannedOut = qos !== 1
-    let failure: Error | null = null
+    // What `done` waits for: the journal's answer when untilDurable, and a QoS 1 fan-out once it starts.
+    let waiting = untilDurable ? 1 : 0
     let answered = false
-    const answer = (): void => {
-      if (answered || (failure === null && !(fannedOut && (durable || !untilDurable)))) return
+    const finish = (): void => {
+      if (--waiting > 0 || answered) return
       answered = true
-      done(failure)
+      done(null)
     }
     const deliver = (): void => {
-      this.aedes.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, qos === 1 ? () => { fannedOut = true; answer() } : noop)
+      if (qos === 1) waiting++
+      this.aedes.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, qos === 1 ? finish : noop)
     }
     const refusal = this.deps.pipeline.ingest(session.principal, dataset, device, payload, topic, (err) => {
       if (err === null) {
-        durable = true
         if (ack !== null) this.acknowledge(client, ack)
-      } else if (answered) {
+        if (untilDurable) finish()
+      } else if (!answered) {
+        answered = true
+        done(err)
+      } else if ((client as Client & { closed?: boolean }).closed !== true) {
         // Aedes went on already: end the connection as its `done(err)` would have.
-        if ((client as Client & { closed?: boolean }).closed !== true) client.emit('error', err)
-      } else {
-        failure = err
+        client.emit('error', err)
       }
-      answer()
     }, undefined, deliver)
     if (refusal !== null) return this.refused(client, session, packet, dataset, refusal, done, ack)
     packet.topic = DROP_TOPIC
