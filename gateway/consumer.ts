@@ -1,6 +1,7 @@
 // A journal consumer: reads committed entries in order and hands them to a sink, which stores them
 // and advances its checkpoint atomically. Failures are retried with capped backoff; the journal holds
-// the data meanwhile, so ingestion never waits for a sink.
+// the data meanwhile, so ingestion never waits for a sink. While a batch is written the next one is
+// read and decoded (writes stay one at a time, in order).
 import { EventEmitter } from 'node:events'
 import type { Catalog, Row } from './datasets.js'
 import type { JournalEntry, JournalReader, JournalSource } from './journal.js'
@@ -37,6 +38,19 @@ export interface ConsumerOptions {
 }
 
 const NO_ROWS: Row[] = []
+
+/** Sink entries and the journal position they reach (entries skipped included). */
+interface Batch { entries: SinkEntry[], readonly lastSeq: number, readonly rows: number, readonly skipped: number }
+
+/** A batch as read ahead, with what it was decoded from and under which catalog (Catalog.changes). */
+interface Fetched {
+  /** The journal entries the batch covers, up to its lastSeq. */
+  readonly read: readonly JournalEntry[]
+  readonly batch: Batch
+  changes: number
+  /** It ends before what was committed when it was read: more is waiting. */
+  readonly cut: boolean
+}
 
 export class SinkConsumer extends EventEmitter implements JournalConsumer {
   private reader: JournalReader | null = null
@@ -89,71 +103,110 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
   private async loop (): Promise<void> {
     const reader = this.reader as JournalReader
     let delay = this.opts.retryMinMs ?? 100
-    while (!this.closed) {
-      if (this.gate !== null) {
-        this.parked?.()
-        this.parked = null
-        await this.gate.promise
-        continue
-      }
-      let entries: JournalEntry[]
-      // What was committed before this read: a batch ending before it was cut short (by maxEntries,
-      // maxRows or the reader's byte limit) and is followed at once.
-      const committedBefore = this.journal.committedSeq
-      try {
-        entries = await reader.read(this.opts.maxEntries)
-      } catch (err) {
-        this.noteFailure(err as Error)
-        await this.sleep(delay)
-        continue
-      }
-      if (entries.length === 0) {
-        // Listen for commits only while idle: a journal followed from another thread is then woken
-        // only when this consumer waits for it.
-        await new Promise<void>((resolve) => {
-          this.wake = resolve
-          this.journal.on('commit', this.onCommit)
-          if (this.journal.committedSeq > this.position || this.closed) resolve()
-        })
-        this.journal.off('commit', this.onCommit)
-        this.wake = null
-        continue
-      }
-      if (this.resuming) {
-        this.resuming = false
-        // A checkpoint older than the journal's oldest segment (a consumer left off for a while, e.g.
-        // STREAMGATE_AMQP_OUTBOUND=none): the entries in between are gone for this sink. Say so.
-        const first = (entries[0] as JournalEntry).seq
-        if (first > this.position + 1) {
-          this.opts.log?.warn({ consumer: this.name, from: this.position + 1, to: first - 1 }, 'journal entries missing before this sink read them (deleted with their segment, or undone); skipped')
+    // The next batch, read and decoded while the one before it is written: a store's write ends with a
+    // commit that waits on I/O (DuckDB's WAL fsync, QuestDB's HTTP answer), during which this thread
+    // would otherwise idle (bench/sink-drain.ts: a third of the time).
+    let ahead: Promise<Fetched | 'empty' | Error> | null = null
+    try {
+      while (!this.closed) {
+        if (this.gate !== null) {
+          this.parked?.()
+          this.parked = null
+          await this.gate.promise
+          continue
         }
-      }
-      const batch = this.decode(entries)
-      if (this.opts.claims !== undefined) batch.entries = await this.claimed(batch.entries, this.opts.claims)
-      const last = batch.lastSeq
-      const cut = last < committedBefore
-      // The rest of what was read goes back to the reader for the next batch.
-      if (last < (entries.at(-1) as JournalEntry).seq) reader.seek(last + 1)
-      const started = performance.now()
-      for (;;) {
-        try {
-          await this.sink.write(batch.entries, last)
-          delay = this.opts.retryMinMs ?? 100
-          break
-        } catch (err) {
-          this.noteFailure(err as Error)
-          if (this.closed) return
+        const got = await (ahead ?? this.fetch(reader))
+        ahead = null
+        if (got instanceof Error) {
+          this.noteFailure(got)
           await this.sleep(delay)
-          delay = Math.min(delay * 2, this.opts.retryMaxMs ?? 5000)
+          continue
         }
+        if (got === 'empty') {
+          // Listen for commits only while idle: a journal followed from another thread is then woken
+          // only when this consumer waits for it.
+          await new Promise<void>((resolve) => {
+            this.wake = resolve
+            this.journal.on('commit', this.onCommit)
+            if (this.journal.committedSeq > this.position || this.closed) resolve()
+          })
+          this.journal.off('commit', this.onCommit)
+          this.wake = null
+          continue
+        }
+        // Read ahead while the catalog changed (a dataset dropped, a version added): decode again.
+        let batch = got.changes === this.catalog.changes ? got.batch : this.decode(got.read, Infinity)
+        if (this.opts.claims !== undefined) batch.entries = await this.claimed(batch.entries, this.opts.claims)
+        const last = batch.lastSeq
+        const lingers = (this.opts.lingerMs ?? 0) > 0 && batch.rows < this.opts.maxRows / 4 && !got.cut
+        if (!lingers) {
+          ahead = this.fetch(reader)
+          // Awaited at the next turn (or on the way out); a rejection meanwhile is not unhandled.
+          ahead.catch(() => undefined)
+        }
+        const started = performance.now()
+        for (;;) {
+          try {
+            await this.sink.write(batch.entries, last)
+            delay = this.opts.retryMinMs ?? 100
+            break
+          } catch (err) {
+            this.noteFailure(err as Error)
+            if (this.closed) return
+            await this.sleep(delay)
+            delay = Math.min(delay * 2, this.opts.retryMaxMs ?? 5000)
+            // A dataset dropped meanwhile is no longer written (its table is gone). Entries left out
+            // (another node's claim) stay out: claims are not asked twice.
+            if (got.changes !== this.catalog.changes) {
+              const kept = new Set(batch.entries.map((e) => e.seq))
+              got.changes = this.catalog.changes
+              const again = this.decode(got.read, Infinity)
+              batch = { ...again, entries: again.entries.filter((e) => kept.has(e.seq)) }
+            }
+          }
+        }
+        this.position = last
+        this.skipped += batch.skipped
+        this.lastError = null
+        this.journal.ack(this.name, last)
+        this.emit('written', { ms: performance.now() - started, rows: batch.rows })
+        this.emit('progress', last)
+        if (lingers && !this.closed) await this.sleep(this.opts.lingerMs!)
       }
-      this.position = last
-      this.lastError = null
-      this.journal.ack(this.name, last)
-      this.emit('written', { ms: performance.now() - started, rows: batch.rows })
-      this.emit('progress', last)
-      if ((this.opts.lingerMs ?? 0) > 0 && batch.rows < this.opts.maxRows / 4 && !cut && !this.closed) await this.sleep(this.opts.lingerMs!)
+    } finally {
+      // A read in flight ends before close() closes the reader.
+      await ahead?.catch(() => undefined)
     }
+  }
+
+  /** Reads the next entries and decodes them: a batch, `empty` when there are none, or the read's error. */
+  private async fetch (reader: JournalReader): Promise<Fetched | 'empty' | Error> {
+    // What was committed before this read: a batch ending before it was cut short (by maxEntries,
+    // maxRows or the reader's byte limit) and is followed at once.
+    const committedBefore = this.journal.committedSeq
+    let entries: JournalEntry[]
+    try {
+      entries = await reader.read(this.opts.maxEntries)
+    } catch (err) {
+      return err as Error
+    }
+    if (entries.length === 0) return 'empty'
+    if (this.resuming) {
+      this.resuming = false
+      // A checkpoint older than the journal's oldest segment (a consumer left off for a while, e.g.
+      // STREAMGATE_AMQP_OUTBOUND=none): the entries in between are gone for this sink. Say so.
+      const first = (entries[0] as JournalEntry).seq
+      if (first > this.position + 1) {
+        this.opts.log?.warn({ consumer: this.name, from: this.position + 1, to: first - 1 }, 'journal entries missing before this sink read them (deleted with their segment, or undone); skipped')
+      }
+    }
+    const changes = this.catalog.changes
+    const batch = this.decode(entries, this.opts.maxRows)
+    const last = batch.lastSeq
+    // The rest of what was read goes back to the reader for the next batch.
+    const cutShort = last < (entries.at(-1) as JournalEntry).seq
+    if (cutShort) reader.seek(last + 1)
+    return { read: cutShort ? entries.filter((e) => e.seq <= last) : entries, batch, changes, cut: last < committedBefore }
   }
 
   /**
@@ -187,17 +240,18 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
    * Turns journal entries into sink entries: rows decoded with the schema version each entry was
    * accepted under (payload-only sinks get none). Entries of deleted datasets are skipped.
    */
-  private decode (entries: JournalEntry[]): { entries: SinkEntry[], lastSeq: number, rows: number } {
+  private decode (entries: readonly JournalEntry[], maxRows: number): Batch {
     const out: SinkEntry[] = []
     const payloadOnly = this.sink.payloadOnly === true
     let rows = 0
+    let skipped = 0
     let lastSeq = this.position
     for (const e of entries) {
-      if (rows >= this.opts.maxRows && out.length > 0) break
+      if (rows >= maxRows && out.length > 0) break
       lastSeq = e.seq
       const compiled = this.catalog.version(e.dataset, e.version)
       // Unknown (deleted since), or an entry of an earlier dataset that had the same id.
-      if (compiled === undefined || e.seq <= compiled.sinceSeq) { this.skipped++; continue }
+      if (compiled === undefined || e.seq <= compiled.sinceSeq) { skipped++; continue }
       let decoded: Row[] = NO_ROWS
       if (payloadOnly) {
         rows++
@@ -205,7 +259,7 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
         decoded = []
         const bad = compiled.decode(JSON.parse(e.payload.toString('utf8')), e.device, e.arrivalUs, decoded)
         if (bad !== null) {
-          this.skipped++
+          skipped++
           this.opts.log?.warn({ seq: e.seq, dataset: e.dataset, reason: bad.detail }, 'journal entry no longer decodes; skipped')
           continue
         }
@@ -213,7 +267,7 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
       }
       out.push({ seq: e.seq, dataset: e.dataset, version: e.version, device: e.device, payload: e.payload, rows: decoded, origin: e.origin, principal: e.principal })
     }
-    return { entries: out, lastSeq, rows }
+    return { entries: out, lastSeq, rows, skipped }
   }
 
   private noteFailure (err: Error): void {

@@ -270,6 +270,8 @@ export function tableName (id: string, version: number): string {
 /** Live datasets by id, each with its compiled schema versions. */
 export class Catalog {
   private readonly datasets = new Map<string, { dataset: Dataset, current: CompiledSchema, versions: Map<number, CompiledSchema>, history: Map<number, Dataset>, stats: DatasetStats }>()
+  /** Counts changes (a version put, a dataset removed or restored): what was decoded under an older count may decode differently now. */
+  changes = 0
 
   constructor (private readonly limits: SchemaLimits) {}
 
@@ -284,6 +286,7 @@ export class Catalog {
     versions.set(dataset.version, compiled)
     history.set(dataset.version, dataset)
     this.datasets.set(dataset.id, { dataset, current: compiled, versions, history, stats })
+    this.changes++
   }
 
   /** An earlier version, known so that journal entries accepted under it still decode (load order: oldest first, current last). */
@@ -295,6 +298,7 @@ export class Catalog {
     compiled.stats = entry.stats
     entry.versions.set(dataset.version, compiled)
     entry.history.set(dataset.version, dataset)
+    this.changes++
   }
 
   /** The dataset as it was under `version` (its schema then), or undefined. */
@@ -312,6 +316,7 @@ export class Catalog {
   }
 
   delete (id: string): boolean {
+    this.changes++
     return this.datasets.delete(id)
   }
 
@@ -319,11 +324,13 @@ export class Catalog {
   take (id: string): unknown {
     const entry = this.datasets.get(id)
     this.datasets.delete(id)
+    this.changes++
     return entry
   }
 
   restore (id: string, taken: unknown): void {
     if (taken !== undefined) this.datasets.set(id, taken as NonNullable<ReturnType<typeof this.datasets.get>>)
+    this.changes++
   }
 
   get (id: string): Dataset | undefined {

@@ -99,3 +99,118 @@ describe('sink consumer resuming behind the journal', () => {
     expect(warnings).toEqual([{ obj: { consumer: 'recording', from: 1, to: first - 1 }, msg: expect.stringContaining('skipped') }])
   })
 })
+
+describe('sink consumer reading ahead', () => {
+  const gone = { id: 'gone', version: 1, schema: { tags: [], fields: { n: 'long' } }, sinceSeq: 0 } as unknown as Dataset
+
+  /** A sink whose writes wait for release() (each one), or fail while `failing`. */
+  class GatedSink extends RecordingSink {
+    readonly written: SinkEntry[][] = []
+    failing = false
+    private opened: (() => void)[] = []
+    waiting = 0
+    release (): void { for (const o of this.opened.splice(0)) o() }
+    override async write (entries: readonly SinkEntry[]): Promise<void> {
+      this.waiting++
+      await new Promise<void>((resolve) => this.opened.push(resolve))
+      this.waiting--
+      if (this.failing) throw new Error('refused')
+      this.written.push([...entries])
+    }
+  }
+
+  /** 300 entries alternating between datasets `lin` and `gone`; reads of the journal counted. */
+  async function gatedRig (): Promise<{ journal: Journal, catalog: Catalog, sink: GatedSink, consumer: SinkConsumer, reads: () => number }> {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sg-consumer-'))
+    const { journal } = await Journal.open({ dir, maxBytes: 1 << 30, segmentBytes: 1 << 26 })
+    const catalog = new Catalog({ maxBatch: 1000, maxString: 1000 })
+    catalog.put(dataset)
+    catalog.put(gone)
+    await new Promise<void>((resolve, reject) => {
+      let left = 300
+      for (let i = 0; i < 300; i++) {
+        journal.append({ arrivalUs: Date.now() * 1000, dataset: i % 2 === 0 ? 'lin' : 'gone', version: 1, device: 'd', principal: 'p', payload: Buffer.from(`{"n":${i}}`) }, (err) => {
+          if (err !== null) reject(err)
+          else if (--left === 0) resolve()
+        })
+      }
+    })
+    let reads = 0
+    const open = journal.reader.bind(journal)
+    journal.reader = (from) => {
+      const r = open(from)
+      const read = r.read.bind(r)
+      r.read = (n) => { reads++; return read(n) }
+      return r
+    }
+    const sink = new GatedSink()
+    const consumer = new SinkConsumer(journal, sink, catalog, { maxEntries: 100, maxRows: 10_000, lingerMs: 0, retryMinMs: 5, retryMaxMs: 5 })
+    cleanup.push(async () => { sink.failing = false; const t = setInterval(() => sink.release(), 1); await consumer.close(); clearInterval(t); await journal.close(); fs.rmSync(dir, { recursive: true, force: true }) })
+    return { journal, catalog, sink, consumer, reads: () => reads }
+  }
+
+  const until = async (cond: () => boolean): Promise<void> => {
+    const deadline = Date.now() + 5000
+    while (!cond()) {
+      if (Date.now() > deadline) throw new Error('timed out')
+      await new Promise((resolve) => setTimeout(resolve, 1))
+    }
+  }
+
+  it('reads and decodes the next batch while a write is in flight, and writes the batches in order', async () => {
+    const { journal, sink, consumer, reads } = await gatedRig()
+    await consumer.start()
+    await until(() => sink.waiting === 1)
+    // The first batch is being written; the second has been read meanwhile, and nothing more.
+    await until(() => reads() === 2)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    expect(reads()).toBe(2)
+    expect(consumer.checkpoint).toBe(0)
+    for (let b = 1; b <= 3; b++) {
+      await until(() => sink.waiting === 1)
+      sink.release()
+      await until(() => sink.written.length === b)
+    }
+    await consumer.waitFor(journal.committedSeq, 5000)
+    expect(sink.written.flat().map((e) => e.seq)).toEqual(Array.from({ length: 300 }, (_, i) => i + 1))
+    expect(sink.written.map((b) => b.length)).toEqual([100, 100, 100])
+  })
+
+  it('decodes a batch read ahead again when a dataset was dropped before it is written', async () => {
+    const { journal, catalog, sink, consumer, reads } = await gatedRig()
+    await consumer.start()
+    await until(() => sink.waiting === 1 && reads() === 2)
+    // Dropped while the first batch is written and the second was decoded with it.
+    catalog.delete('gone')
+    for (let b = 1; b <= 3; b++) {
+      await until(() => sink.waiting === 1)
+      sink.release()
+      await until(() => sink.written.length === b)
+    }
+    await consumer.waitFor(journal.committedSeq, 5000)
+    // The first batch was on its way with both datasets; the others hold `lin` only.
+    expect(sink.written[0]!.map((e) => e.dataset)).toContain('gone')
+    expect(sink.written.slice(1).flat().map((e) => e.dataset)).toEqual(Array(100).fill('lin'))
+    expect(consumer.status().skipped).toBe(100)
+  })
+
+  it('decodes a failed batch again before retrying when a dataset was dropped meanwhile', async () => {
+    const { journal, catalog, sink, consumer } = await gatedRig()
+    sink.failing = true
+    await consumer.start()
+    await until(() => sink.waiting === 1)
+    sink.release()
+    await until(() => consumer.failures === 1)
+    catalog.delete('gone')
+    sink.failing = false
+    for (let b = 1; b <= 3; b++) {
+      await until(() => sink.waiting === 1)
+      sink.release()
+      await until(() => sink.written.length === b)
+    }
+    await consumer.waitFor(journal.committedSeq, 5000)
+    // The retried first batch (seqs 1-100) no longer holds the dropped dataset's entries.
+    expect(sink.written.flat().map((e) => e.dataset)).toEqual(Array(150).fill('lin'))
+    expect(sink.written.flat().map((e) => e.seq)).toEqual(Array.from({ length: 150 }, (_, i) => 2 * i + 1))
+  })
+})
