@@ -98,6 +98,7 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
       consumer: { maxEntries: 20_000, maxRows: config.sink.batch, lingerMs: config.sink.lingerMs },
       limits: { maxBatch: config.limits.maxBatch, maxString: config.limits.maxString },
       priority: config.sink.priority,
+      idleMaxLagMs: config.sink.idleMaxLagMs,
       ...(config.redis !== null ? { claims: { redisUrl: config.redis.url, ttlS: config.dedupTtlS, nodeId } } : {}),
       log,
       checkpoints: store,

@@ -8,6 +8,7 @@ import type {
 } from '../gateway/index.js'
 import type { StoreRefusal } from '../bridges/index.js'
 import { Rpc } from './sink-rpc.js'
+import { canLeaveIdle, IdleGovernor, idleThreads } from './thread-priority.js'
 
 export type SinkSpec =
   | { readonly kind: 'embedded', readonly dataDir: string, readonly memoryLimit: string, readonly cacheLimit: string, readonly queryConcurrency: number, readonly queryTimeoutMs: number }
@@ -21,13 +22,18 @@ export interface SinkWorkerInit {
   readonly sink: SinkSpec
   readonly consumer: { readonly maxEntries: number, readonly maxRows: number, readonly lingerMs: number }
   readonly limits: { readonly maxBatch: number, readonly maxString: number }
-  /** `idle`: the thread moves itself to SCHED_IDLE (bin/thread-priority.ts) before it opens its store. */
+  /**
+   * `idle`: the thread moves itself to SCHED_IDLE (bin/thread-priority.ts) before it opens its store,
+   * and the gateway moves it back to normal priority while it lags (only where canLeaveIdle()).
+   */
   readonly priority: 'idle' | 'normal'
   /** Claims on message ids shared by the nodes (STREAMGATE_REDIS_URL): see OriginClaims. */
   readonly claims?: { readonly redisUrl: string, readonly ttlS: number, readonly nodeId: string }
 }
 
 export interface SinkThreadOptions extends Omit<SinkWorkerInit, 'shared'> {
+  /** With priority `idle`: the lag (age of the oldest record not stored) past which the thread runs at normal priority until it catches up. */
+  readonly idleMaxLagMs: number
   readonly log: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void, error: (obj: object, msg: string) => void }
   /** Where a sink that cannot keep its checkpoint with its data (QuestDB) keeps it. */
   readonly checkpoints: CheckpointStore
@@ -67,6 +73,8 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
   private dead: Error | null = null
   private closing: Promise<void> | null = null
   private readonly waiters = new Set<() => void>()
+  /** With priority `idle`: moves the thread out of the idle class while it lags. */
+  private governor: IdleGovernor | null = null
 
   private constructor (private readonly worker: Worker, private readonly rpc: Rpc, private readonly opts: SinkThreadOptions, shared: SharedArrayBuffer) {
     super()
@@ -83,9 +91,13 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
     const fromSource = self.endsWith('.ts')
     const entry = new URL(fromSource ? './sink-worker.ts' : './sink-worker.js', self).href
     const tsx = fromSource ? import.meta.resolve('tsx/esm/api') : null
-    const { log, checkpoints, onRefused, ...init } = opts
+    const { log, checkpoints, onRefused, idleMaxLagMs, ...init } = opts
+    // Idle only where the threads can be moved back out of the idle class (see IdleGovernor).
+    const idle = init.priority === 'idle' && canLeaveIdle()
+    if (init.priority === 'idle' && !idle) log.info({}, 'the sink thread runs at normal priority: moving it out of the idle class again needs CAP_SYS_NICE or RLIMIT_NICE >= 20')
+    const idleBefore = idle ? idleThreads() : new Set<number>()
     const shared = new SharedArrayBuffer(16)
-    const worker = new Worker(BOOT, { eval: true, workerData: { ...init, shared, entry, tsx }, resourceLimits: { maxYoungGenerationSizeMb: SINK_YOUNG_GENERATION_MB } })
+    const worker = new Worker(BOOT, { eval: true, workerData: { ...init, priority: idle ? 'idle' : 'normal', shared, entry, tsx }, resourceLimits: { maxYoungGenerationSizeMb: SINK_YOUNG_GENERATION_MB } })
     const rpc = new Rpc(worker)
     const thread = new SinkThread(worker, rpc, opts, shared)
     rpc.handle('getCheckpoint', (c: string) => checkpoints.getCheckpoint(c))
@@ -100,6 +112,16 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
       worker.once('error', reject)
       worker.once('exit', (code) => reject(new Error(`sink thread exited with ${code} while starting`)))
     })
+    if (idle) {
+      // The sink thread and the threads it started (DuckDB's): the ones in the idle class now that were not before.
+      const mine = new Set([...idleThreads()].filter((tid) => !idleBefore.has(tid)))
+      if (mine.size > 0) {
+        thread.governor = new IdleGovernor(mine, idleMaxLagMs, () => {
+          const s = thread.status().lagSeconds
+          return s === null ? null : s * 1000
+        }, log)
+      }
+    }
     worker.removeAllListeners('error')
     worker.removeAllListeners('exit')
     worker.on('error', (err) => thread.onDeath(err))
@@ -206,10 +228,17 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
     this.rpc.call('resume').catch((err: Error) => this.opts.log.warn({ sink: this.name, err: err.message }, 'resuming the sink thread failed'))
   }
 
+  /** Where the thread runs: `idle` (the idle class) or `normal`. */
+  get priority (): 'idle' | 'normal' {
+    return this.governor?.state ?? 'normal'
+  }
+
   /** Stops after the batch in progress, closes the store and ends the thread. Idempotent. */
   close (): Promise<void> {
     this.closing ??= (async () => {
       this.journal?.off('commit', this.onCommit)
+      // What is left is stored at normal priority.
+      await this.governor?.stop()
       if (this.dead === null) await this.rpc.call('close').catch((err: Error) => this.opts.log.warn({ sink: this.name, err: err.message }, 'closing the sink thread failed'))
       for (const w of this.waiters) w()
       this.journal?.unregister(this.name)

@@ -76,10 +76,9 @@ async function main (): Promise<void> {
     info: (obj: object, msg: string) => rpc.emit('log', { level: 'info', obj, msg }),
     warn: (obj: object, msg: string) => rpc.emit('log', { level: 'warn', obj, msg })
   }
-  if (init.priority === 'idle') {
-    const lowered = lowerThisThread()
-    if (lowered !== 'idle') log.warn({ priority: lowered }, 'the sink thread could not move to SCHED_IDLE (util-linux chrt missing?); it runs at a lower priority only if nice 19 was possible')
-  }
+  // Before the store opens, so that the threads it starts (DuckDB's) inherit it; the gateway moves
+  // them back to normal priority while the sink lags (IdleGovernor).
+  if (init.priority === 'idle' && !lowerThisThread()) log.warn({}, 'the sink thread could not move to SCHED_IDLE (util-linux chrt missing?); it runs at normal priority')
   const catalog = new Catalog(init.limits)
   const journal = new FollowedJournal(init.journalDir, init.shared)
   let sink: Sink & { close: () => Promise<void> }

@@ -82,7 +82,8 @@ export const configSchema = z.object({
   STREAMGATE_FANOUT: z.enum(['written', 'durable']).optional(),
   STREAMGATE_SINK_BATCH: positiveInt.default(100_000),
   STREAMGATE_SINK_LINGER_MS: nonNegativeInt.max(10_000).default(200),
-  STREAMGATE_SINK_PRIORITY: z.enum(['idle', 'normal']).default('normal'),
+  STREAMGATE_SINK_PRIORITY: z.enum(['idle', 'normal']).default('idle'),
+  STREAMGATE_SINK_IDLE_MAX_LAG_MS: positiveInt.max(600_000).default(1000),
   STREAMGATE_STORE_MEMORY: size.default('512MB'),
   STREAMGATE_STORE_CACHE: size.optional(),
   STREAMGATE_REJECTS_KEEP: positiveInt.default(10_000),
@@ -179,8 +180,11 @@ export interface Config {
   readonly journal: { readonly maxBytes: number, readonly segmentBytes: number, readonly syncIntervalUs: number, readonly syncNice: number, readonly preallocate: boolean }
   /** When live subscribers get a QoS 1/2 message: once journaled (written), or once fdatasync'd (durable, with its ack). */
   readonly fanout: 'written' | 'durable'
-  /** `priority`: the sink thread's CPU scheduling (`idle`: Linux SCHED_IDLE, bin/thread-priority.ts). */
-  readonly sink: { readonly batch: number, readonly lingerMs: number, readonly priority: 'idle' | 'normal' }
+  /**
+   * `priority`: the sink thread's CPU scheduling (`idle`: Linux SCHED_IDLE while it lags less than
+   * `idleMaxLagMs`, bin/thread-priority.ts).
+   */
+  readonly sink: { readonly batch: number, readonly lingerMs: number, readonly priority: 'idle' | 'normal', readonly idleMaxLagMs: number }
   readonly api: {
     /** An external JWT issuer, verified by JWKS or a shared secret. */
     readonly jwt: { readonly issuer: string, readonly jwks: string | null, readonly secret: string | null, readonly audience: string | null, readonly principalClaim: string } | null
@@ -367,7 +371,7 @@ function toConfig (r: Raw, explicitPorts: ReadonlySet<PortName>): Config {
     // Replicated, a written commit may still be undone (the replica refused it): subscribers would see
     // messages that are then refused to their publishers, and sent again.
     fanout: r.STREAMGATE_FANOUT ?? (r.STREAMGATE_REPLICATION === 'none' ? 'written' : 'durable'),
-    sink: { batch: r.STREAMGATE_SINK_BATCH, lingerMs: r.STREAMGATE_SINK_LINGER_MS, priority: r.STREAMGATE_SINK_PRIORITY },
+    sink: { batch: r.STREAMGATE_SINK_BATCH, lingerMs: r.STREAMGATE_SINK_LINGER_MS, priority: r.STREAMGATE_SINK_PRIORITY, idleMaxLagMs: r.STREAMGATE_SINK_IDLE_MAX_LAG_MS },
     api: {
       jwt: r.STREAMGATE_JWT_ISSUER === undefined
         ? null

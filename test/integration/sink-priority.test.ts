@@ -1,32 +1,62 @@
-// The sink thread yields the CPU to the live path (STREAMGATE_SINK_PRIORITY, bin/thread-priority.ts).
+// The sink thread yields the CPU to the live path while it keeps up, and gets it back while it lags
+// (STREAMGATE_SINK_PRIORITY, STREAMGATE_SINK_IDLE_MAX_LAG_MS, bin/thread-priority.ts).
 import { execFileSync } from 'node:child_process'
 import { describe, expect, it } from 'vitest'
-import { threadScheduling } from '../../bin/thread-priority.js'
-import { startTestGateway, waitUntil } from '../helpers.js'
+import type { SinkThread } from '../../bin/sink-thread.js'
+import { canLeaveIdle, idleThreads } from '../../bin/thread-priority.js'
+import { connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, uniqueId, waitUntil } from '../helpers.js'
 
-const SCHED_IDLE = 5
 const hasChrt = ((): boolean => { try { execFileSync('chrt', ['--help'], { stdio: 'ignore' }); return true } catch { return false } })()
 
-/** Threads of this process (this test file's own) in the idle class, or at nice 19 without chrt. */
-function lowered (): number[] {
-  return [...threadScheduling()].filter(([, t]) => hasChrt ? t.policy === SCHED_IDLE : t.nice === 19).map(([tid]) => tid)
-}
-
-describe.runIf(process.platform === 'linux')('STREAMGATE_SINK_PRIORITY', () => {
-  it('idle: the sink thread, and only it, runs in the idle class; normal (the default): none does', async () => {
-    expect(lowered()).toEqual([])
-    const gw = await startTestGateway({ STREAMGATE_SINK_PRIORITY: 'idle' })
-    const [sink] = lowered()
-    expect(lowered()).toHaveLength(1)
-    // It is a thread of the gateway, not the test's own.
-    expect(sink).not.toBe(process.pid)
-    await gw.stop()
-    await waitUntil(() => lowered().length === 0, 10_000, 'the sink thread to end')
-    const normal = await startTestGateway()
+describe.runIf(process.platform === 'linux' && hasChrt && canLeaveIdle())('STREAMGATE_SINK_PRIORITY', () => {
+  it('idle (the default): the sink thread and the threads it started run in the idle class; normal: none does', async () => {
+    expect(idleThreads().size).toBe(0)
+    const gw = await startTestGateway()
     try {
-      expect(lowered()).toEqual([])
+      const sink = gw.sg.consumers[0] as SinkThread
+      expect(sink.priority).toBe('idle')
+      const idle = [...idleThreads()]
+      expect(idle.length).toBeGreaterThanOrEqual(1)
+      // Threads of the gateway's worker, not the test's own.
+      expect(idle).not.toContain(process.pid)
+    } finally {
+      await gw.stop()
+    }
+    await waitUntil(() => idleThreads().size === 0, 10_000, 'the sink threads to end')
+    const normal = await startTestGateway({ STREAMGATE_SINK_PRIORITY: 'normal' })
+    try {
+      expect(idleThreads().size).toBe(0)
+      expect((normal.sg.consumers[0] as SinkThread).priority).toBe('normal')
     } finally {
       await normal.stop()
+    }
+  })
+
+  it('moves the sink thread to normal priority while it lags more than STREAMGATE_SINK_IDLE_MAX_LAG_MS, and back once it caught up', async () => {
+    const gw = await startTestGateway({ STREAMGATE_SINK_IDLE_MAX_LAG_MS: '200' })
+    try {
+      const sink = gw.sg.consumers[0] as SinkThread
+      const mine = idleThreads()
+      expect(mine.size).toBeGreaterThanOrEqual(1)
+      const ds = uniqueId('prio')
+      await createDataset(gw, ds, { fields: { n: 'long' } })
+      const dev = await createPrincipalWithKey(gw, uniqueId('dev'))
+      await setGrants(gw, ds, [{ principal: dev.id, actions: ['publish'] }])
+      // A sink that stores nothing lags from the first record on.
+      await sink.pause()
+      const c = await connect(gw.mqttUrl, dev.id, dev.key)
+      await c.publishAsync(`datasets/${ds}/${dev.id}`, JSON.stringify({ n: 1 }), { qos: 1 })
+      await c.endAsync()
+      const published = performance.now()
+      await waitUntil(() => sink.priority === 'normal', 5000, 'the sink thread to leave the idle class')
+      expect(performance.now() - published).toBeGreaterThanOrEqual(150)
+      expect([...mine].filter((tid) => idleThreads().has(tid))).toEqual([])
+      sink.resume()
+      await sink.waitFor(gw.sg.journal.committedSeq, 10_000)
+      await waitUntil(() => sink.priority === 'idle', 5000, 'the sink thread to go back to the idle class')
+      expect([...idleThreads()].sort()).toEqual([...mine].sort())
+    } finally {
+      await gw.stop()
     }
   })
 })
