@@ -371,6 +371,8 @@ export async function startStreamgate (config: Config, opts: { log?: Logger } = 
         await rates?.close()
         await journal.close()
         await within(replica?.close(), 2000)
+        // The sink thread drains at normal priority (STREAMGATE_SINK_PRIORITY=idle yields otherwise).
+        await sinkThread.stopYielding()
         await Promise.all(consumers.map((c) => c.waitFor(journal.committedSeq, drainMs).catch((err: Error) => log.warn({ err: err.message }, 'sink not drained at shutdown; it resumes from its checkpoint'))))
         for (const c of consumers) await c.close()
         await within(amqp?.close(), 2000)

@@ -8,7 +8,7 @@ import type {
 } from '../gateway/index.js'
 import type { StoreRefusal } from '../bridges/index.js'
 import { Rpc } from './sink-rpc.js'
-import { canLeaveIdle, IdleGovernor, idleThreads } from './thread-priority.js'
+import { canLeaveIdle, IdleGovernor } from './thread-priority.js'
 
 export type SinkSpec =
   | { readonly kind: 'embedded', readonly dataDir: string, readonly memoryLimit: string, readonly cacheLimit: string, readonly queryConcurrency: number, readonly queryTimeoutMs: number }
@@ -23,8 +23,8 @@ export interface SinkWorkerInit {
   readonly consumer: { readonly maxEntries: number, readonly maxRows: number, readonly lingerMs: number }
   readonly limits: { readonly maxBatch: number, readonly maxString: number }
   /**
-   * `idle`: the thread moves itself to SCHED_IDLE (bin/thread-priority.ts) before it opens its store,
-   * and the gateway moves it back to normal priority while it lags (only where canLeaveIdle()).
+   * `idle`: the thread moves itself to SCHED_IDLE (bin/thread-priority.ts), and the gateway moves it
+   * back to normal priority while it lags (only where canLeaveIdle()).
    */
   readonly priority: 'idle' | 'normal'
   /** Claims on message ids shared by the nodes (STREAMGATE_REDIS_URL): see OriginClaims. */
@@ -95,7 +95,6 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
     // Idle only where the threads can be moved back out of the idle class (see IdleGovernor).
     const idle = init.priority === 'idle' && canLeaveIdle()
     if (init.priority === 'idle' && !idle) log.info({}, 'the sink thread runs at normal priority: moving it out of the idle class again needs CAP_SYS_NICE or RLIMIT_NICE >= 20')
-    const idleBefore = idle ? idleThreads() : new Set<number>()
     const shared = new SharedArrayBuffer(16)
     const worker = new Worker(BOOT, { eval: true, workerData: { ...init, priority: idle ? 'idle' : 'normal', shared, entry, tsx }, resourceLimits: { maxYoungGenerationSizeMb: SINK_YOUNG_GENERATION_MB } })
     const rpc = new Rpc(worker)
@@ -107,21 +106,17 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
     rpc.on('status', (s: ConsumerStatus) => thread.onStatus(s))
     rpc.on('memory', (m: SinkThreadMemory) => { thread.memory = m })
     rpc.on('written', (w: { ms: number, rows: number }) => thread.emit('written', w))
+    rpc.on('idle', (tid: number) => {
+      thread.governor = new IdleGovernor(tid, idleMaxLagMs, () => {
+        const s = thread.status().lagSeconds
+        return s === null ? null : s * 1000
+      }, log)
+    })
     await new Promise<void>((resolve, reject) => {
       rpc.on('ready', () => resolve())
       worker.once('error', reject)
       worker.once('exit', (code) => reject(new Error(`sink thread exited with ${code} while starting`)))
     })
-    if (idle) {
-      // The sink thread and the threads it started (DuckDB's): the ones in the idle class now that were not before.
-      const mine = new Set([...idleThreads()].filter((tid) => !idleBefore.has(tid)))
-      if (mine.size > 0) {
-        thread.governor = new IdleGovernor(mine, idleMaxLagMs, () => {
-          const s = thread.status().lagSeconds
-          return s === null ? null : s * 1000
-        }, log)
-      }
-    }
     worker.removeAllListeners('error')
     worker.removeAllListeners('exit')
     worker.on('error', (err) => thread.onDeath(err))
@@ -160,6 +155,7 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
 
   private onDeath (err: Error): void {
     this.dead = err
+    void this.governor?.stop()
     this.opts.log.error({ sink: this.name, err: err.message }, 'sink thread died; the journal keeps every record until the gateway restarts')
     this.last = { ...this.last, lastError: `sink thread died: ${err.message}` }
     this.rpc.fail(err)
@@ -233,12 +229,16 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
     return this.governor?.state ?? 'normal'
   }
 
+  /** Normal priority from now on: a shutdown drains the sink at it. */
+  async stopYielding (): Promise<void> {
+    await this.governor?.stop()
+  }
+
   /** Stops after the batch in progress, closes the store and ends the thread. Idempotent. */
   close (): Promise<void> {
     this.closing ??= (async () => {
       this.journal?.off('commit', this.onCommit)
-      // What is left is stored at normal priority.
-      await this.governor?.stop()
+      await this.stopYielding()
       if (this.dead === null) await this.rpc.call('close').catch((err: Error) => this.opts.log.warn({ sink: this.name, err: err.message }, 'closing the sink thread failed'))
       for (const w of this.waiters) w()
       this.journal?.unregister(this.name)

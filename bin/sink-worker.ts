@@ -9,7 +9,7 @@ import {
   Catalog, type ConsumerJournal, type Dataset, JournalFollower, JournalReader, type QueryPlan, type RecordQuery, type Sink, SinkConsumer
 } from '../gateway/index.js'
 import type { SinkWorkerInit } from './sink-thread.js'
-import { lowerThisThread } from './thread-priority.js'
+import { lowerThisThread, thisThreadId } from './thread-priority.js'
 import { Rpc } from './sink-rpc.js'
 
 /**
@@ -76,9 +76,11 @@ async function main (): Promise<void> {
     info: (obj: object, msg: string) => rpc.emit('log', { level: 'info', obj, msg }),
     warn: (obj: object, msg: string) => rpc.emit('log', { level: 'warn', obj, msg })
   }
-  // Before the store opens, so that the threads it starts (DuckDB's) inherit it; the gateway moves
-  // them back to normal priority while the sink lags (IdleGovernor).
-  if (init.priority === 'idle' && !lowerThisThread()) log.warn({}, 'the sink thread could not move to SCHED_IDLE (util-linux chrt missing?); it runs at normal priority')
+  // The gateway moves this thread back to normal priority while the sink lags (IdleGovernor).
+  if (init.priority === 'idle') {
+    if (lowerThisThread()) rpc.emit('idle', thisThreadId())
+    else log.warn({}, 'the sink thread could not move to SCHED_IDLE (util-linux chrt missing?); it runs at normal priority')
+  }
   const catalog = new Catalog(init.limits)
   const journal = new FollowedJournal(init.journalDir, init.shared)
   let sink: Sink & { close: () => Promise<void> }

@@ -12,18 +12,17 @@ import path from 'node:path'
 const SCHED_IDLE = 5
 
 /**
- * Whether this process may move a thread out of SCHED_IDLE again (to SCHED_OTHER at nice 0): Linux
- * asks for CAP_SYS_NICE or an RLIMIT_NICE of at least 20 (sched(7)). Without either a thread put in the
- * idle class stays there for good, so it is not put there.
+ * Whether a thread this process puts in SCHED_IDLE can be moved out again (to SCHED_OTHER, by `chrt`
+ * run from here): Linux asks for CAP_SYS_NICE (in the thread's user namespace's owner, for a container)
+ * or an RLIMIT_NICE of at least 20 (sched(7)). Tried rather than read from /proc: a child `chrt` moves
+ * itself into the idle class and execs another that moves itself back. Without it a thread put in the
+ * idle class would stay there for good, so none is put there.
  */
 export function canLeaveIdle (): boolean {
   if (process.platform !== 'linux') return false
   try {
-    const cap = /^CapEff:\s*([0-9a-f]+)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))
-    // CAP_SYS_NICE is capability 23.
-    if (cap !== null && ((BigInt('0x' + cap[1]) >> 23n) & 1n) === 1n) return true
-    const limit = /^Max nice priority\s+(\S+)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'))
-    return limit !== null && (limit[1] === 'unlimited' || Number(limit[1]) >= 20)
+    execFileSync('chrt', ['--idle', '0', 'chrt', '--other', '0', 'true'], { stdio: 'ignore', timeout: 5000 })
+    return true
   } catch {
     return false
   }
@@ -40,8 +39,9 @@ export function thisThreadId (): number | null {
 
 /**
  * Moves the calling thread (not its process) to SCHED_IDLE with util-linux's `chrt` (Node has no call
- * for it); threads it starts afterwards inherit it. False where that failed (no `chrt`, not Linux).
- * Only where canLeaveIdle(): see IdleGovernor.
+ * for it). Threads it starts afterwards would inherit it; DuckDB's are started from libuv's pool and
+ * keep their priority. False where that failed (no `chrt`, not Linux). Only where canLeaveIdle(): see
+ * IdleGovernor.
  */
 export function lowerThisThread (): boolean {
   const tid = thisThreadId()
@@ -54,47 +54,52 @@ export function lowerThisThread (): boolean {
   }
 }
 
-/** Threads of this process in the idle class now. */
+/** Threads of this process in the idle class now (tests, diagnostics). */
 export function idleThreads (): Set<number> {
   const out = new Set<number>()
   for (const [tid, t] of threadScheduling()) if (t.policy === SCHED_IDLE) out.add(tid)
   return out
 }
 
-/** Moves threads of this process to SCHED_IDLE or back to SCHED_OTHER (`chrt`, run without blocking the event loop); threads that ended are passed over. */
-async function setPolicy (tids: Iterable<number>, policy: '--idle' | '--other'): Promise<void> {
-  await Promise.all([...tids].map((tid) => new Promise<void>((resolve, reject) => {
+/** Moves a thread of this process to SCHED_IDLE or back to SCHED_OTHER (`chrt`, run without blocking the event loop); a thread that ended is passed over. */
+function setPolicy (tid: number, policy: '--idle' | '--other'): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
     execFile('chrt', [policy, '--pid', '0', String(tid)], { timeout: 5000 }, (err) => {
       if (err === null || !fs.existsSync(`/proc/self/task/${tid}`)) resolve()
       else reject(err)
     })
-  })))
+  })
 }
 
+/** After a `chrt` that failed, how long before the governor tries again. */
+const RETRY_MS = 5000
+
 /**
- * Keeps a thread (and the threads it started) in the idle class only while it keeps up. An idle-class
- * thread gets next to no CPU on a machine busy to saturation; when its lag passes `maxLagMs`, the
- * gateway's event loop (at normal priority, so never starved itself) moves it to SCHED_OTHER until it
- * has caught up (lag under a quarter of `maxLagMs`, at least twice `maxLagMs` after the move), then back.
+ * Keeps a thread in the idle class only while it keeps up. An idle-class thread gets next to no CPU on
+ * a machine busy to saturation; when its lag passes `maxLagMs`, the gateway's event loop (at normal
+ * priority, so never starved itself) moves it to SCHED_OTHER until it has caught up (lag under a
+ * quarter of `maxLagMs`, at least twice `maxLagMs` after the move), then back.
  */
 export class IdleGovernor {
   private promoted = false
   private since = 0
-  private changing = false
+  private changing: Promise<void> | null = null
+  private retryAt = 0
+  private stopped = false
   private readonly timer: NodeJS.Timeout
-  /** Times the threads were moved to normal priority. */
+  /** Times the thread was moved to normal priority. */
   promotions = 0
 
-  constructor (private readonly tids: ReadonlySet<number>, private readonly maxLagMs: number,
+  constructor (private readonly tid: number, private readonly maxLagMs: number,
     private readonly lagMs: () => number | null, private readonly log: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }) {
     this.timer = setInterval(() => this.check(), Math.max(10, Math.min(250, maxLagMs / 4))).unref()
   }
 
-  /** `idle` or `normal`: where the threads are now. */
+  /** `idle` or `normal`: where the thread is now. */
   get state (): 'idle' | 'normal' { return this.promoted ? 'normal' : 'idle' }
 
   private check (): void {
-    if (this.changing) return
+    if (this.changing !== null || this.stopped || performance.now() < this.retryAt) return
     const lag = this.lagMs()
     if (!this.promoted && (lag === null || lag > this.maxLagMs)) {
       this.log.info({ lagMs: lag, maxLagMs: this.maxLagMs }, 'the sink lags: its thread runs at normal priority until it catches up')
@@ -104,27 +109,25 @@ export class IdleGovernor {
     }
   }
 
-  /** Normal priority, for good (a shutdown drains the sink at it). */
+  /** Normal priority from now on (a shutdown drains the sink at it; a thread that died needs nothing). */
   async stop (): Promise<void> {
+    this.stopped = true
     clearInterval(this.timer)
-    while (this.changing) await new Promise((resolve) => setTimeout(resolve, 5))
+    await this.changing
     if (!this.promoted) await this.move(true)
   }
 
-  private async move (up: boolean): Promise<void> {
-    this.changing = true
-    try {
-      await setPolicy(this.tids, up ? '--other' : '--idle')
+  private move (up: boolean): Promise<void> {
+    this.changing = setPolicy(this.tid, up ? '--other' : '--idle').then(() => {
       this.promoted = up
       this.since = performance.now()
       if (up) this.promotions++
-    } catch (err) {
-      // Not tried again: the threads stay where they are.
-      clearInterval(this.timer)
-      this.log.warn({ err: (err as Error).message }, 'could not change the sink thread\'s scheduling; it stays as it is')
-    } finally {
-      this.changing = false
-    }
+    }, (err: Error) => {
+      // Tried again after a while (a spawn can fail on a machine out of memory or processes).
+      this.retryAt = performance.now() + RETRY_MS
+      this.log.warn({ err: err.message, retryMs: RETRY_MS }, 'could not change the sink thread\'s scheduling')
+    }).finally(() => { this.changing = null })
+    return this.changing
   }
 }
 

@@ -47,7 +47,7 @@ interface Fetched {
   /** The journal entries the batch covers, up to its lastSeq. */
   readonly read: readonly JournalEntry[]
   readonly batch: Batch
-  changes: number
+  readonly changes: number
   /** It ends before what was committed when it was read: more is waiting. */
   readonly cut: boolean
 }
@@ -135,7 +135,7 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
           continue
         }
         // Read ahead while the catalog changed (a dataset dropped, a version added): decode again.
-        let batch = got.changes === this.catalog.changes ? got.batch : this.decode(got.read, Infinity)
+        const batch = got.changes === this.catalog.changes ? got.batch : this.decode(got.read, Infinity)
         if (this.opts.claims !== undefined) batch.entries = await this.claimed(batch.entries, this.opts.claims)
         const last = batch.lastSeq
         const lingers = (this.opts.lingerMs ?? 0) > 0 && batch.rows < this.opts.maxRows / 4 && !got.cut
@@ -155,14 +155,6 @@ export class SinkConsumer extends EventEmitter implements JournalConsumer {
             if (this.closed) return
             await this.sleep(delay)
             delay = Math.min(delay * 2, this.opts.retryMaxMs ?? 5000)
-            // A dataset dropped meanwhile is no longer written (its table is gone). Entries left out
-            // (another node's claim) stay out: claims are not asked twice.
-            if (got.changes !== this.catalog.changes) {
-              const kept = new Set(batch.entries.map((e) => e.seq))
-              got.changes = this.catalog.changes
-              const again = this.decode(got.read, Infinity)
-              batch = { ...again, entries: again.entries.filter((e) => kept.has(e.seq)) }
-            }
           }
         }
         this.position = last
