@@ -976,10 +976,23 @@ export class JournalReader {
     this.nextSeq = seq
   }
 
-  /** Up to `max` committed entries (and about READ_MAX_BYTES of payload) from the current position; [] when there is nothing new. */
+  /**
+   * Up to `max` committed entries (and about READ_MAX_BYTES of payload) from the current position; []
+   * when there is nothing new. A read that fails after it took entries returns them (its position is
+   * past them), and the next read fails where this one stopped.
+   */
   async read (max: number): Promise<JournalEntry[]> {
-    const committed = this.source.committedSeq
     const out: JournalEntry[] = []
+    try {
+      await this.readInto(out, max)
+    } catch (err) {
+      if (out.length === 0) throw err
+    }
+    return out
+  }
+
+  private async readInto (out: JournalEntry[], max: number): Promise<void> {
+    const committed = this.source.committedSeq
     this.lastSeqs = []
     this.lastOffsets = []
     let bytes = 0
@@ -1072,7 +1085,6 @@ export class JournalReader {
       }
       if (off === 0) break
     }
-    return out
   }
 
   async close (): Promise<void> {

@@ -124,6 +124,27 @@ describe('journal', () => {
     await d.journal.close()
   })
 
+  it('a read that fails after some entries returns them, and the next read fails where it stopped', async () => {
+    const dir = tmpDir()
+    const { journal } = await Journal.open(opts(dir))
+    await appendAll(journal, Array.from({ length: 10 }, (_, i) => rec(i)))
+    // Entries 4 and 5 damaged after they were committed: no sound entry to step on to from 4.
+    const file = path.join(dir, fs.readdirSync(dir).filter((f) => f.endsWith('.seg'))[0]!)
+    const raw = fs.readFileSync(file)
+    let at = 0
+    for (let i = 0; i < 3; i++) at += 8 + raw.readUInt32LE(at)
+    const fifth = at + 8 + raw.readUInt32LE(at)
+    raw[at + 8 + 30] = raw[at + 8 + 30]! ^ 0xff
+    raw[fifth + 8 + 30] = raw[fifth + 8 + 30]! ^ 0xff
+    fs.writeFileSync(file, raw)
+    const reader = journal.reader(1)
+    expect((await reader.read(100)).map((e) => e.seq)).toEqual([1, 2, 3])
+    await expect(reader.read(100)).rejects.toThrow(/corrupt/)
+    await expect(reader.read(100)).rejects.toThrow(/corrupt/)
+    await reader.close()
+    await journal.close()
+  })
+
   it('starts a new segment when consumers are ahead of the journal on disk, and reads across the gap', async () => {
     const dir = tmpDir()
     const a = await Journal.open(opts(dir, { }))
