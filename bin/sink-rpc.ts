@@ -25,7 +25,8 @@ function fromWire (e: WireError): Error {
 
 export class Rpc {
   private nextId = 1
-  private readonly waiting = new Map<number, { resolve: (v: unknown) => void, reject: (e: Error) => void }>()
+  /** Calls not answered yet, oldest first (a Map keeps insertion order). */
+  private readonly waiting = new Map<number, { resolve: (v: unknown) => void, reject: (e: Error) => void, since: number }>()
   private readonly handlers = new Map<string, (...args: never[]) => unknown>()
   private readonly listeners = new Map<string, (payload: never) => void>()
   private failure: Error | null = null
@@ -47,9 +48,15 @@ export class Rpc {
     if (this.failure !== null) return Promise.reject(this.failure)
     const id = this.nextId++
     return new Promise<T>((resolve, reject) => {
-      this.waiting.set(id, { resolve: resolve as (v: unknown) => void, reject })
+      this.waiting.set(id, { resolve: resolve as (v: unknown) => void, reject, since: performance.now() })
       this.port.postMessage({ t: 'call', id, method, args } satisfies Message)
     })
+  }
+
+  /** How long the oldest call not answered yet has waited, ms (0: none). */
+  oldestCallMs (): number {
+    for (const w of this.waiting.values()) return performance.now() - w.since
+    return 0
   }
 
   emit (name: string, payload: unknown): void {

@@ -109,7 +109,7 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
     rpc.on('idle', (tid: number) => {
       thread.governor = new IdleGovernor(tid, idleMaxLagMs, () => {
         const s = thread.status().lagSeconds
-        return s === null ? null : s * 1000
+        return { lagMs: s === null ? null : s * 1000, callMs: rpc.oldestCallMs() }
       }, log)
     })
     await new Promise<void>((resolve, reject) => {

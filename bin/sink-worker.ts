@@ -76,11 +76,6 @@ async function main (): Promise<void> {
     info: (obj: object, msg: string) => rpc.emit('log', { level: 'info', obj, msg }),
     warn: (obj: object, msg: string) => rpc.emit('log', { level: 'warn', obj, msg })
   }
-  // The gateway moves this thread back to normal priority while the sink lags (IdleGovernor).
-  if (init.priority === 'idle') {
-    if (lowerThisThread()) rpc.emit('idle', thisThreadId())
-    else log.warn({}, 'the sink thread could not move to SCHED_IDLE (util-linux chrt missing?); it runs at normal priority')
-  }
   const catalog = new Catalog(init.limits)
   const journal = new FollowedJournal(init.journalDir, init.shared)
   let sink: Sink & { close: () => Promise<void> }
@@ -167,6 +162,12 @@ async function main (): Promise<void> {
     await sql?.close()
     await claims?.close()
   })
+  // Once started (a start at idle priority on a busy machine could take forever): from now on the
+  // gateway moves this thread back to normal priority while the sink lags or a call waits (IdleGovernor).
+  if (init.priority === 'idle') {
+    if (lowerThisThread()) rpc.emit('idle', thisThreadId())
+    else log.warn({}, 'the sink thread could not move to SCHED_IDLE (util-linux chrt missing?); it runs at normal priority')
+  }
   rpc.emit('ready', null)
 }
 

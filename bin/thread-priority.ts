@@ -74,11 +74,18 @@ function setPolicy (tid: number, policy: '--idle' | '--other'): Promise<void> {
 /** After a `chrt` that failed, how long before the governor tries again. */
 const RETRY_MS = 5000
 
+/** What the governor watches: the age of the oldest record not stored (null: unknown, old), and how long the oldest call to the thread has waited (0: none). */
+export interface Backlog { readonly lagMs: number | null, readonly callMs: number }
+
+/** A call to the thread (a query, a dataset made) waiting longer than this moves it to normal priority. */
+const CALL_WAIT_MS = 100
+
 /**
  * Keeps a thread in the idle class only while it keeps up. An idle-class thread gets next to no CPU on
- * a machine busy to saturation; when its lag passes `maxLagMs`, the gateway's event loop (at normal
- * priority, so never starved itself) moves it to SCHED_OTHER until it has caught up (lag under a
- * quarter of `maxLagMs`, at least twice `maxLagMs` after the move), then back.
+ * a machine busy to saturation; when its lag passes `maxLagMs`, or a call to it has waited more than
+ * CALL_WAIT_MS, the gateway's event loop (at normal priority, so never starved itself) moves it to
+ * SCHED_OTHER until it has caught up and answered (lag under a quarter of `maxLagMs`, no call waiting,
+ * at least twice `maxLagMs` after the move), then back.
  */
 export class IdleGovernor {
   private promoted = false
@@ -91,8 +98,8 @@ export class IdleGovernor {
   promotions = 0
 
   constructor (private readonly tid: number, private readonly maxLagMs: number,
-    private readonly lagMs: () => number | null, private readonly log: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }) {
-    this.timer = setInterval(() => this.check(), Math.max(10, Math.min(250, maxLagMs / 4))).unref()
+    private readonly backlog: () => Backlog, private readonly log: { info: (obj: object, msg: string) => void, warn: (obj: object, msg: string) => void }) {
+    this.timer = setInterval(() => this.check(), Math.max(10, Math.min(CALL_WAIT_MS, maxLagMs / 4))).unref()
   }
 
   /** `idle` or `normal`: where the thread is now. */
@@ -100,11 +107,11 @@ export class IdleGovernor {
 
   private check (): void {
     if (this.changing !== null || this.stopped || performance.now() < this.retryAt) return
-    const lag = this.lagMs()
-    if (!this.promoted && (lag === null || lag > this.maxLagMs)) {
-      this.log.info({ lagMs: lag, maxLagMs: this.maxLagMs }, 'the sink lags: its thread runs at normal priority until it catches up')
+    const { lagMs, callMs } = this.backlog()
+    if (!this.promoted && (lagMs === null || lagMs > this.maxLagMs || callMs > CALL_WAIT_MS)) {
+      this.log.info({ lagMs, callMs, maxLagMs: this.maxLagMs }, 'the sink lags: its thread runs at normal priority until it catches up')
       void this.move(true)
-    } else if (this.promoted && lag !== null && lag <= this.maxLagMs / 4 && performance.now() - this.since >= 2 * this.maxLagMs) {
+    } else if (this.promoted && lagMs !== null && lagMs <= this.maxLagMs / 4 && callMs === 0 && performance.now() - this.since >= 2 * this.maxLagMs) {
       void this.move(false)
     }
   }
