@@ -109,7 +109,8 @@ export class IdleGovernor {
     if (this.changing !== null || this.stopped || performance.now() < this.retryAt) return
     const { lagMs, callMs } = this.backlog()
     if (!this.promoted && (lagMs === null || lagMs > this.maxLagMs || callMs > CALL_WAIT_MS)) {
-      this.log.info({ lagMs, callMs, maxLagMs: this.maxLagMs }, 'the sink lags: its thread runs at normal priority until it catches up')
+      // Said once: on a machine busy to saturation it happens every few seconds.
+      if (this.promotions === 0) this.log.info({ lagMs, callMs, maxLagMs: this.maxLagMs }, 'the sink lags: its thread runs at normal priority until it catches up (said once; it happens whenever the sink lags)')
       void this.move(true)
     } else if (this.promoted && lagMs !== null && lagMs <= this.maxLagMs / 4 && callMs === 0 && performance.now() - this.since >= 2 * this.maxLagMs) {
       void this.move(false)
