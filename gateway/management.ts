@@ -289,12 +289,13 @@ export class Management extends EventEmitter<ManagementEvents> {
           if (k.revokedAt !== null && cur?.revokedAt == null) this.emit('keyRevoked', k)
         })
       }
-      case 'grants': return this.exclusive('grants', async () => {
-        const grants = await store.getGrants(c.id)
-        if (this.catalog.get(c.id) === undefined && grants.length === 0) return
-        this.access.setDatasetGrants(c.id, grants)
-        this.emit('grantsChanged', c.id)
-      })
+      case 'grants': {
+        // After the dataset's own change still being applied (its tables made in every sink, then the
+        // catalog): grants seen first let a publish in that the pipeline then refused as unknown, and
+        // a refused PUBLISH disconnects. A dataset made on another node is announced before its grants.
+        await this.exclusive(`datasets/${c.id}`, async () => undefined)
+        return this.exclusive('grants', () => this.remoteGrants(c.id))
+      }
       case 'dataset': return this.exclusive(`datasets/${c.id}`, async () => {
         const r = await store.getDataset(c.id)
         const cur = this.catalog.get(c.id)
@@ -320,6 +321,16 @@ export class Management extends EventEmitter<ManagementEvents> {
         await this.putDataset(all.filter((v) => v.version >= known.version).map((v) => ({ ...v, sinceSeq: known.sinceSeq ?? 0 })))
       })
     }
+  }
+
+  /** A dataset's grants as another node left them. */
+  private async remoteGrants (id: string): Promise<void> {
+    const store = this.deps.store
+    if (!isShared(store)) return
+    const grants = await store.getGrants(id)
+    if (this.catalog.get(id) === undefined && grants.length === 0) return
+    this.access.setDatasetGrants(id, grants)
+    this.emit('grantsChanged', id)
   }
 
   /** Re-reads every resource from the shared store (after notifications may have been missed). */

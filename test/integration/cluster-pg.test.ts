@@ -4,7 +4,7 @@
 // its notifications catches up when they are back.
 import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, startTestGateway, storedCount, type TestGateway, uniqueId, waitUntil } from '../helpers.js'
+import { ADMIN_KEY, api, connect, createDataset, createPrincipalWithKey, setGrants, sleep, startTestGateway, storedCount, type TestGateway, uniqueId, waitUntil } from '../helpers.js'
 import { type PgSchema, pgSchema } from '../support/postgres.js'
 
 let schema: PgSchema
@@ -54,6 +54,23 @@ describe('nodes sharing metadata in PostgreSQL', () => {
       await waitUntil(async () => (await storedCount(late.sg, ds)) === 1, 10_000, 'the late node to store its record')
     } finally {
       await late.stop()
+    }
+  })
+
+  it('lets no grant in on the other node before its dataset: a publish the grant allows finds the dataset there', async () => {
+    // Node b makes a new dataset's tables slowly; its grants, announced after it, must wait for it.
+    const sink = b.sg.consumers[0] as unknown as { prepareDataset: (d: unknown) => Promise<void> }
+    const prepare = sink.prepareDataset.bind(sink)
+    sink.prepareDataset = async (d) => { await sleep(500); await prepare(d) }
+    try {
+      const ds = uniqueId('ordered')
+      await createDataset(a, ds, SCHEMA)
+      const dev = await createPrincipalWithKey(a, uniqueId('dev'))
+      await setGrants(a, ds, [{ principal: dev.id, actions: ['publish'] }])
+      await waitUntil(() => b.sg.management.access.can(dev.id, 'publish', ds), 5000, 'node b to see the grant')
+      expect(b.sg.management.catalog.get(ds)).toBeDefined()
+    } finally {
+      sink.prepareDataset = prepare
     }
   })
 
