@@ -108,7 +108,7 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
     rpc.on('written', (w: { ms: number, rows: number }) => thread.emit('written', w))
     rpc.on('idle', (tid: number) => {
       thread.governor = new IdleGovernor(tid, idleMaxLagMs, () => {
-        const s = thread.status().lagSeconds
+        const s = thread.lagSeconds
         return { lagMs: s === null ? null : s * 1000, callMs: rpc.oldestCallMs() }
       }, log)
     })
@@ -169,14 +169,15 @@ export class SinkThread extends EventEmitter implements JournalConsumer, Dataset
     return Math.max(0, (this.journal?.committedSeq ?? 0) - this.last.checkpoint)
   }
 
+  /** Age of the oldest record not stored yet, in seconds (0: none; null when its commit is no longer remembered). */
+  get lagSeconds (): number | null {
+    if (this.lag === 0) return 0
+    const at = this.journal?.arrivalOf(this.last.checkpoint + 1) ?? null
+    return at === null ? null : Math.max(0, (Date.now() * 1000 - at) / 1e6)
+  }
+
   status (): ConsumerStatus {
-    const lag = this.lag
-    let lagSeconds: number | null = 0
-    if (lag > 0) {
-      const at = this.journal?.arrivalOf(this.last.checkpoint + 1) ?? null
-      lagSeconds = at === null ? null : Math.max(0, (Date.now() * 1000 - at) / 1e6)
-    }
-    return { ...this.last, lag, lagSeconds }
+    return { ...this.last, lag: this.lag, lagSeconds: this.lagSeconds }
   }
 
   prepareDataset (dataset: Dataset): Promise<void> {

@@ -203,7 +203,7 @@ describe('sink consumer reading ahead', () => {
       return r
     }
     await consumer.start()
-    await new Promise<void>((resolve) => { const t = setInterval(() => { if (sink.waiting === 1 && inFlight === 1) { clearInterval(t); resolve() } }, 1) })
+    await until(() => sink.waiting === 1 && inFlight === 1)
     const closing = consumer.close()
     sink.release()
     await closing
